@@ -1,0 +1,10 @@
+//! regcache: an always-warm cache of container-image metadata, fed by a Kubernetes operator.
+//!
+//! The crate is one library with a thin binary (`src/main.rs`). Module boundaries follow
+//! DESIGN.md: only `registry` speaks HTTP to registries; only `cache` knows memcached.
+
+pub mod config;
+pub mod credentials;
+pub mod image;
+pub mod registry;
+pub mod telemetry;
