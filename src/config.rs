@@ -1,1 +1,181 @@
-//! TODO
+//! Command-line flags (clap derive), each with an environment variable and a default.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "regcache",
+    version,
+    about = "An always-warm cache of container-image metadata",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogOptions,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LogOptions {
+    /// Log level or tracing filter (`info`, `debug`, `regcache=trace,info`).
+    #[arg(
+        long,
+        env = "REGCACHE_LOG_LEVEL",
+        default_value = "info",
+        global = true
+    )]
+    pub log_level: String,
+    /// Log line format.
+    #[arg(long, env = "REGCACHE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Ask a registry for one image's metadata and print it as JSON.
+    Inspect(InspectArgs),
+    /// Ask a registry for a repository's tags and print them.
+    Tags(TagsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// Image reference: `nginx`, `ghcr.io/org/app:v1`, `host:5000/repo@sha256:...`.
+    pub reference: String,
+    /// Only these platforms of a multi-platform image (`os/arch[/variant]`, repeatable);
+    /// all platforms when not given.
+    #[arg(long = "platform", env = "REGCACHE_PLATFORMS", value_delimiter = ',')]
+    pub platforms: Vec<String>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct TagsArgs {
+    /// Repository: `nginx`, `ghcr.io/org/app`, `host:5000/repo`.
+    pub repository: String,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+/// How to reach registries from the command line.
+#[derive(Args, Debug, Clone)]
+pub struct RegistryArgs {
+    /// Docker config file with credentials (`auths`). Default: `$DOCKER_CONFIG/config.json`
+    /// or `~/.docker/config.json` when present.
+    #[arg(long, env = "REGCACHE_DOCKER_CONFIG")]
+    pub docker_config: Option<PathBuf>,
+    /// Registry host (`HOST[:PORT]`) to reach over plain HTTP (repeatable).
+    #[arg(
+        long = "insecure-registry",
+        env = "REGCACHE_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    pub insecure_registries: Vec<String>,
+    /// PEM CA bundle to trust for the registry, in addition to the public roots.
+    #[arg(long, env = "REGCACHE_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Timeout for each registry request, body included (`30s`, `2m`).
+    #[arg(long, env = "REGCACHE_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// Ceiling on requests per second to one registry host (halved on each 429).
+    #[arg(long, env = "REGCACHE_REGISTRY_QPS", default_value_t = 100.0)]
+    pub registry_qps: f64,
+    /// Requests that may go at once to one host after a quiet spell.
+    #[arg(long, env = "REGCACHE_REGISTRY_BURST", default_value_t = 20.0)]
+    pub registry_burst: f64,
+}
+
+/// Parses `500ms`, `30s`, `5m`, `1h`, `7d`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let value: f64 = number.parse().map_err(|_| {
+        format!("invalid duration {s:?}: expected a number and a unit, like 30s or 5m")
+    })?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        "d" => value * 86400.0,
+        _ => {
+            return Err(format!(
+                "invalid duration {s:?}: unit must be one of ms, s, m, h, d"
+            ));
+        }
+    };
+    if !seconds.is_finite() || !(0.0..=1e9).contains(&seconds) {
+        return Err(format!("invalid duration {s:?}: out of range"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        assert!(parse_duration("5 minutes").unwrap_err().contains("unit"));
+        assert!(parse_duration("abc").unwrap_err().contains("number"));
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn repeatable_flags() {
+        let cli = Cli::try_parse_from([
+            "regcache",
+            "inspect",
+            "nginx",
+            "--platform",
+            "linux/amd64",
+            "--platform=linux/arm64,linux/arm/v7",
+            "--insecure-registry",
+            "localhost:5000",
+        ])
+        .unwrap();
+        let Command::Inspect(args) = cli.command else {
+            panic!("not inspect")
+        };
+        assert_eq!(
+            args.platforms,
+            ["linux/amd64", "linux/arm64", "linux/arm/v7"]
+        );
+        assert_eq!(args.registry.insecure_registries, ["localhost:5000"]);
+    }
+}

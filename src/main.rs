@@ -1,1 +1,26 @@
-fn main() {}
+use clap::Parser;
+
+use regcache::config::{Cli, Command};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = regcache::telemetry::init(&cli.log) {
+        eprintln!("error: {e}");
+        return std::process::ExitCode::from(2);
+    }
+    let result = match &cli.command {
+        Command::Inspect(args) => regcache::cli::inspect(args).await,
+        Command::Tags(args) => regcache::cli::tags(args).await,
+    };
+    match result {
+        Ok(out) => {
+            println!("{out}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}", regcache::cli::report(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -734,7 +734,6 @@ impl RepositoryClient {
                 limit: self.inner.options.request_timeout,
             };
         }
-        let lower = detail.to_ascii_lowercase();
         let tls = {
             let mut cur: Option<&dyn std::error::Error> = Some(e);
             let mut found = false;
@@ -758,7 +757,6 @@ impl RepositoryClient {
                 detail,
             };
         }
-        let _ = lower;
         Error::Transport {
             host: url_host(url),
             url: url.to_string(),

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs every regcache test on a fresh Debian machine.
+#
+# Installs what the tests need when it is missing (memcached and the CNCF distribution
+# registry are started by the test harness as real processes; openssl makes the test CA and
+# token-signing keys), then runs the whole suite with cargo-nextest (or cargo test).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v memcached >/dev/null 2>&1 || missing+=(memcached)
+command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "test.sh: installing ${missing[*]}" >&2
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Debian starts memcached as a service on install; the tests start their own on free ports.
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --all-targets --no-fail-fast "$@"
+else
+  cargo test --all-targets --no-fail-fast "$@"
+fi
