@@ -21,7 +21,7 @@ fi
 # Debian starts memcached as a service on install; the tests start their own on free ports.
 
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --all-targets --no-fail-fast "$@"
+  cargo nextest run --no-fail-fast "$@"
 else
-  cargo test --all-targets --no-fail-fast "$@"
+  cargo test --no-fail-fast "$@"
 fi

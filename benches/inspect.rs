@@ -1,0 +1,154 @@
+//! Inspect throughput against the harness registry, beside the registry's own maximum
+//! manifest-GET rate measured in the same run, and the requests regcache makes per image.
+//!
+//! `cargo bench --bench inspect` (env `BENCH_IMAGES`, `BENCH_INDEXES`, `BENCH_ROUNDS`,
+//! `BENCH_CONCURRENCY` change the dataset and the load).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::Instant;
+
+use futures::StreamExt;
+use regcache::credentials::Credential;
+use regcache::image::{Reference, Repository};
+use regcache::registry::limiter::LimiterSettings;
+use regcache::registry::{ClientOptions, Endpoint, RegistryClient, RequestKind};
+use support::{ImageSpec, IndexKind, ManifestKind, PlatformSpec, Registry, RegistryAuth};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    xs[xs.len() / 2]
+}
+
+#[tokio::main]
+async fn main() {
+    let images = env_usize("BENCH_IMAGES", 300);
+    let indexes = env_usize("BENCH_INDEXES", 40);
+    let rounds = env_usize("BENCH_ROUNDS", 5);
+    let concurrency = env_usize("BENCH_CONCURRENCY", 16);
+
+    let registry = Registry::start(RegistryAuth::Anonymous);
+    let pusher = registry.pusher();
+    let t = Instant::now();
+    let singles = pusher.push_many("bench/single", images, images).await;
+    for i in 0..indexes {
+        pusher
+            .push_index("bench/multi", &format!("m{i:04}"), IndexKind::Oci, &PlatformSpec::default_set())
+            .await;
+    }
+    pusher
+        .push_image("bench/single", "docker", &ImageSpec::new(ManifestKind::Docker))
+        .await;
+    println!(
+        "dataset: {images} single-platform images, {indexes} indexes of 4 platforms, pushed in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+
+    // The registry's own ceiling: raw manifest GETs, same concurrency, no parsing.
+    let raw = support::http_client(None);
+    let urls: Vec<String> = singles
+        .iter()
+        .map(|(tag, _)| format!("{}/v2/bench/single/manifests/{tag}", registry.base_url()))
+        .collect();
+    let mut raw_rates = Vec::new();
+    let mut regcache_rates = Vec::new();
+    let mut image_rates = Vec::new();
+    let mut per_image = None;
+    for _ in 0..rounds {
+        let t = Instant::now();
+        futures::stream::iter(urls.iter())
+            .for_each_concurrent(concurrency, |u| {
+                let raw = raw.clone();
+                async move {
+                    let r = raw
+                        .get(u)
+                        .header("accept", support::ACCEPT_MANIFESTS)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert!(r.status().is_success());
+                    r.bytes().await.unwrap();
+                }
+            })
+            .await;
+        raw_rates.push(urls.len() as f64 / t.elapsed().as_secs_f64());
+
+        // regcache: full inspect of every tag (manifest, children, configs), fresh client
+        // each round so nothing is cached between rounds.
+        let client = RegistryClient::new(ClientOptions {
+            limiter: LimiterSettings {
+                max_rate: 1e6,
+                burst: 1e6,
+                ..LimiterSettings::default()
+            },
+            ..ClientOptions::default()
+        });
+        let endpoint = Endpoint {
+            insecure: true,
+            ca_pem: None,
+        };
+        let single = client
+            .repository(
+                &Repository::parse(&format!("{}/bench/single", registry.host())).unwrap(),
+                Credential::Anonymous,
+                &endpoint,
+            )
+            .unwrap();
+        let multi = client
+            .repository(
+                &Repository::parse(&format!("{}/bench/multi", registry.host())).unwrap(),
+                Credential::Anonymous,
+                &endpoint,
+            )
+            .unwrap();
+        let work: Vec<_> = singles
+            .iter()
+            .map(|(tag, _)| (single.clone(), tag.clone()))
+            .chain((0..indexes).map(|i| (multi.clone(), format!("m{i:04}"))))
+            .collect();
+        let t = Instant::now();
+        futures::stream::iter(work.iter())
+            .for_each_concurrent(concurrency, |(rc, tag)| async move {
+                rc.inspect(&Reference::Tag(tag.clone()), &[]).await.unwrap();
+            })
+            .await;
+        let secs = t.elapsed().as_secs_f64();
+        let stats = client.stats().snapshot();
+        let requests = client.stats().total() as f64;
+        regcache_rates.push(requests / secs);
+        image_rates.push(work.len() as f64 / secs);
+        per_image = Some((stats, work.len()));
+    }
+    let (stats, n) = per_image.unwrap();
+    println!("rounds: {rounds}, concurrency: {concurrency}");
+    println!(
+        "registry raw manifest GET rate: median {:.0} req/s",
+        median(raw_rates.clone())
+    );
+    println!(
+        "regcache inspect: median {:.0} requests/s, {:.0} images/s ({} images per round)",
+        median(regcache_rates.clone()),
+        median(image_rates),
+        n
+    );
+    println!(
+        "regcache request rate / registry raw rate: {:.2}",
+        median(regcache_rates) / median(raw_rates)
+    );
+    println!("requests per round, by kind:");
+    for kind in RequestKind::ALL {
+        let count = stats[&kind];
+        println!("  {:<14} {:>6}  ({:.2} per image)", kind.label(), count, count as f64 / n as f64);
+    }
+    println!(
+        "expected minimum: single image = 1 manifest GET + 1 config GET; index of 4 = 5 manifest GETs + 4 config GETs"
+    );
+}
