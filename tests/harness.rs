@@ -782,3 +782,34 @@ fn free_port_and_sync_start() {
     );
     assert_eq!(proxy.count("GET", Kind::Ping), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registry_notifications_reach_webhook_sink() {
+    let sink = WebhookSink::start();
+    let reg = Registry::start_with(
+        RegistryAuth::Anonymous,
+        false,
+        Some(&sink.registry_config()),
+    );
+    let img = reg
+        .pusher()
+        .push_image("notify/app", "v1", &ImageSpec::new(ManifestKind::Oci))
+        .await;
+    let events = sink
+        .wait_for(Duration::from_secs(10), |ev| {
+            ev.iter().any(|e| {
+                e["action"] == "push"
+                    && e["target"]["repository"] == "notify/app"
+                    && e["target"]["tag"] == "v1"
+            })
+        })
+        .await;
+    let push = events
+        .iter()
+        .find(|e| e["action"] == "push" && e["target"]["tag"] == "v1")
+        .unwrap_or_else(|| panic!("no push event; got {events:?}; log {}", reg.log()));
+    assert_eq!(push["target"]["digest"], img.digest.as_str());
+    let d = &sink.deliveries()[0];
+    assert_eq!(d.method, "POST");
+    assert_eq!(d.headers.get("x-test").unwrap(), "regcache");
+}

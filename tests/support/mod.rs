@@ -9,6 +9,7 @@ pub mod proxy;
 pub mod pusher;
 pub mod registry;
 pub mod token;
+pub mod webhook;
 
 pub use memcached::Memcached;
 pub use proxy::{Counts, Fault, FaultProxy, Kind, LinkStyle, Rule};
@@ -17,6 +18,7 @@ pub use pusher::{
 };
 pub use registry::{Registry, RegistryAuth};
 pub use token::TokenServer;
+pub use webhook::WebhookSink;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

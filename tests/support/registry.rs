@@ -209,6 +209,10 @@ impl Registry {
     pub fn pusher(&self) -> Pusher {
         Pusher::new(&self.base_url(), self.credentials(), self.ca_pem())
     }
+    /// A [`FaultProxy`](super::FaultProxy) in front of this registry.
+    pub fn fault_proxy(&self) -> super::FaultProxy {
+        super::FaultProxy::start(&self.base_url(), self.ca_pem().as_deref())
+    }
     /// A reqwest client trusting this registry's CA (no credentials attached).
     pub fn client(&self) -> reqwest::Client {
         super::http_client(self.ca_pem().as_deref())

@@ -109,6 +109,10 @@ impl TokenServer {
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
+    /// `http://127.0.0.1:PORT`
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
     /// `http://127.0.0.1:PORT/token`
     pub fn realm(&self) -> String {
         format!("http://127.0.0.1:{}/token", self.port)
