@@ -813,3 +813,51 @@ async fn registry_notifications_reach_webhook_sink() {
     assert_eq!(d.method, "POST");
     assert_eq!(d.headers.get("x-test").unwrap(), "regcache");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registry_stop_and_restart_keep_port_and_data() {
+    let mut reg = Registry::start(RegistryAuth::Token);
+    let p = reg.pusher();
+    let img = p
+        .push_image("keep", "v1", &ImageSpec::new(ManifestKind::Oci))
+        .await;
+    let proxy = reg.fault_proxy();
+    reg.stop();
+    assert!(!reg.is_running());
+    // Through the proxy, a dead upstream looks like a dropped connection.
+    let r = http_client(None)
+        .get(format!("{}/v2/", proxy.base_url()))
+        .send()
+        .await;
+    assert!(r.is_err());
+    reg.restart();
+    assert!(reg.is_running());
+    let (status, _, d, _) = p.get_manifest("keep", "v1").await;
+    assert_eq!(status, 200);
+    assert_eq!(d.as_deref(), Some(img.digest.as_str()));
+}
+
+/// Everything also works from a current-thread runtime (the default `#[tokio::test]`).
+#[tokio::test]
+async fn works_on_current_thread_runtime() {
+    let reg = Registry::start_tls(RegistryAuth::Token);
+    let p = reg.pusher();
+    let img = p
+        .push_image(
+            "ct",
+            "v1",
+            &ImageSpec::new(ManifestKind::Docker).created("2020-01-01T00:00:00Z"),
+        )
+        .await;
+    let proxy = reg.fault_proxy();
+    proxy.add_rule(Rule::new("/manifests/", Fault::too_many(Some("1"))).times(1));
+    let via = Pusher::new(&proxy.base_url(), reg.credentials(), None);
+    assert_eq!(via.get_manifest("ct", "v1").await.0, 429);
+    let (status, _, d, _) = via.get_manifest("ct", "v1").await;
+    assert_eq!(status, 200);
+    assert_eq!(d.as_deref(), Some(img.digest.as_str()));
+    let mc = Memcached::start();
+    assert!(mc.set("a", b"1", 0));
+    drop(proxy);
+    drop(reg);
+}

@@ -25,7 +25,7 @@ pub const REALM: &str = "regcache-test";
 
 /// A running registry; killed (and waited for) on drop, also when a test panics.
 pub struct Registry {
-    child: Child,
+    child: Option<Child>,
     port: u16,
     auth: RegistryAuth,
     tls: Option<TlsCerts>,
@@ -113,54 +113,26 @@ impl Registry {
                 }
             }
             std::fs::write(&config_path, &cfg).expect("write config.yml");
-            let log = std::fs::File::create(&log_path).expect("registry log");
-            let mut child = Command::new("docker-registry")
-                .arg("serve")
-                .arg(&config_path)
-                .current_dir(dir.path())
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("dup log"))
-                .stderr(log)
-                .spawn()
-                .expect("spawn docker-registry (apt-get install docker-registry)");
-            let addr = format!("127.0.0.1:{port}");
-            let deadline = Instant::now() + Duration::from_secs(5);
-            let mut ready = false;
-            let mut exited = false;
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    exited = true;
-                    break;
+            match spawn(dir.path(), &config_path, &log_path, port, tls) {
+                Ok(child) => {
+                    return Registry {
+                        child: Some(child),
+                        port,
+                        auth,
+                        tls: tls_certs,
+                        token,
+                        log_path,
+                        config_path,
+                        storage,
+                        dir,
+                    };
                 }
-                let ok = if tls {
-                    std::net::TcpStream::connect(&addr).is_ok()
-                } else {
-                    super::blocking_http_status(&addr, "/v2/", Duration::from_millis(500)).is_some()
-                };
-                if ok {
-                    ready = true;
-                    break;
+                Err((port_taken, log)) => {
+                    last_log = log;
+                    if !port_taken {
+                        break;
+                    }
                 }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            last_log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            if ready {
-                return Registry {
-                    child,
-                    port,
-                    auth,
-                    tls: tls_certs,
-                    token,
-                    log_path,
-                    config_path,
-                    storage,
-                    dir,
-                };
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            if !(exited && last_log.contains("address already in use")) {
-                break;
             }
         }
         panic!("docker-registry did not become ready within 5s; log:\n{last_log}");
@@ -231,15 +203,98 @@ impl Registry {
         &self.storage
     }
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Kill the registry (simulates an outage); storage and port are kept.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stop (if running) and start again on the same port with the same storage,
+    /// config and token server. Panics if it does not come back within 5s.
+    pub fn restart(&mut self) {
+        self.stop();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match spawn(
+                self.dir.path(),
+                &self.config_path,
+                &self.log_path,
+                self.port,
+                self.tls.is_some(),
+            ) {
+                Ok(c) => {
+                    self.child = Some(c);
+                    return;
+                }
+                Err((true, _)) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err((_, log)) => panic!("docker-registry restart failed; log:\n{log}"),
+            }
+        }
     }
 }
 
 impl Drop for Registry {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
+}
+
+/// Start `docker-registry serve CONFIG` and wait (<5s) until it answers.
+/// Err((port already in use, log)) otherwise.
+fn spawn(
+    dir: &Path,
+    config_path: &Path,
+    log_path: &Path,
+    port: u16,
+    tls: bool,
+) -> Result<Child, (bool, String)> {
+    // Append, so the log survives restarts.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .expect("registry log");
+    let mut child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(config_path)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup log"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn docker-registry (apt-get install docker-registry)");
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut exited = false;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            exited = true;
+            break;
+        }
+        let ok = if tls {
+            std::net::TcpStream::connect(&addr).is_ok()
+        } else {
+            super::blocking_http_status(&addr, "/v2/", Duration::from_millis(500)).is_some()
+        };
+        if ok {
+            return Ok(child);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(log_path).unwrap_or_default();
+    let taken = exited && log.contains("address already in use");
+    Err((taken, log))
 }
 
 fn write_htpasswd(dir: &Path) -> PathBuf {
