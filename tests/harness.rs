@@ -861,3 +861,17 @@ async fn works_on_current_thread_runtime() {
     drop(proxy);
     drop(reg);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_server_can_fail() {
+    let reg = Registry::start(RegistryAuth::Token);
+    let ts = reg.token_server().unwrap();
+    ts.fail_with(Some(503));
+    let r = bearer(&reg, "x", Some((TEST_USER, CANARY_PASSWORD))).await;
+    assert_eq!(r.status(), 503);
+    ts.fail_with(None);
+    let before = ts.issued();
+    token_of(bearer(&reg, "x", Some((TEST_USER, CANARY_PASSWORD))).await).await;
+    assert_eq!(ts.issued(), before + 1);
+    assert_eq!(ts.requests(), 2);
+}

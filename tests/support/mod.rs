@@ -1,6 +1,28 @@
 //! Integration-test harness for regcache: real registries (docker-registry 2.8.2 in
 //! anonymous, basic, token and TLS modes), a token server, memcached, a fault-injecting
-//! reverse proxy and an image pusher. Independent of the library under test.
+//! reverse proxy, a notification webhook sink and an image pusher. Independent of the
+//! library under test. Include it from every integration test file with `mod support;`.
+//!
+//! ```ignore
+//! mod support;
+//! use support::*;
+//!
+//! #[tokio::test(flavor = "multi_thread")]
+//! async fn example() {
+//!     let reg = Registry::start(RegistryAuth::Token);      // or start_tls / start_with
+//!     let img = reg.pusher().push_image("team/app", "v1", &ImageSpec::new(ManifestKind::Oci)).await;
+//!     let proxy = reg.fault_proxy();                        // FaultProxy::start(&reg.base_url(), ca)
+//!     proxy.add_rule(Rule::new("/manifests/", Fault::too_many(Some("1"))).method("GET").times(2));
+//!     let mc = Memcached::start();
+//!     // point the code under test at proxy.base_url(), reg.credentials(), mc.addr() ...
+//!     assert_eq!(proxy.count("GET", Kind::Manifest), 0);
+//! }
+//! ```
+//!
+//! Everything that starts a server is a sync fn that does not need (or block on) the
+//! caller's tokio runtime, and stops its server/child process on drop (also on panic).
+//! Servers written in Rust (token server, proxy, webhook sink) run on their own tokio
+//! runtime on a background thread.
 #![allow(dead_code, unused_imports)]
 
 pub mod certs;

@@ -231,8 +231,15 @@ impl ImageSpec {
     }
 }
 
+impl Default for ImageSpec {
+    /// Same as `ImageSpec::new(ManifestKind::Oci)`.
+    fn default() -> Self {
+        Self::new(ManifestKind::Oci)
+    }
+}
+
 /// A pushed single-platform image.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PushedImage {
     pub digest: String,
     pub media_type: String,
@@ -248,7 +255,7 @@ pub struct PushedImage {
 }
 
 /// A pushed index / manifest list.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PushedIndex {
     pub digest: String,
     pub media_type: String,

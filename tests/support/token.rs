@@ -34,6 +34,7 @@ struct State {
     key: jsonwebtoken::EncodingKey,
     x5c: String,
     expires_in: AtomicI64,
+    fail_status: std::sync::atomic::AtomicU16,
     issued: AtomicUsize,
     requests: AtomicUsize,
     denied: AtomicUsize,
@@ -71,6 +72,7 @@ impl TokenServer {
             key,
             x5c,
             expires_in: AtomicI64::new(300),
+            fail_status: std::sync::atomic::AtomicU16::new(0),
             issued: AtomicUsize::new(0),
             requests: AtomicUsize::new(0),
             denied: AtomicUsize::new(0),
@@ -134,6 +136,13 @@ impl TokenServer {
     /// Negative values issue already-expired tokens.
     pub fn set_expires_in(&self, secs: i64) {
         self.state.expires_in.store(secs, Ordering::SeqCst);
+    }
+    /// `Some(code)`: answer every token request with this status (e.g. 503) until reset
+    /// with `None`. Requests are still counted and logged.
+    pub fn fail_with(&self, status: Option<u16>) {
+        self.state
+            .fail_status
+            .store(status.unwrap_or(0), Ordering::SeqCst);
     }
     /// Tokens issued (including anonymous ones with an empty access list).
     pub fn issued(&self) -> usize {
@@ -271,6 +280,14 @@ async fn handle(req: Request<hyper::body::Incoming>, st: &State) -> Response<Ful
         scopes: scopes.clone(),
         account: get("account"),
     });
+    let fail = st.fail_status.load(Ordering::SeqCst);
+    if fail != 0 {
+        return respond(
+            StatusCode::from_u16(fail).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            "application/json",
+            r#"{"errors":[{"code":"UNAVAILABLE","message":"token server failure (test fault)"}]}"#,
+        );
+    }
     if creds.is_some() && !authenticated {
         st.denied.fetch_add(1, Ordering::SeqCst);
         let mut r = respond(
