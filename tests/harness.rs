@@ -875,3 +875,63 @@ async fn token_server_can_fail() {
     assert_eq!(ts.issued(), before + 1);
     assert_eq!(ts.requests(), 2);
 }
+
+/// Cross-check with skopeo (if installed) that pushed images are well-formed.
+#[tokio::test(flavor = "multi_thread")]
+async fn skopeo_accepts_pushed_images() {
+    if std::process::Command::new("skopeo")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skopeo not installed; skipping");
+        return;
+    }
+    let reg = Registry::start(RegistryAuth::Basic);
+    let p = reg.pusher();
+    let img = p
+        .push_image(
+            "sk/app",
+            "v1",
+            &ImageSpec::new(ManifestKind::Docker).label("x", "y"),
+        )
+        .await;
+    let idx = p
+        .push_index(
+            "sk/app",
+            "multi",
+            IndexKind::Oci,
+            &PlatformSpec::default_set(),
+        )
+        .await;
+    let creds = format!("--creds={TEST_USER}:{CANARY_PASSWORD}");
+    let inspect = |args: Vec<String>| {
+        let out = std::process::Command::new("skopeo")
+            .arg("inspect")
+            .arg("--tls-verify=false")
+            .arg(&creds)
+            .args(args)
+            .output()
+            .expect("run skopeo");
+        assert!(
+            out.status.success(),
+            "skopeo: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let v = inspect(vec![format!("docker://{}/sk/app:v1", reg.host())]);
+    assert_eq!(v["Digest"], img.digest.as_str());
+    assert_eq!(v["Created"], "2024-03-01T12:00:00Z");
+    assert_eq!(v["Labels"]["x"], "y");
+    assert_eq!(v["Architecture"], "amd64");
+    let v = inspect(vec![
+        "--override-arch=arm".into(),
+        "--override-variant=v7".into(),
+        format!("docker://{}/sk/app:multi", reg.host()),
+    ]);
+    assert_eq!(v["Digest"], idx.digest.as_str());
+    assert_eq!(v["Architecture"], "arm");
+    // (Debian's skopeo prints no Variant; Created identifies the arm/v7 child.)
+    assert_eq!(v["Created"], idx.children[2].created.as_deref().unwrap());
+}
