@@ -1,0 +1,208 @@
+//! A foreground `memcached` child process on a free loopback port.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A memcached server; killed on drop. `stop()`/`restart()` keep the port.
+pub struct Memcached {
+    child: Option<Child>,
+    port: u16,
+    args: Vec<String>,
+}
+
+impl Memcached {
+    /// `memcached -u root -l 127.0.0.1 -p PORT -U 0 -m 64`
+    pub fn start() -> Memcached {
+        Self::start_with_args(&[])
+    }
+
+    /// Like [`Self::start`] with extra arguments, e.g. `&["-I", "2m"]`.
+    pub fn start_with_args(extra: &[&str]) -> Memcached {
+        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut last_err = String::new();
+        for _ in 0..5 {
+            let port = super::free_port();
+            match spawn(port, &args) {
+                Ok(child) => {
+                    return Memcached {
+                        child: Some(child),
+                        port,
+                        args,
+                    };
+                }
+                Err(e) => last_err = e,
+            }
+        }
+        panic!("memcached did not start: {last_err}");
+    }
+
+    /// `127.0.0.1:PORT`
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+    /// `memcache://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("memcache://127.0.0.1:{}", self.port)
+    }
+
+    /// Kill and wait; the port is kept for [`Self::restart`]. Data is lost.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stop (if running) and start again on the same port (empty cache).
+    pub fn restart(&mut self) {
+        self.stop();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match spawn(self.port, &self.args) {
+                Ok(c) => {
+                    self.child = Some(c);
+                    return;
+                }
+                Err(e) if Instant::now() > deadline => {
+                    panic!("memcached restart on port {} failed: {e}", self.port)
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Send one raw text-protocol command (e.g. `"stats\r\n"`) and return the reply up to
+    /// and including a line that is `END`, `STORED`, `DELETED`, ... (blocking std I/O).
+    pub fn raw(&self, command: &str) -> String {
+        raw_command(&self.addr(), command).expect("memcached raw command")
+    }
+
+    /// Raw `get`: the value, or `None` on a miss.
+    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+        let reply = self.raw(&format!("get {key}\r\n"));
+        let (head, rest) = reply.split_once("\r\n")?;
+        if !head.starts_with("VALUE ") {
+            return None;
+        }
+        let len: usize = head.rsplit(' ').next()?.parse().ok()?;
+        Some(rest.as_bytes()[..len].to_vec())
+    }
+
+    /// Raw `set` (flags 0); true if `STORED`.
+    pub fn set(&self, key: &str, value: &[u8], ttl_secs: u32) -> bool {
+        let mut cmd = format!("set {key} 0 {ttl_secs} {}\r\n", value.len()).into_bytes();
+        cmd.extend_from_slice(value);
+        cmd.extend_from_slice(b"\r\n");
+        raw_bytes(&self.addr(), &cmd)
+            .map(|r| r.starts_with("STORED"))
+            .unwrap_or(false)
+    }
+
+    /// `flush_all`
+    pub fn flush(&self) {
+        let _ = self.raw("flush_all\r\n");
+    }
+
+    /// `stats` as name → value.
+    pub fn stats(&self) -> std::collections::BTreeMap<String, String> {
+        self.raw("stats\r\n")
+            .lines()
+            .filter_map(|l| l.strip_prefix("STAT "))
+            .filter_map(|l| l.split_once(' '))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+}
+
+impl Drop for Memcached {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn spawn(port: u16, extra: &[String]) -> Result<Child, String> {
+    let mut child = Command::new("memcached")
+        .args(["-u", "root", "-l", "127.0.0.1", "-p"])
+        .arg(port.to_string())
+        .args(["-U", "0", "-m", "64"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawn memcached (apt-get install memcached): {e}"))?;
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            return Err(format!("memcached exited ({status}): {err}"));
+        }
+        if let Ok(reply) = raw_command(&addr, "version\r\n")
+            && reply.starts_with("VERSION")
+        {
+            // Nothing reads stderr from here on; memcached writes little, but do not let
+            // a full pipe ever block it.
+            drop(child.stderr.take());
+            return Ok(child);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Err("memcached did not answer `version` within 5s".to_string())
+}
+
+fn raw_command(addr: &str, command: &str) -> std::io::Result<String> {
+    raw_bytes(addr, command.as_bytes())
+}
+
+fn raw_bytes(addr: &str, command: &[u8]) -> std::io::Result<String> {
+    let sock: std::net::SocketAddr = addr.parse().expect("addr");
+    let mut s = TcpStream::connect_timeout(&sock, Duration::from_millis(500))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(command)?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&out);
+        let done = text.ends_with("\r\n")
+            && text.lines().last().is_some_and(|l| {
+                l == "END"
+                    || l == "STORED"
+                    || l == "NOT_STORED"
+                    || l == "DELETED"
+                    || l == "NOT_FOUND"
+                    || l == "OK"
+                    || l == "EXISTS"
+                    || l.starts_with("VERSION")
+                    || l.ends_with("ERROR")
+                    || l.starts_with("SERVER_ERROR")
+                    || l.starts_with("CLIENT_ERROR")
+            });
+        if done {
+            break;
+        }
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}

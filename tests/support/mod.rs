@@ -1,0 +1,174 @@
+//! Integration-test harness for regcache: real registries (docker-registry 2.8.2 in
+//! anonymous, basic, token and TLS modes), a token server, memcached, a fault-injecting
+//! reverse proxy, a notification webhook sink and an image pusher. Independent of the
+//! library under test. Include it from every integration test file with `mod support;`.
+//!
+//! ```ignore
+//! mod support;
+//! use support::*;
+//!
+//! #[tokio::test(flavor = "multi_thread")]
+//! async fn example() {
+//!     let reg = Registry::start(RegistryAuth::Token);      // or start_tls / start_with
+//!     let img = reg.pusher().push_image("team/app", "v1", &ImageSpec::new(ManifestKind::Oci)).await;
+//!     let proxy = reg.fault_proxy();                        // FaultProxy::start(&reg.base_url(), ca)
+//!     proxy.add_rule(Rule::new("/manifests/", Fault::too_many(Some("1"))).method("GET").times(2));
+//!     let mc = Memcached::start();
+//!     // point the code under test at proxy.base_url(), reg.credentials(), mc.addr() ...
+//!     assert_eq!(proxy.count("GET", Kind::Manifest), 0);
+//! }
+//! ```
+//!
+//! Everything that starts a server is a sync fn that does not need (or block on) the
+//! caller's tokio runtime, and stops its server/child process on drop (also on panic).
+//! Servers written in Rust (token server, proxy, webhook sink) run on their own tokio
+//! runtime on a background thread.
+#![allow(dead_code, unused_imports)]
+
+pub mod certs;
+pub mod memcached;
+pub mod proxy;
+pub mod pusher;
+pub mod registry;
+pub mod token;
+pub mod webhook;
+
+pub use memcached::Memcached;
+pub use proxy::{Counts, Fault, FaultProxy, Kind, LinkStyle, Rule};
+pub use pusher::{
+    ImageSpec, IndexKind, ManifestKind, PlatformSpec, PushedImage, PushedIndex, Pusher,
+};
+pub use registry::{Registry, RegistryAuth};
+pub use token::TokenServer;
+pub use webhook::WebhookSink;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// User name accepted by the basic-auth and token-auth registries.
+pub const TEST_USER: &str = "regcache-test";
+/// Password of [`TEST_USER`]; tests check that it never leaks into logs, metrics or cache.
+pub const CANARY_PASSWORD: &str = "canary-Pa55-7f3e9b";
+
+/// Every manifest media type the harness knows, for `Accept` headers.
+pub const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, \
+application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.docker.distribution.manifest.v2+json";
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+pub const COSIGN_LAYER: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+
+/// A free TCP port on 127.0.0.1 (bind to port 0, read it, drop the listener).
+/// There is a small race until the caller binds it; servers started by the harness
+/// retry on another port when that happens.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// Install ring as rustls' process-wide crypto provider (idempotent). The harness
+/// itself does not need it (its clients carry their own provider), but code under test
+/// that builds default rustls configs does.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A rustls client config (ring provider) trusting only `ca_pem` (if given; no roots
+/// otherwise, which is fine for plain HTTP).
+pub fn rustls_config(ca_pem: Option<&[u8]>) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(pem) = ca_pem {
+        for der in certs::pem_certs_der(pem) {
+            roots
+                .add(rustls_pki_types::CertificateDer::from(der))
+                .expect("add CA certificate to root store");
+        }
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("rustls protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+/// A reqwest client builder with the ring-backed rustls config (trusting `ca_pem`),
+/// no proxy from the environment, and no automatic redirects.
+pub fn http_client_builder(ca_pem: Option<&[u8]>) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(rustls_config(ca_pem))
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(5))
+}
+
+/// A ready reqwest client, see [`http_client_builder`].
+pub fn http_client(ca_pem: Option<&[u8]>) -> reqwest::Client {
+    http_client_builder(ca_pem)
+        .build()
+        .expect("build reqwest client")
+}
+
+/// `sha256:<hex>` of `bytes`.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+/// `Basic base64(user:password)`.
+pub fn basic_auth_header(user: &str, password: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+/// Poll until `addr` accepts a TCP connection or `timeout` passes.
+pub fn wait_for_tcp(addr: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let sock: std::net::SocketAddr = addr.parse().expect("socket address");
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&sock, Duration::from_millis(200)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// A blocking plain-HTTP GET over std's TcpStream (no tokio), returning the status code.
+/// Used for readiness checks from sync code that may run inside a tokio runtime.
+pub fn blocking_http_status(addr: &str, path: &str, timeout: Duration) -> Option<u16> {
+    let sock: std::net::SocketAddr = addr.parse().ok()?;
+    let mut s = TcpStream::connect_timeout(&sock, timeout).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    s.set_write_timeout(Some(timeout)).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = [0u8; 64];
+    let mut got = Vec::new();
+    while got.len() < 12 {
+        let n = s.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&got);
+    head.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()
+}
