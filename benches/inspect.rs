@@ -41,11 +41,20 @@ async fn main() {
     let singles = pusher.push_many("bench/single", images, images).await;
     for i in 0..indexes {
         pusher
-            .push_index("bench/multi", &format!("m{i:04}"), IndexKind::Oci, &PlatformSpec::default_set())
+            .push_index(
+                "bench/multi",
+                &format!("m{i:04}"),
+                IndexKind::Oci,
+                &PlatformSpec::default_set(),
+            )
             .await;
     }
     pusher
-        .push_image("bench/single", "docker", &ImageSpec::new(ManifestKind::Docker))
+        .push_image(
+            "bench/single",
+            "docker",
+            &ImageSpec::new(ManifestKind::Docker),
+        )
         .await;
     println!(
         "dataset: {images} single-platform images, {indexes} indexes of 4 platforms, pushed in {:.1}s",
@@ -146,7 +155,12 @@ async fn main() {
     println!("requests per round, by kind:");
     for kind in RequestKind::ALL {
         let count = stats[&kind];
-        println!("  {:<14} {:>6}  ({:.2} per image)", kind.label(), count, count as f64 / n as f64);
+        println!(
+            "  {:<14} {:>6}  ({:.2} per image)",
+            kind.label(),
+            count,
+            count as f64 / n as f64
+        );
     }
     println!(
         "expected minimum: single image = 1 manifest GET + 1 config GET; index of 4 = 5 manifest GETs + 4 config GETs"

@@ -40,7 +40,12 @@ async fn inspect_prints_json_for_every_platform_and_filters() {
     let registry = Registry::start(RegistryAuth::Anonymous);
     let pushed = registry
         .pusher()
-        .push_index("cli/app", "v1", IndexKind::Oci, &PlatformSpec::default_set())
+        .push_index(
+            "cli/app",
+            "v1",
+            IndexKind::Oci,
+            &PlatformSpec::default_set(),
+        )
         .await;
     let image = format!("{}/cli/app:v1", registry.host());
     let host = registry.host();
@@ -70,8 +75,18 @@ async fn inspect_prints_json_for_every_platform_and_filters() {
 
     let (ok, _, err) = regcache(&["inspect", "Not/Valid", "--insecure-registry", &host]);
     assert!(!ok);
-    assert!(err.contains("Not/Valid") && err.contains("lowercase"), "{err}");
-    let (ok, _, err) = regcache(&["inspect", &image, "--platform", "linux", "--insecure-registry", &host]);
+    assert!(
+        err.contains("Not/Valid") && err.contains("lowercase"),
+        "{err}"
+    );
+    let (ok, _, err) = regcache(&[
+        "inspect",
+        &image,
+        "--platform",
+        "linux",
+        "--insecure-registry",
+        &host,
+    ]);
     assert!(!ok);
     assert!(err.contains("--platform") && err.contains("linux"), "{err}");
 }

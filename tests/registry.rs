@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use regcache::credentials::Credential;
 use regcache::image::{Digest, Platform, Reference, Repository};
 use regcache::registry::limiter::LimiterSettings;
-use regcache::registry::manifest::{DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST};
+use regcache::registry::manifest::{
+    DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST,
+};
 use regcache::registry::{
     ClientOptions, Endpoint, Error, RegistryClient, RepositoryClient, RequestKind,
 };
@@ -113,23 +115,33 @@ async fn single_platform_oci_and_docker_manifests() {
     assert_eq!(m.media_type, OCI_MANIFEST);
     assert_eq!(m.created.unwrap().to_rfc3339(), "2024-03-01T12:00:00+00:00");
     assert_eq!(
-        m.labels.get("org.opencontainers.image.created").map(String::as_str),
+        m.labels
+            .get("org.opencontainers.image.created")
+            .map(String::as_str),
         Some("2024-03-02T00:00:00Z")
     );
     assert_eq!(
-        m.labels.get("org.label-schema.build-date").map(String::as_str),
+        m.labels
+            .get("org.label-schema.build-date")
+            .map(String::as_str),
         Some("2024-03-03T00:00:00Z")
     );
     assert_eq!(m.platforms.len(), 1);
     assert_eq!(m.platforms[0].platform, Some(platform("linux/amd64")));
-    assert_eq!(m.platforms[0].config_digest, Some(digest(&oci.config_digest)));
+    assert_eq!(
+        m.platforms[0].config_digest,
+        Some(digest(&oci.config_digest))
+    );
     assert!(!m.platforms[0].config_missing);
 
     let d = rc.inspect(&tag("docker"), &[]).await.unwrap();
     assert_eq!(d.digest, digest(&docker.digest));
     assert_eq!(d.media_type, DOCKER_MANIFEST);
     assert_eq!(d.created.unwrap().to_rfc3339(), "2023-05-06T07:08:09+00:00");
-    assert_eq!(d.labels.get("maintainer").map(String::as_str), Some("someone"));
+    assert_eq!(
+        d.labels.get("maintainer").map(String::as_str),
+        Some("someone")
+    );
     assert_eq!(d.platforms[0].platform, Some(platform("linux/arm/v7")));
 
     // By digest gives the same answer, without a tag.
@@ -174,7 +186,12 @@ async fn indexes_and_manifest_lists_with_platform_selection() {
             .collect();
         assert_eq!(
             got,
-            ["linux/amd64", "linux/arm64", "linux/arm/v7", "windows/amd64"]
+            [
+                "linux/amd64",
+                "linux/arm64",
+                "linux/arm/v7",
+                "windows/amd64"
+            ]
         );
         for (child, pushed_child) in all.platforms.iter().zip(&pushed.children) {
             assert_eq!(child.digest, digest(&pushed_child.digest));
@@ -183,7 +200,9 @@ async fn indexes_and_manifest_lists_with_platform_selection() {
                 pushed_child
                     .created
                     .as_ref()
-                    .map(|c| chrono::DateTime::parse_from_rfc3339(c).unwrap().to_rfc3339())
+                    .map(|c| chrono::DateTime::parse_from_rfc3339(c)
+                        .unwrap()
+                        .to_rfc3339())
             );
         }
         assert_eq!(
@@ -191,14 +210,20 @@ async fn indexes_and_manifest_lists_with_platform_selection() {
             Some("10.0.17763.5458")
         );
         // The index's created time is its newest platform's.
-        assert_eq!(all.created, all.platforms.iter().filter_map(|p| p.created).max());
+        assert_eq!(
+            all.created,
+            all.platforms.iter().filter_map(|p| p.created).max()
+        );
         // One GET for the index, one per child manifest, one per config.
         assert_eq!(proxy.count("GET", Kind::Manifest), 5, "{kind:?}");
         assert_eq!(proxy.count("GET", Kind::Blob), 4, "{kind:?}");
 
         proxy.reset_counts();
         let arm = rc
-            .inspect(&tag(tag_name), &[platform("linux/arm64/v8"), platform("linux/arm")])
+            .inspect(
+                &tag(tag_name),
+                &[platform("linux/arm64/v8"), platform("linux/arm")],
+            )
             .await
             .unwrap();
         let got: Vec<String> = arm
@@ -208,7 +233,11 @@ async fn indexes_and_manifest_lists_with_platform_selection() {
             .collect();
         assert_eq!(got, ["linux/arm64", "linux/arm/v7"]);
         assert_eq!(arm.platforms[0].digest, digest(&pushed.children[1].digest));
-        assert_eq!(proxy.count("GET", Kind::Manifest), 3, "wanted platforms only");
+        assert_eq!(
+            proxy.count("GET", Kind::Manifest),
+            3,
+            "wanted platforms only"
+        );
         assert_eq!(proxy.count("GET", Kind::Blob), 2);
 
         let err = rc
@@ -234,12 +263,19 @@ async fn labels_from_container_config_and_missing_config_blob() {
         )
         .await;
     let missing = pusher
-        .push_image("odd", "no-config", &ImageSpec::new(ManifestKind::Oci).missing_config(true))
+        .push_image(
+            "odd",
+            "no-config",
+            &ImageSpec::new(ManifestKind::Oci).missing_config(true),
+        )
         .await;
     let (_, rc) = client_for(&registry, "odd");
 
     let old = rc.inspect(&tag("old-docker"), &[]).await.unwrap();
-    assert_eq!(old.labels.get("built-by").map(String::as_str), Some("legacy"));
+    assert_eq!(
+        old.labels.get("built-by").map(String::as_str),
+        Some("legacy")
+    );
 
     let m = rc.inspect(&tag("no-config"), &[]).await.unwrap();
     assert_eq!(m.digest, digest(&missing.digest));
@@ -259,7 +295,9 @@ async fn aliases_and_signature_tags() {
     let image = pusher
         .push_image("alias", "v1", &ImageSpec::new(ManifestKind::Oci))
         .await;
-    pusher.alias_tags("alias", &image, &["latest", "1", "1.0"]).await;
+    pusher
+        .alias_tags("alias", &image, &["latest", "1", "1.0"])
+        .await;
     let sig = pusher.push_signature_tag("alias", &image.digest).await;
     let (client, rc) = client_for(&registry, "alias");
 
@@ -288,7 +326,10 @@ async fn basic_auth_right_wrong_and_missing_credentials() {
         .await;
     let (_, rc) = client_for(&registry, "private/app");
     assert_eq!(rc.list_tags().await.unwrap(), ["v1"]);
-    assert_eq!(rc.inspect(&tag("v1"), &[]).await.unwrap().platforms.len(), 1);
+    assert_eq!(
+        rc.inspect(&tag("v1"), &[]).await.unwrap().platforms.len(),
+        1
+    );
 
     for credential in [
         Credential::basic(TEST_USER, "wrong-password"),
@@ -304,7 +345,10 @@ async fn basic_auth_right_wrong_and_missing_credentials() {
         let err = rc.list_tags().await.unwrap_err();
         assert!(matches!(err, Error::Unauthorized { .. }), "{err}");
         let msg = err.to_string();
-        assert!(msg.contains(&registry.host()) && msg.contains("401"), "{msg}");
+        assert!(
+            msg.contains(&registry.host()) && msg.contains("401"),
+            "{msg}"
+        );
     }
 }
 
@@ -313,7 +357,12 @@ async fn bearer_token_auth_caches_and_renews_tokens() {
     let registry = Registry::start(RegistryAuth::Token);
     let pusher = registry.pusher();
     pusher
-        .push_index("tok/app", "multi", IndexKind::Oci, &PlatformSpec::default_set())
+        .push_index(
+            "tok/app",
+            "multi",
+            IndexKind::Oci,
+            &PlatformSpec::default_set(),
+        )
         .await;
     pusher
         .push_image("tok/app", "single", &ImageSpec::new(ManifestKind::Docker))
@@ -328,7 +377,11 @@ async fn bearer_token_auth_caches_and_renews_tokens() {
     let m = rc.inspect(&tag("multi"), &[]).await.unwrap();
     assert_eq!(m.platforms.len(), 4);
     rc.inspect(&tag("single"), &[]).await.unwrap();
-    assert_eq!(tokens.issued(), 1, "one token serves every request of the scope");
+    assert_eq!(
+        tokens.issued(),
+        1,
+        "one token serves every request of the scope"
+    );
     assert_eq!(client.cached_tokens(), 1);
     assert_eq!(client.stats().get(RequestKind::Ping), 1);
 
@@ -354,7 +407,10 @@ async fn bearer_token_auth_caches_and_renews_tokens() {
             &endpoint(&registry),
         );
         let err = rc.inspect(&tag("single"), &[]).await.unwrap_err();
-        assert!(matches!(err, Error::Unauthorized { .. }), "{credential:?}: {err}");
+        assert!(
+            matches!(err, Error::Unauthorized { .. }),
+            "{credential:?}: {err}"
+        );
         assert!(err.to_string().contains(&registry.host()), "{err}");
     }
 }
@@ -428,7 +484,10 @@ async fn unknown_repository_and_manifest() {
         .push_image("known", "v1", &ImageSpec::new(ManifestKind::Oci))
         .await;
     let (_, rc) = client_for(&registry, "does/not/exist");
-    assert!(matches!(rc.list_tags().await, Err(Error::NameUnknown { .. })));
+    assert!(matches!(
+        rc.list_tags().await,
+        Err(Error::NameUnknown { .. })
+    ));
     let (_, rc) = client_for(&registry, "known");
     let err = rc.get_manifest(&tag("nope")).await.unwrap_err();
     assert!(matches!(err, Error::ManifestUnknown { .. }), "{err}");
@@ -455,7 +514,11 @@ async fn faulty(auth: RegistryAuth) -> (Registry, support::FaultProxy, support::
     (registry, proxy, image)
 }
 
-fn proxied(registry: &Registry, proxy: &support::FaultProxy, options: ClientOptions) -> (RegistryClient, RepositoryClient) {
+fn proxied(
+    registry: &Registry,
+    proxy: &support::FaultProxy,
+    options: ClientOptions,
+) -> (RegistryClient, RepositoryClient) {
     client_at(
         options,
         &proxy.host(),
@@ -474,7 +537,10 @@ async fn rate_limit_with_retry_after_is_waited_out_and_halves_the_rate() {
     let started = Instant::now();
     let m = rc.inspect(&tag("v1"), &[]).await.unwrap();
     assert_eq!(m.digest, digest(&image.digest));
-    assert!(started.elapsed() >= Duration::from_millis(950), "Retry-After honoured");
+    assert!(
+        started.elapsed() >= Duration::from_millis(950),
+        "Retry-After honoured"
+    );
     assert_eq!(client.limiter(&proxy.host()).rate(), before / 2.0);
     assert_eq!(proxy.count("GET", Kind::Manifest), 2);
 
@@ -499,7 +565,10 @@ async fn rate_limit_without_retry_after_backs_off_then_succeeds() {
     let (client, rc) = proxied(&registry, &proxy, options());
     let started = Instant::now();
     assert_eq!(rc.list_tags().await.unwrap(), ["v1"]);
-    assert!(started.elapsed() >= Duration::from_millis(950), "default back-off of 1s");
+    assert!(
+        started.elapsed() >= Duration::from_millis(950),
+        "default back-off of 1s"
+    );
     assert!(client.limiter(&proxy.host()).rate() < options().limiter.max_rate);
 }
 
@@ -518,8 +587,15 @@ async fn server_errors_are_retried_then_reported() {
         proxy.add_rule(Rule::kind(Kind::Blob, Fault::status(code)));
         proxy.reset_counts();
         let err = rc.inspect(&tag("v1"), &[]).await.unwrap_err();
-        assert!(matches!(err, Error::Server { status, .. } if status.as_u16() == code), "{err}");
-        assert_eq!(proxy.count("GET", Kind::Blob), 3, "first try and two retries");
+        assert!(
+            matches!(err, Error::Server { status, .. } if status.as_u16() == code),
+            "{err}"
+        );
+        assert_eq!(
+            proxy.count("GET", Kind::Blob),
+            3,
+            "first try and two retries"
+        );
     }
 }
 
@@ -530,7 +606,10 @@ async fn connection_resets_and_truncated_bodies() {
     let manifest_get = || Rule::kind(Kind::Manifest, Fault::Reset).method("GET");
 
     proxy.add_rule(manifest_get().times(1));
-    assert_eq!(rc.inspect(&tag("v1"), &[]).await.unwrap().digest, digest(&image.digest));
+    assert_eq!(
+        rc.inspect(&tag("v1"), &[]).await.unwrap().digest,
+        digest(&image.digest)
+    );
 
     proxy.clear_rules();
     proxy.add_rule(manifest_get());
@@ -539,7 +618,10 @@ async fn connection_resets_and_truncated_bodies() {
 
     proxy.clear_rules();
     proxy.add_rule(Rule::kind(Kind::Blob, Fault::TruncateBody { keep: 10 }).times(1));
-    assert!(rc.inspect(&tag("v1"), &[]).await.is_ok(), "retried after truncation");
+    assert!(
+        rc.inspect(&tag("v1"), &[]).await.is_ok(),
+        "retried after truncation"
+    );
 
     proxy.clear_rules();
     proxy.add_rule(Rule::kind(Kind::Manifest, Fault::TruncateBody { keep: 10 }).method("GET"));
@@ -550,7 +632,10 @@ async fn connection_resets_and_truncated_bodies() {
 #[tokio::test(flavor = "multi_thread")]
 async fn slow_registry_times_out() {
     let (registry, proxy, _) = faulty(RegistryAuth::Anonymous).await;
-    proxy.add_rule(Rule::kind(Kind::Manifest, Fault::Delay(Duration::from_secs(5))));
+    proxy.add_rule(Rule::kind(
+        Kind::Manifest,
+        Fault::Delay(Duration::from_secs(5)),
+    ));
     let (_, rc) = proxied(
         &registry,
         &proxy,
@@ -601,14 +686,26 @@ async fn corrupted_content_fails_digest_verification() {
     proxy.add_rule(Rule::kind(Kind::Manifest, Fault::CorruptBody).method("GET"));
     let err = rc.get_manifest(&tag("v1")).await.unwrap_err();
     assert!(
-        matches!(err, Error::DigestMismatch { what: "manifest", .. } | Error::Invalid { .. }),
+        matches!(
+            err,
+            Error::DigestMismatch {
+                what: "manifest",
+                ..
+            } | Error::Invalid { .. }
+        ),
         "{err}"
     );
     proxy.clear_rules();
     proxy.add_rule(Rule::kind(Kind::Blob, Fault::CorruptBody));
     let err = rc.inspect(&tag("v1"), &[]).await.unwrap_err();
     assert!(
-        matches!(err, Error::DigestMismatch { what: "config blob", .. } | Error::Invalid { .. }),
+        matches!(
+            err,
+            Error::DigestMismatch {
+                what: "config blob",
+                ..
+            } | Error::Invalid { .. }
+        ),
         "{err}"
     );
     // A body that parses but is not what was asked for.
@@ -705,7 +802,8 @@ fn canary_password_never_appears_in_logs_or_errors() {
                     for r in results {
                         match r {
                             Ok(s) => shown.push_str(&s),
-                            Err(e) => shown.push_str(&format!("{e} {e:?} {}\n", regcache::cli::report(&e))),
+                            Err(e) => shown
+                                .push_str(&format!("{e} {e:?} {}\n", regcache::cli::report(&e))),
                         }
                     }
                     shown.push_str(&format!("{:?}", client.stats().snapshot()));
@@ -714,12 +812,18 @@ fn canary_password_never_appears_in_logs_or_errors() {
         }
     });
     let logs = String::from_utf8_lossy(&logs.0.lock().unwrap()).to_string();
-    assert!(shown.contains("refused the credentials"), "the wrong password was exercised");
+    assert!(
+        shown.contains("refused the credentials"),
+        "the wrong password was exercised"
+    );
     assert!(shown.contains("500"), "failures were exercised");
     assert!(logs.len() > 1000, "trace logging captured something");
     for (name, text) in [("errors and debug output", &shown), ("logs", &logs)] {
         assert!(!text.contains(CANARY_PASSWORD), "canary found in {name}");
         let encoded = support::basic_auth_header(TEST_USER, CANARY_PASSWORD);
-        assert!(!text.contains(encoded.trim_start_matches("Basic ")), "encoded canary in {name}");
+        assert!(
+            !text.contains(encoded.trim_start_matches("Basic ")),
+            "encoded canary in {name}"
+        );
     }
 }

@@ -734,17 +734,7 @@ impl RepositoryClient {
                 limit: self.inner.options.request_timeout,
             };
         }
-        let tls = {
-            let mut cur: Option<&dyn std::error::Error> = Some(e);
-            let mut found = false;
-            while let Some(s) = cur {
-                if s.downcast_ref::<rustls::Error>().is_some() {
-                    found = true;
-                }
-                cur = s.source();
-            }
-            found
-        };
+        let tls = is_tls_error(e);
         if tls {
             return Error::Tls {
                 host: url_host(url),
@@ -1432,6 +1422,22 @@ impl RepositoryClient {
             config_missing,
         })
     }
+}
+
+/// Whether a rustls error is anywhere in the chain. rustls errors arrive wrapped in
+/// io::Errors (sometimes twice), whose `source()` skips the wrapped error, so each
+/// io::Error is opened explicitly.
+fn is_tls_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    if e.downcast_ref::<rustls::Error>().is_some() {
+        return true;
+    }
+    let inner = e
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref());
+    if inner.is_some_and(|inner| is_tls_error(inner)) {
+        return true;
+    }
+    e.source().is_some_and(is_tls_error)
 }
 
 fn basic_header(credential: &Credential) -> Option<Secret> {
