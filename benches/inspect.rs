@@ -39,8 +39,9 @@ async fn main() {
     let pusher = registry.pusher();
     let t = Instant::now();
     let singles = pusher.push_many("bench/single", images, images).await;
+    let mut multis = Vec::new();
     for i in 0..indexes {
-        pusher
+        let index = pusher
             .push_index(
                 "bench/multi",
                 &format!("m{i:04}"),
@@ -48,6 +49,7 @@ async fn main() {
                 &PlatformSpec::default_set(),
             )
             .await;
+        multis.push(index);
     }
     pusher
         .push_image(
@@ -61,12 +63,29 @@ async fn main() {
         t.elapsed().as_secs_f64()
     );
 
-    // The registry's own ceiling: raw manifest GETs, same concurrency, no parsing.
+    // The registry's own ceiling: the very requests a full inspect makes (manifests,
+    // index children, configs), replayed raw at the same concurrency with no parsing and
+    // no dependency between them.
     let raw = support::http_client(None);
-    let urls: Vec<String> = singles
-        .iter()
-        .map(|(tag, _)| format!("{}/v2/bench/single/manifests/{tag}", registry.base_url()))
-        .collect();
+    let base = registry.base_url();
+    let mut urls: Vec<String> = Vec::new();
+    for (tag, image) in &singles {
+        urls.push(format!("{base}/v2/bench/single/manifests/{tag}"));
+        urls.push(format!(
+            "{base}/v2/bench/single/blobs/{}",
+            image.config_digest
+        ));
+    }
+    for (i, index) in multis.iter().enumerate() {
+        urls.push(format!("{base}/v2/bench/multi/manifests/m{i:04}"));
+        for child in &index.children {
+            urls.push(format!("{base}/v2/bench/multi/manifests/{}", child.digest));
+            urls.push(format!(
+                "{base}/v2/bench/multi/blobs/{}",
+                child.config_digest
+            ));
+        }
+    }
     let mut raw_rates = Vec::new();
     let mut regcache_rates = Vec::new();
     let mut image_rates = Vec::new();
@@ -139,7 +158,8 @@ async fn main() {
     let (stats, n) = per_image.unwrap();
     println!("rounds: {rounds}, concurrency: {concurrency}");
     println!(
-        "registry raw manifest GET rate: median {:.0} req/s",
+        "registry raw replay of the same {} requests: median {:.0} req/s",
+        urls.len(),
         median(raw_rates.clone())
     );
     println!(

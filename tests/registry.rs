@@ -385,13 +385,26 @@ async fn bearer_token_auth_caches_and_renews_tokens() {
     assert_eq!(client.cached_tokens(), 1);
     assert_eq!(client.stats().get(RequestKind::Ping), 1);
 
+    // Concurrent first requests from a new client share one ping and one token.
+    tokens.reset_counts();
+    let (client, rc) = client_for(&registry, "tok/app");
+    let single = tag("single");
+    let heads = (0..16).map(|_| rc.head_manifest(&single));
+    for head in futures::future::join_all(heads).await {
+        head.unwrap();
+    }
+    assert_eq!(tokens.issued(), 1);
+    assert_eq!(client.stats().get(RequestKind::Ping), 1);
+    assert_eq!(client.stats().get(RequestKind::Token), 1);
+
     // A short-lived token is renewed before it lapses.
+    tokens.reset_counts();
     tokens.set_expires_in(1);
     let (_, rc) = client_for(&registry, "tok/app");
     rc.head_manifest(&tag("single")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     rc.head_manifest(&tag("single")).await.unwrap();
-    assert_eq!(tokens.issued(), 3);
+    assert_eq!(tokens.issued(), 2);
 
     // Wrong password: the token endpoint refuses. No credentials: the token carries no
     // access and the registry refuses.

@@ -370,6 +370,9 @@ struct Inner {
     http: Mutex<HashMap<Option<[u8; 32]>, reqwest::Client>>,
     limiters: Mutex<HashMap<String, Arc<HostLimiter>>>,
     challenges: Mutex<HashMap<String, Challenge>>,
+    /// One in-flight ping or token request per key: sixteen concurrent first requests to a
+    /// host must cost one ping and one token, not sixteen of each.
+    flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     tokens: TokenCache,
     stats: RequestStats,
 }
@@ -387,6 +390,7 @@ impl RegistryClient {
                 http: Mutex::new(HashMap::new()),
                 limiters: Mutex::new(HashMap::new()),
                 challenges: Mutex::new(HashMap::new()),
+                flights: Mutex::new(HashMap::new()),
                 tokens: TokenCache::default(),
                 stats: RequestStats::default(),
             }),
@@ -438,6 +442,15 @@ impl RegistryClient {
 }
 
 impl Inner {
+    async fn flight(&self, key: String) -> tokio::sync::OwnedMutexGuard<()> {
+        let slot = lock(&self.flights).entry(key).or_default().clone();
+        slot.lock_owned().await
+    }
+
+    fn known_challenge(&self, key: &str) -> Option<Challenge> {
+        lock(&self.challenges).get(key).cloned()
+    }
+
     fn limiter(&self, host: &str) -> Arc<HostLimiter> {
         lock(&self.limiters)
             .entry(host.to_string())
@@ -759,12 +772,16 @@ impl RepositoryClient {
         if let Credential::RegistryToken(token) = &self.credential {
             return Ok(Some(Secret::new(format!("Bearer {}", token.expose()))));
         }
-        let known = lock(&self.inner.challenges)
-            .get(&self.challenge_key())
-            .cloned();
-        let challenge = match known {
+        let key = self.challenge_key();
+        let challenge = match self.inner.known_challenge(&key) {
             Some(c) => c,
-            None => self.ping().await?,
+            None => {
+                let _flight = self.inner.flight(format!("ping {key}")).await;
+                match self.inner.known_challenge(&key) {
+                    Some(c) => c,
+                    None => self.ping().await?,
+                }
+            }
         };
         match challenge {
             Challenge::Anonymous => Ok(None),
@@ -778,11 +795,23 @@ impl RepositoryClient {
 
     async fn bearer_token(&self, realm: &str, service: Option<&str>) -> Result<Secret> {
         let key_host = self.challenge_key();
-        if let Some(t) = self
+        let cached = || {
+            self.inner
+                .tokens
+                .get(&key_host, &self.scope, &self.credential)
+        };
+        if let Some(t) = cached() {
+            return Ok(t);
+        }
+        let _flight = self
             .inner
-            .tokens
-            .get(&key_host, &self.scope, &self.credential)
-        {
+            .flight(format!(
+                "token {key_host} {} {}",
+                self.scope,
+                hex::encode(self.credential.fingerprint())
+            ))
+            .await;
+        if let Some(t) = cached() {
             return Ok(t);
         }
         let token_error = |detail: String| Error::TokenEndpoint {
