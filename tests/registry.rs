@@ -406,6 +406,18 @@ async fn bearer_token_auth_caches_and_renews_tokens() {
     rc.head_manifest(&tag("single")).await.unwrap();
     assert_eq!(tokens.issued(), 2);
 
+    // A token endpoint that fails for a moment is retried; one that keeps failing is
+    // reported as a server error at the realm's host.
+    tokens.fail_with(Some(503));
+    let (_, rc) = client_for(&registry, "tok/app");
+    let err = rc.list_tags().await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Server { host, .. } if *host == tokens.host()),
+        "{err}"
+    );
+    tokens.fail_with(None);
+    assert_eq!(rc.list_tags().await.unwrap().len(), 2);
+
     // Wrong password: the token endpoint refuses. No credentials: the token carries no
     // access and the registry refuses.
     for credential in [
@@ -426,6 +438,69 @@ async fn bearer_token_auth_caches_and_renews_tokens() {
         );
         assert!(err.to_string().contains(&registry.host()), "{err}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn identity_and_registry_tokens() {
+    let registry = Registry::start(RegistryAuth::Token);
+    let pushed = registry
+        .pusher()
+        .push_image("tok/id", "v1", &ImageSpec::new(ManifestKind::Oci))
+        .await;
+    let tokens = registry.token_server().unwrap();
+
+    // docker config `identitytoken`: exchanged at the realm by the refresh-token grant.
+    let identity = Credential::IdentityToken {
+        username: TEST_USER.to_string(),
+        token: regcache::credentials::Secret::new(CANARY_PASSWORD),
+    };
+    let (_, rc) = client_at(
+        options(),
+        &registry.host(),
+        "tok/id",
+        identity,
+        &endpoint(&registry),
+    );
+    assert_eq!(
+        rc.head_manifest(&tag("v1")).await.unwrap().digest,
+        digest(&pushed.digest)
+    );
+    assert!(
+        tokens
+            .request_log()
+            .iter()
+            .any(|r| r.method == "POST" && r.authenticated)
+    );
+
+    // docker config `registrytoken`: sent as the bearer token directly, no token request.
+    let minted = tokens.mint(
+        TEST_USER,
+        &[("tok/id".to_string(), vec!["pull".to_string()])],
+    );
+    tokens.reset_counts();
+    let (client, rc) = client_at(
+        options(),
+        &registry.host(),
+        "tok/id",
+        Credential::RegistryToken(regcache::credentials::Secret::new(minted)),
+        &endpoint(&registry),
+    );
+    assert_eq!(rc.list_tags().await.unwrap(), ["v1"]);
+    assert_eq!(client.stats().get(RequestKind::Token), 0);
+    assert_eq!(tokens.requests(), 0);
+
+    // A refused registry token is reported, not retried forever.
+    let (_, rc) = client_at(
+        options(),
+        &registry.host(),
+        "tok/id",
+        Credential::RegistryToken(regcache::credentials::Secret::new("not-a-token")),
+        &endpoint(&registry),
+    );
+    assert!(matches!(
+        rc.list_tags().await,
+        Err(Error::Unauthorized { .. })
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread")]

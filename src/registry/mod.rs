@@ -897,6 +897,13 @@ impl RepositoryClient {
                     retry_after: Some(pause),
                 });
             }
+            s if s.is_server_error() => {
+                return Err(Error::Server {
+                    host: url_host(&url),
+                    url: url.to_string(),
+                    status: s,
+                });
+            }
             s => return Err(token_error(format!("answered {s}"))),
         }
         let parsed: TokenResponse = serde_json::from_slice(&answer.body).map_err(|e| {
@@ -940,24 +947,39 @@ impl RepositoryClient {
         let mut attempt = 0u32;
         let mut reauthenticated = false;
         loop {
-            let authorization = self.authorization().await?;
-            let result = self
-                .send_once(
-                    kind,
-                    method.clone(),
-                    url.clone(),
-                    accept,
-                    authorization.as_ref(),
-                    cap,
-                )
-                .await;
             let retry = |attempt: &mut u32| {
                 *attempt += 1;
                 *attempt <= options.retries
             };
+            // A failed ping or token request is retried like the request itself.
+            let result = match self.authorization().await {
+                Ok(authorization) => {
+                    self.send_once(
+                        kind,
+                        method.clone(),
+                        url.clone(),
+                        accept,
+                        authorization.as_ref(),
+                        cap,
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            };
             let answer = match result {
                 Ok(a) => a,
-                Err(e) if e.is_transient() && retry(&mut attempt) => {
+                Err(Error::RateLimited {
+                    retry_after: Some(pause),
+                    ..
+                }) if pause <= options.max_rate_limit_wait && retry(&mut attempt) => {
+                    // The host's limiter stays closed for the pause; acquire() waits it out.
+                    continue;
+                }
+                Err(e)
+                    if e.is_transient()
+                        && !matches!(e, Error::RateLimited { .. })
+                        && retry(&mut attempt) =>
+                {
                     tracing::debug!(url = %url, error = %e, attempt, "retrying registry request");
                     tokio::time::sleep(backoff(options.retry_backoff, attempt)).await;
                     continue;

@@ -2,7 +2,8 @@
 //! and tokio runtime, so it works from sync and async tests alike.
 //!
 //! `GET /token?service=S&scope=repository:NAME:pull,push&account=A` (and the OAuth2 form
-//! `POST /token` with `grant_type=password`): [`TEST_USER`]/[`CANARY_PASSWORD`] via HTTP
+//! `POST /token` with `grant_type=password`, or `refresh_token` whose value is
+//! [`CANARY_PASSWORD`]): [`TEST_USER`]/[`CANARY_PASSWORD`] via HTTP
 //! basic auth get the requested actions; no credentials get a token with an empty access
 //! list (so the registry answers 401); wrong credentials get 401.
 
@@ -261,6 +262,14 @@ async fn handle(req: Request<hyper::body::Incoming>, st: &State) -> Response<Ful
             && let (Some(u), Some(p)) = (get("username"), get("password"))
         {
             creds = Some((u, p));
+        }
+        // OAuth2 refresh-token grant (docker's `identitytoken`): the harness treats
+        // CANARY_PASSWORD as TEST_USER's refresh token.
+        if creds.is_none()
+            && get("grant_type").as_deref() == Some("refresh_token")
+            && let Some(t) = get("refresh_token")
+        {
+            creds = Some((TEST_USER.to_string(), t));
         }
         params.extend(form);
     }
