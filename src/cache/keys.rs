@@ -1,0 +1,172 @@
+//! The versioned key schema (`rc1:`), documented for other languages in
+//! `docs/cache-schema.md`. Keys stay within memcached's 250 bytes and contain no spaces or
+//! control characters; long parts are hashed.
+
+use sha2::{Digest as _, Sha256};
+
+use crate::credentials::Credential;
+use crate::image::{Digest, Repository};
+
+/// Every key starts with this; a new schema gets a new prefix so old and new readers can
+/// share one memcached during an upgrade.
+pub const PREFIX: &str = "rc1";
+
+/// memcached refuses longer keys.
+pub const MAX_KEY_LEN: usize = 250;
+
+/// Repository names longer than this are hashed in keys, leaving room for the prefix,
+/// scope, generation and chunk number within [`MAX_KEY_LEN`].
+const MAX_NAME_IN_KEY: usize = 150;
+
+/// Whose view of the registry an entry belongs to. Metadata warmed anonymously is public;
+/// metadata warmed with a credential is private to (registry host, tenant, credential
+/// identity), so a tenant reading under another scope never sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Scope(String);
+
+impl Scope {
+    /// Anonymous access: anyone may read.
+    pub fn public() -> Scope {
+        Scope("pub".to_string())
+    }
+
+    /// `tenant` is the namespace of the watch that holds the credential (empty outside
+    /// Kubernetes). The credential's identity (`basic:USER`, never its secret) is hashed
+    /// with the host and tenant: two namespaces using one account name still get two
+    /// scopes.
+    pub fn for_credential(host: &str, tenant: &str, credential: &Credential) -> Scope {
+        if credential.is_anonymous() {
+            return Scope::public();
+        }
+        let mut h = Sha256::new();
+        for part in [host, tenant, credential.identity().as_str()] {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        Scope(format!("p{}", &hex::encode(h.finalize())[..24]))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_public(&self) -> bool {
+        self.0 == "pub"
+    }
+
+    /// Parses a scope as written in keys (`pub`, or `p` and 24 hex digits).
+    pub fn parse(s: &str) -> Option<Scope> {
+        let ok = s == "pub"
+            || (s.len() == 25
+                && s.starts_with('p')
+                && s[1..]
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        ok.then(|| Scope(s.to_string()))
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The repository part of a key: the canonical name when it is short, else
+/// `sha256-` and the first 40 hex digits of the sha256 of the canonical name.
+pub fn repository_part(repository: &Repository) -> String {
+    let name = repository.canonical();
+    if name.len() <= MAX_NAME_IN_KEY {
+        name
+    } else {
+        format!(
+            "sha256-{}",
+            &hex::encode(Sha256::digest(name.as_bytes()))[..40]
+        )
+    }
+}
+
+/// `rc1:img:<scope>:<digest>` — one image (manifest or index) by digest.
+pub fn image(scope: &Scope, digest: &Digest) -> String {
+    format!("{PREFIX}:img:{scope}:{digest}")
+}
+
+/// `rc1:repo:<scope>:<repository>` — the head of a repository's tag index.
+pub fn repository_head(scope: &Scope, repository: &Repository) -> String {
+    format!("{PREFIX}:repo:{scope}:{}", repository_part(repository))
+}
+
+/// `rc1:tags:<scope>:<repository>:<generation>:<chunk>` — one chunk of a tag index.
+pub fn tag_chunk(scope: &Scope, repository: &Repository, generation: u64, chunk: u32) -> String {
+    format!(
+        "{PREFIX}:tags:{scope}:{}:{generation}:{chunk}",
+        repository_part(repository)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo(s: &str) -> Repository {
+        Repository::parse(s).unwrap()
+    }
+
+    #[test]
+    fn keys_are_readable_when_short() {
+        let d = Digest::sha256_of(b"x");
+        assert_eq!(image(&Scope::public(), &d), format!("rc1:img:pub:{d}"));
+        assert_eq!(
+            repository_head(&Scope::public(), &repo("nginx")),
+            "rc1:repo:pub:docker.io/library/nginx"
+        );
+        assert_eq!(
+            tag_chunk(&Scope::public(), &repo("ghcr.io/a/b"), 17, 3),
+            "rc1:tags:pub:ghcr.io/a/b:17:3"
+        );
+    }
+
+    #[test]
+    fn longest_names_hash_and_fit() {
+        // The longest repository the parser accepts.
+        let long = format!("registry.example.com:5000/{}", "a/".repeat(113) + "z");
+        let r = repo(&long);
+        let scope = Scope::for_credential("h", "tenant", &Credential::basic("u", "p"));
+        for key in [
+            repository_head(&scope, &r),
+            tag_chunk(&scope, &r, u64::MAX, u32::MAX),
+            image(
+                &scope,
+                &Digest::parse(&format!("sha512:{}", "a".repeat(128))).unwrap(),
+            ),
+        ] {
+            assert!(key.len() <= MAX_KEY_LEN, "{} {key}", key.len());
+            assert!(key.bytes().all(|b| b > b' ' && b != 0x7f), "{key}");
+        }
+        assert!(repository_part(&r).starts_with("sha256-"));
+    }
+
+    #[test]
+    fn scopes_separate_tenants_hosts_and_identities_never_secrets() {
+        let a = Credential::basic("alice", "secret-one");
+        let a2 = Credential::basic("alice", "secret-two");
+        let b = Credential::basic("bob", "secret-one");
+        let s = Scope::for_credential("ghcr.io", "team-a", &a);
+        assert_eq!(
+            s,
+            Scope::for_credential("ghcr.io", "team-a", &a2),
+            "identity, not secret"
+        );
+        assert_ne!(s, Scope::for_credential("ghcr.io", "team-a", &b));
+        assert_ne!(s, Scope::for_credential("ghcr.io", "team-b", &a));
+        assert_ne!(s, Scope::for_credential("quay.io", "team-a", &a));
+        assert_eq!(
+            Scope::for_credential("ghcr.io", "team-a", &Credential::Anonymous),
+            Scope::public()
+        );
+        assert!(!s.as_str().contains("alice") && !s.as_str().contains("secret"));
+        assert_eq!(Scope::parse(s.as_str()), Some(s));
+        assert_eq!(Scope::parse("pub"), Some(Scope::public()));
+        assert_eq!(Scope::parse("pXYZ"), None);
+    }
+}

@@ -1,0 +1,760 @@
+//! regcache's schema on top of a byte cache: images by digest, tag indexes in chunks under a
+//! generation published by a small head item, and the read API with its decorators.
+//!
+//! Publishing writes every chunk of a new generation first and the head last, then deletes
+//! the previous generation's chunks. A reader reads the head, then that generation's chunks;
+//! each chunk names its generation, and a missing or foreign chunk sends the reader back to
+//! the head. So a reader sees one whole generation or none, never a mix.
+//!
+//! Tags are spread over chunks by `xxh3_64(tag) % chunks`, so one tag is found by reading
+//! the head and one chunk, even in a repository of 200,000 tags.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::decorate::{TimestampLabels, created_time};
+use super::keys::{self, Scope};
+use super::memcached::key_hash;
+use super::{CacheError, CacheWriter, Millis};
+use crate::image::{Digest, ImageRef, Reference, Repository};
+use crate::registry::{ImageMetadata, PlatformImage};
+
+/// One image (manifest or index) by digest, shared by every tag and repository of a scope
+/// that points at it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageRecord {
+    pub digest: Digest,
+    pub media_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub platforms: Vec<PlatformImage>,
+}
+
+impl From<&ImageMetadata> for ImageRecord {
+    fn from(m: &ImageMetadata) -> Self {
+        ImageRecord {
+            digest: m.digest.clone(),
+            media_type: m.media_type.clone(),
+            created: m.created,
+            labels: m.labels.clone(),
+            platforms: m.platforms.clone(),
+        }
+    }
+}
+
+/// One tag of a repository and its refresh state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TagEntry {
+    pub tag: String,
+    /// `None` when the registry reported the tag's manifest unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Digest>,
+    /// When the tag was last resolved (Unix ms).
+    pub fetched: i64,
+    /// When it should be resolved again (Unix ms).
+    pub deadline: i64,
+    /// The current refresh interval (ms): doubles while the tag is unchanged, halves when
+    /// it moves.
+    pub interval: u64,
+}
+
+/// The small item readers start from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositoryHead {
+    pub canonical_name: String,
+    /// 0 while no index has ever been published.
+    pub generation: u64,
+    pub chunks: u32,
+    pub tag_count: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_update: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TagChunk {
+    generation: u64,
+    index: u32,
+    tags: Vec<TagEntry>,
+}
+
+/// What the read API returns for a repository.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositoryMetadata {
+    pub canonical_name: String,
+    /// Every tag, sorted.
+    pub tags: Vec<String>,
+    /// Images by tag, for the tags whose image is cached.
+    pub images: BTreeMap<String, ImageInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_update: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// One image as the read API shows it (decorators applied).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageInfo {
+    pub canonical_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    pub digest: Digest,
+    pub media_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<DateTime<Utc>>,
+    pub labels: BTreeMap<String, String>,
+    pub platforms: Vec<PlatformImage>,
+}
+
+/// Reads that found nothing usable.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum ReadError {
+    /// Never fetched successfully (or evicted). `last_error` is the last failure while the
+    /// repository has never been fetched successfully.
+    #[error("{repository} is not cached{}; {help}", last_error.as_ref().map(|e| format!(", last error: {e}")).unwrap_or_default())]
+    NotCached {
+        repository: String,
+        last_error: Option<String>,
+        help: String,
+    },
+    #[error("tag {tag} is not in the cached tags of {repository}")]
+    TagNotFound { repository: String, tag: String },
+    #[error("image {digest} of {repository} is not cached; {help}")]
+    ImageNotCached {
+        repository: String,
+        digest: String,
+        help: String,
+    },
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+}
+
+impl ReadError {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            ReadError::NotCached { .. } => "not_cached",
+            ReadError::TagNotFound { .. } => "tag_not_found",
+            ReadError::ImageNotCached { .. } => "image_not_cached",
+            ReadError::Cache(e) => e.metric_label(),
+        }
+    }
+}
+
+/// What to check when a repository is not cached.
+pub fn not_cached_help(repository: &str) -> String {
+    format!(
+        "check that an ImageRepositoryWatch covers {repository} (its status shows why warming \
+         fails), that regcache reaches memcached, and that you asked under the scope of the \
+         watch's credentials"
+    )
+}
+
+/// Room kept in each chunk for the key, the JSON wrapper and memcached's item header.
+const CHUNK_OVERHEAD: usize = 512;
+/// Chunks written or deleted at once.
+const WRITE_CONCURRENCY: usize = 8;
+/// How often a reader goes back to the head when a generation changes under it.
+const READ_ATTEMPTS: usize = 4;
+
+/// regcache's view of a cache backend.
+pub struct MetadataStore<B> {
+    backend: B,
+    timestamp_labels: TimestampLabels,
+}
+
+impl<B: CacheWriter> MetadataStore<B> {
+    pub fn new(backend: B) -> Self {
+        MetadataStore {
+            backend,
+            timestamp_labels: TimestampLabels::default(),
+        }
+    }
+
+    pub fn with_timestamp_labels(mut self, labels: TimestampLabels) -> Self {
+        self.timestamp_labels = labels;
+        self
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, CacheError> {
+        match self.backend.get(key).await? {
+            None => Ok(None),
+            Some(e) => {
+                serde_json::from_slice(&e.value)
+                    .map(Some)
+                    .map_err(|err| CacheError::Corrupt {
+                        key: key.to_string(),
+                        detail: err.to_string(),
+                    })
+            }
+        }
+    }
+
+    async fn set_json<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        deadline: Millis,
+    ) -> Result<(), CacheError> {
+        let bytes = serde_json::to_vec(value).expect("schema types serialise");
+        self.backend.set(key, &bytes, deadline).await
+    }
+
+    /// Stores an image's metadata under its digest.
+    pub async fn put_image(
+        &self,
+        scope: &Scope,
+        record: &ImageRecord,
+        deadline: Millis,
+    ) -> Result<(), CacheError> {
+        self.set_json(&keys::image(scope, &record.digest), record, deadline)
+            .await
+    }
+
+    pub async fn get_image_record(
+        &self,
+        scope: &Scope,
+        digest: &Digest,
+    ) -> Result<Option<ImageRecord>, CacheError> {
+        self.get_json(&keys::image(scope, digest)).await
+    }
+
+    /// Which of `digests` are cached (one batched read).
+    pub async fn cached_images(
+        &self,
+        scope: &Scope,
+        digests: &[Digest],
+    ) -> Result<HashMap<Digest, ImageRecord>, CacheError> {
+        let keys: Vec<String> = digests.iter().map(|d| keys::image(scope, d)).collect();
+        let found = self.backend.get_many(&keys).await?;
+        let mut out = HashMap::with_capacity(found.len());
+        for (d, k) in digests.iter().zip(&keys) {
+            if let Some(e) = found.get(k)
+                && let Ok(r) = serde_json::from_slice::<ImageRecord>(&e.value)
+            {
+                out.insert(d.clone(), r);
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn head(
+        &self,
+        scope: &Scope,
+        repository: &Repository,
+    ) -> Result<Option<RepositoryHead>, CacheError> {
+        self.get_json(&keys::repository_head(scope, repository))
+            .await
+    }
+
+    /// Splits entries over chunks by tag hash, each chunk within the item limit.
+    fn partition(&self, entries: &[TagEntry]) -> Vec<Vec<Vec<u8>>> {
+        let encoded: Vec<(u64, Vec<u8>)> = entries
+            .iter()
+            .map(|e| {
+                (
+                    key_hash(&e.tag),
+                    serde_json::to_vec(e).expect("schema types serialise"),
+                )
+            })
+            .collect();
+        let budget = self
+            .backend
+            .item_limit()
+            .saturating_sub(CHUNK_OVERHEAD)
+            .max(1024);
+        let total: usize = encoded.iter().map(|(_, b)| b.len() + 1).sum();
+        // Hashing does not fill chunks evenly; start with 30% headroom and grow if one
+        // chunk still overflows.
+        let mut n = ((total * 13 / 10) / budget + 1).max(1);
+        loop {
+            let mut chunks: Vec<Vec<Vec<u8>>> = vec![Vec::new(); n];
+            let mut sizes = vec![0usize; n];
+            for (h, b) in &encoded {
+                let i = (*h % n as u64) as usize;
+                sizes[i] += b.len() + 1;
+                chunks[i].push(b.clone());
+            }
+            if sizes.iter().all(|s| *s <= budget) {
+                return chunks;
+            }
+            n += n / 4 + 1;
+        }
+    }
+
+    /// Publishes a repository's whole tag index as a new generation, with the repository's
+    /// freshness. On failure the previous generation stays published.
+    pub async fn publish_index(
+        &self,
+        scope: &Scope,
+        repository: &Repository,
+        entries: &[TagEntry],
+        last_update: DateTime<Utc>,
+        deadline: Millis,
+    ) -> Result<RepositoryHead, CacheError> {
+        let head_key = keys::repository_head(scope, repository);
+        // A head that cannot be read is treated as absent: the new generation is newer
+        // than any we could have written (it is the current time in ms).
+        let previous: Option<RepositoryHead> = self.get_json(&head_key).await.unwrap_or(None);
+        let generation =
+            (Millis::now().0.max(0) as u64).max(previous.as_ref().map_or(0, |h| h.generation + 1));
+        let mut sorted: Vec<TagEntry> = entries.to_vec();
+        sorted.sort_by(|a, b| a.tag.cmp(&b.tag));
+        let chunks = self.partition(&sorted);
+        let n = chunks.len() as u32;
+        let writes = chunks.into_iter().enumerate().map(|(i, items)| {
+            let key = keys::tag_chunk(scope, repository, generation, i as u32);
+            // Entries are already JSON; the chunk wrapper is written around them so a
+            // 200,000-tag index is not serialised twice.
+            let mut body =
+                format!(r#"{{"generation":{generation},"index":{i},"tags":["#).into_bytes();
+            for (j, item) in items.iter().enumerate() {
+                if j > 0 {
+                    body.push(b',');
+                }
+                body.extend_from_slice(item);
+            }
+            body.extend_from_slice(b"]}");
+            async move { self.backend.set(&key, &body, deadline).await }
+        });
+        let results: Vec<Result<(), CacheError>> = futures::stream::iter(writes)
+            .buffer_unordered(WRITE_CONCURRENCY)
+            .collect()
+            .await;
+        if let Some(err) = results.into_iter().find_map(Result::err) {
+            self.delete_generation(scope, repository, generation, n)
+                .await;
+            return Err(err);
+        }
+        let head = RepositoryHead {
+            canonical_name: repository.canonical(),
+            generation,
+            chunks: n,
+            tag_count: sorted.len() as u64,
+            last_update: Some(last_update),
+            last_error: None,
+            last_error_at: None,
+        };
+        if let Err(err) = self.set_json(&head_key, &head, deadline).await {
+            self.delete_generation(scope, repository, generation, n)
+                .await;
+            return Err(err);
+        }
+        if let Some(prev) = previous.filter(|p| p.generation != 0 && p.generation != generation) {
+            self.delete_generation(scope, repository, prev.generation, prev.chunks)
+                .await;
+        }
+        Ok(head)
+    }
+
+    /// Best effort: what is not deleted expires with its TTL.
+    async fn delete_generation(
+        &self,
+        scope: &Scope,
+        repository: &Repository,
+        generation: u64,
+        chunks: u32,
+    ) {
+        let deletes = (0..chunks).map(|i| {
+            let key = keys::tag_chunk(scope, repository, generation, i);
+            async move {
+                let _ = self.backend.delete(&key).await;
+            }
+        });
+        futures::stream::iter(deletes)
+            .buffer_unordered(WRITE_CONCURRENCY)
+            .collect::<Vec<()>>()
+            .await;
+    }
+
+    /// Records a failed pass: the published index stays as it was.
+    pub async fn record_error(
+        &self,
+        scope: &Scope,
+        repository: &Repository,
+        error: &str,
+        deadline: Millis,
+    ) -> Result<RepositoryHead, CacheError> {
+        let head_key = keys::repository_head(scope, repository);
+        let mut head: RepositoryHead =
+            self.get_json(&head_key)
+                .await?
+                .unwrap_or_else(|| RepositoryHead {
+                    canonical_name: repository.canonical(),
+                    ..RepositoryHead::default()
+                });
+        head.last_error = Some(error.to_string());
+        head.last_error_at = Some(Utc::now());
+        self.set_json(&head_key, &head, deadline).await?;
+        Ok(head)
+    }
+
+    /// The head and every tag entry of one generation, or `None` when nothing is
+    /// published (or what was published is gone).
+    pub async fn read_index(
+        &self,
+        scope: &Scope,
+        repository: &Repository,
+    ) -> Result<Option<(RepositoryHead, Vec<TagEntry>)>, CacheError> {
+        self.read_chunks(scope, repository, None).await
+    }
+
+    /// Reads all chunks, or only the chunk that holds `only_tag`.
+    async fn read_chunks(
+        &self,
+        scope: &Scope,
+        repository: &Repository,
+        only_tag: Option<&str>,
+    ) -> Result<Option<(RepositoryHead, Vec<TagEntry>)>, CacheError> {
+        let mut last_generation = None;
+        for _ in 0..READ_ATTEMPTS {
+            let Some(head) = self.head(scope, repository).await? else {
+                return Ok(None);
+            };
+            if head.generation == 0 {
+                return Ok(Some((head, Vec::new())));
+            }
+            if last_generation == Some(head.generation) {
+                // Same generation as the last attempt and still incomplete: evicted.
+                return Ok(None);
+            }
+            last_generation = Some(head.generation);
+            let wanted: Vec<u32> = match only_tag {
+                Some(tag) if head.chunks > 0 => vec![(key_hash(tag) % head.chunks as u64) as u32],
+                _ => (0..head.chunks).collect(),
+            };
+            let keys: Vec<String> = wanted
+                .iter()
+                .map(|i| keys::tag_chunk(scope, repository, head.generation, *i))
+                .collect();
+            let found = self.backend.get_many(&keys).await?;
+            let mut entries = Vec::new();
+            let mut complete = true;
+            for (i, key) in wanted.iter().zip(&keys) {
+                let chunk = found
+                    .get(key)
+                    .and_then(|e| serde_json::from_slice::<TagChunk>(&e.value).ok());
+                match chunk {
+                    Some(c) if c.generation == head.generation && c.index == *i => {
+                        entries.extend(c.tags)
+                    }
+                    _ => {
+                        complete = false;
+                        break;
+                    }
+                }
+            }
+            if complete {
+                entries.sort_by(|a, b| a.tag.cmp(&b.tag));
+                return Ok(Some((head, entries)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn not_cached(&self, repository: &Repository, head: Option<&RepositoryHead>) -> ReadError {
+        let name = repository.canonical();
+        ReadError::NotCached {
+            // The error is worth showing only while nothing was ever fetched.
+            last_error: head
+                .filter(|h| h.last_update.is_none())
+                .and_then(|h| h.last_error.clone()),
+            help: not_cached_help(&name),
+            repository: name,
+        }
+    }
+
+    fn info(&self, canonical_name: &str, tag: Option<&str>, record: ImageRecord) -> ImageInfo {
+        let applies = self.timestamp_labels.applies_to(canonical_name);
+        let platforms = record
+            .platforms
+            .into_iter()
+            .map(|mut p| {
+                p.created = created_time(applies, &p.labels, p.created);
+                p
+            })
+            .collect();
+        ImageInfo {
+            canonical_name: canonical_name.to_string(),
+            tag: tag.map(str::to_string),
+            created: created_time(applies, &record.labels, record.created),
+            digest: record.digest,
+            media_type: record.media_type,
+            labels: record.labels,
+            platforms,
+        }
+    }
+
+    /// The whole repository: tags, and each tag's image with decorators applied.
+    pub async fn get_image_repository_metadata(
+        &self,
+        scope: &Scope,
+        repository: &Repository,
+    ) -> Result<RepositoryMetadata, ReadError> {
+        let Some((head, entries)) = self.read_index(scope, repository).await? else {
+            let head = self.head(scope, repository).await.ok().flatten();
+            return Err(self.not_cached(repository, head.as_ref()));
+        };
+        if head.last_update.is_none() {
+            return Err(self.not_cached(repository, Some(&head)));
+        }
+        let mut digests: Vec<Digest> = entries.iter().filter_map(|e| e.digest.clone()).collect();
+        digests.sort();
+        digests.dedup();
+        let records = self.cached_images(scope, &digests).await?;
+        let name = repository.canonical();
+        let mut images = BTreeMap::new();
+        for e in &entries {
+            if let Some(record) = e.digest.as_ref().and_then(|d| records.get(d)) {
+                images.insert(
+                    e.tag.clone(),
+                    self.info(&name, Some(&e.tag), record.clone()),
+                );
+            }
+        }
+        Ok(RepositoryMetadata {
+            canonical_name: name,
+            tags: entries.into_iter().map(|e| e.tag).collect(),
+            images,
+            last_update: head.last_update,
+            last_error: head.last_error,
+        })
+    }
+
+    /// One image by tag (head and one chunk) or by digest (one item).
+    pub async fn get_image(&self, scope: &Scope, image: &ImageRef) -> Result<ImageInfo, ReadError> {
+        let repository = &image.repository;
+        let name = repository.canonical();
+        let (digest, tag) = match image.reference() {
+            Reference::Digest(d) => (d, image.tag.clone()),
+            Reference::Tag(tag) => {
+                let Some((head, entries)) = self.read_chunks(scope, repository, Some(&tag)).await?
+                else {
+                    let head = self.head(scope, repository).await.ok().flatten();
+                    return Err(self.not_cached(repository, head.as_ref()));
+                };
+                if head.last_update.is_none() {
+                    return Err(self.not_cached(repository, Some(&head)));
+                }
+                let digest = entries
+                    .into_iter()
+                    .find(|e| e.tag == tag)
+                    .and_then(|e| e.digest)
+                    .ok_or_else(|| ReadError::TagNotFound {
+                        repository: name.clone(),
+                        tag: tag.clone(),
+                    })?;
+                (digest, Some(tag))
+            }
+        };
+        let record = self
+            .get_image_record(scope, &digest)
+            .await?
+            .ok_or_else(|| ReadError::ImageNotCached {
+                repository: name.clone(),
+                digest: digest.to_string(),
+                help: not_cached_help(&name),
+            })?;
+        Ok(self.info(&name, tag.as_deref(), record))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::CacheReader;
+    use crate::cache::memory::MemoryCache;
+    use std::time::Duration;
+
+    fn repo() -> Repository {
+        Repository::parse("ghcr.io/org/app").unwrap()
+    }
+
+    fn entry(tag: &str, digest: &Digest) -> TagEntry {
+        TagEntry {
+            tag: tag.to_string(),
+            digest: Some(digest.clone()),
+            fetched: 1,
+            deadline: 2,
+            interval: 3,
+        }
+    }
+
+    fn record(digest: &Digest, created: &str, label: Option<&str>) -> ImageRecord {
+        let mut labels = BTreeMap::new();
+        if let Some(l) = label {
+            labels.insert(
+                "org.opencontainers.image.created".to_string(),
+                l.to_string(),
+            );
+        }
+        ImageRecord {
+            digest: digest.clone(),
+            media_type: crate::registry::manifest::OCI_MANIFEST.to_string(),
+            created: crate::registry::manifest::parse_time(created),
+            labels,
+            platforms: Vec::new(),
+        }
+    }
+
+    fn later() -> Millis {
+        Millis::now().plus(Duration::from_secs(3600))
+    }
+
+    #[tokio::test]
+    async fn small_chunks_round_trip_and_tag_lookup_reads_one_chunk() {
+        let store = MetadataStore::new(MemoryCache::new(4096));
+        let scope = Scope::public();
+        let d = Digest::sha256_of(b"image");
+        let entries: Vec<TagEntry> = (0..500).map(|i| entry(&format!("v{i}"), &d)).collect();
+        store
+            .put_image(&scope, &record(&d, "2024-01-01T00:00:00Z", None), later())
+            .await
+            .unwrap();
+        let head = store
+            .publish_index(&scope, &repo(), &entries, Utc::now(), later())
+            .await
+            .unwrap();
+        assert!(head.chunks > 10, "{} chunks", head.chunks);
+        let (_, read) = store.read_index(&scope, &repo()).await.unwrap().unwrap();
+        let mut want = entries.clone();
+        want.sort_by(|a, b| a.tag.cmp(&b.tag));
+        assert_eq!(read, want);
+
+        let hits_before = crate::cache::CacheStats::load(&store.backend().stats().hits);
+        let info = store
+            .get_image(&scope, &ImageRef::parse("ghcr.io/org/app:v42").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(info.digest, d);
+        let hits = crate::cache::CacheStats::load(&store.backend().stats().hits) - hits_before;
+        assert_eq!(hits, 3, "head, one chunk, one image");
+
+        // Republishing replaces the generation and removes the old chunks.
+        let before = store.backend().len();
+        store
+            .publish_index(&scope, &repo(), &entries[..10], Utc::now(), later())
+            .await
+            .unwrap();
+        assert!(store.backend().len() < before);
+        assert_eq!(
+            store
+                .read_index(&scope, &repo())
+                .await
+                .unwrap()
+                .unwrap()
+                .1
+                .len(),
+            10
+        );
+    }
+
+    #[tokio::test]
+    async fn not_cached_semantics_and_last_error() {
+        let store = MetadataStore::new(MemoryCache::default());
+        let scope = Scope::public();
+        let err = store
+            .get_image_repository_metadata(&scope, &repo())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                ReadError::NotCached {
+                    last_error: None,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("ImageRepositoryWatch"),
+            "help text: {err}"
+        );
+
+        store
+            .record_error(
+                &scope,
+                &repo(),
+                "registry ghcr.io refused the credentials",
+                later(),
+            )
+            .await
+            .unwrap();
+        let err = store
+            .get_image_repository_metadata(&scope, &repo())
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("last error: registry ghcr.io refused"),
+            "{err}"
+        );
+
+        // Once fetched, an error no longer hides the data: it rides along.
+        let d = Digest::sha256_of(b"x");
+        store
+            .put_image(&scope, &record(&d, "2024-01-01T00:00:00Z", None), later())
+            .await
+            .unwrap();
+        store
+            .publish_index(&scope, &repo(), &[entry("v1", &d)], Utc::now(), later())
+            .await
+            .unwrap();
+        store
+            .record_error(&scope, &repo(), "429 from ghcr.io", later())
+            .await
+            .unwrap();
+        let m = store
+            .get_image_repository_metadata(&scope, &repo())
+            .await
+            .unwrap();
+        assert_eq!(m.tags, ["v1"]);
+        assert_eq!(m.last_error.as_deref(), Some("429 from ghcr.io"));
+        assert!(m.last_update.is_some());
+        assert!(matches!(
+            store
+                .get_image(&scope, &ImageRef::parse("ghcr.io/org/app:v2").unwrap())
+                .await,
+            Err(ReadError::TagNotFound { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn timestamp_labels_decorate_on_read() {
+        let scope = Scope::public();
+        let d = Digest::sha256_of(b"reproducible");
+        let rec = record(&d, "1970-01-01T00:00:00Z", Some("2024-05-06T07:08:09Z"));
+        for (patterns, want) in [
+            (vec![], "1970-01-01T00:00:00+00:00"),
+            (vec!["ghcr.io/org/*"], "2024-05-06T07:08:09+00:00"),
+        ] {
+            let store = MetadataStore::new(MemoryCache::default())
+                .with_timestamp_labels(TimestampLabels::new(&patterns).unwrap());
+            store.put_image(&scope, &rec, later()).await.unwrap();
+            let by_digest = ImageRef::parse(&format!("ghcr.io/org/app@{d}")).unwrap();
+            let info = store.get_image(&scope, &by_digest).await.unwrap();
+            assert_eq!(info.created.unwrap().to_rfc3339(), want, "{patterns:?}");
+        }
+    }
+}
