@@ -126,10 +126,13 @@ impl Server {
                     .ok_or_else(|| unavailable("name has no address".to_string()))?
             }
         };
-        tokio::time::timeout(options.connect_timeout, Client::new(addr.to_string()))
-            .await
-            .map_err(|_| unavailable("connect timed out".to_string()))?
-            .map_err(|e| unavailable(e.to_string()))
+        tokio::time::timeout(
+            options.connect_timeout,
+            Client::new(format!("tcp://{addr}")),
+        )
+        .await
+        .map_err(|_| unavailable("connect timed out".to_string()))?
+        .map_err(|e| unavailable(e.to_string()))
     }
 
     fn release(&self, client: Client, options: &MemcachedOptions) {
