@@ -7,6 +7,7 @@
 //! decorators. The byte format is documented in `docs/cache-schema.md`.
 
 pub mod decorate;
+pub mod discovery;
 pub mod keys;
 pub mod memcached;
 pub mod memory;
