@@ -42,13 +42,35 @@ async fn bearer(reg: &Registry, repo: &str, creds: Option<(&str, &str)>) -> reqw
     rb.send().await.expect("token request")
 }
 
+async fn json_of(resp: reqwest::Response) -> serde_json::Value {
+    serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap()
+}
+
 async fn token_of(resp: reqwest::Response) -> String {
     assert_eq!(resp.status(), 200);
-    let v: serde_json::Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+    let v = json_of(resp).await;
     assert_eq!(v["token"], v["access_token"]);
     assert!(v["expires_in"].is_i64());
     assert!(v["issued_at"].is_string());
     v["token"].as_str().unwrap().to_string()
+}
+
+/// A token for [`TEST_USER`] with pull access to `repo`.
+async fn user_token(reg: &Registry, repo: &str) -> String {
+    token_of(bearer(reg, repo, Some((TEST_USER, CANARY_PASSWORD))).await).await
+}
+
+/// Status of `GET /v2/REPO/manifests/v1` with `Authorization: Bearer TOKEN`.
+async fn v1_status_with_token(
+    client: &reqwest::Client,
+    base: &str,
+    repo: &str,
+    token: &str,
+) -> reqwest::StatusCode {
+    let auth = Some(format!("Bearer {token}"));
+    get_manifest_raw(client, base, repo, "v1", auth)
+        .await
+        .status()
 }
 
 async fn push_and_check(reg: &Registry) {
@@ -62,11 +84,7 @@ async fn push_and_check(reg: &Registry) {
     let good_auth = match reg.auth() {
         RegistryAuth::Anonymous => None,
         RegistryAuth::Basic => Some(basic_auth_header(TEST_USER, CANARY_PASSWORD)),
-        RegistryAuth::Token => {
-            let tok =
-                token_of(bearer(reg, "team/app", Some((TEST_USER, CANARY_PASSWORD))).await).await;
-            Some(format!("Bearer {tok}"))
-        }
+        RegistryAuth::Token => Some(format!("Bearer {}", user_token(reg, "team/app").await)),
     };
     let r = get_manifest_raw(&client, &base, "team/app", "v1", good_auth).await;
     assert_eq!(r.status(), 200, "log: {}", reg.log());
@@ -92,27 +110,16 @@ async fn push_and_check(reg: &Registry) {
             assert!(challenge.contains("scope=\"repository:team/app:pull\""));
             // An anonymous token has an empty access list: still 401.
             let tok = token_of(bearer(reg, "team/app", None).await).await;
-            let r = get_manifest_raw(
-                &client,
-                &base,
-                "team/app",
-                "v1",
-                Some(format!("Bearer {tok}")),
-            )
-            .await;
-            assert_eq!(r.status(), 401);
+            assert_eq!(
+                v1_status_with_token(&client, &base, "team/app", &tok).await,
+                401
+            );
             // A token for another repository does not work either.
-            let tok =
-                token_of(bearer(reg, "other/repo", Some((TEST_USER, CANARY_PASSWORD))).await).await;
-            let r = get_manifest_raw(
-                &client,
-                &base,
-                "team/app",
-                "v1",
-                Some(format!("Bearer {tok}")),
-            )
-            .await;
-            assert_eq!(r.status(), 401);
+            let tok = user_token(reg, "other/repo").await;
+            assert_eq!(
+                v1_status_with_token(&client, &base, "team/app", &tok).await,
+                401
+            );
         } else {
             assert!(challenge.starts_with("Basic realm="), "{challenge}");
         }
@@ -165,16 +172,12 @@ async fn token_expiry_is_settable() {
         .await;
     let ts = reg.token_server().unwrap();
     ts.set_expires_in(-60);
-    let tok = token_of(bearer(&reg, "app", Some((TEST_USER, CANARY_PASSWORD))).await).await;
-    let r = get_manifest_raw(
-        &reg.client(),
-        &reg.base_url(),
-        "app",
-        "v1",
-        Some(format!("Bearer {tok}")),
-    )
-    .await;
-    assert_eq!(r.status(), 401, "expired token must be refused");
+    let tok = user_token(&reg, "app").await;
+    assert_eq!(
+        v1_status_with_token(&reg.client(), &reg.base_url(), "app", &tok).await,
+        401,
+        "expired token must be refused"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -516,7 +519,7 @@ async fn proxy_status_faults_and_times() {
     let r = f.get("GET", m).await.unwrap();
     assert_eq!(r.status(), 429);
     assert_eq!(header(&r, "retry-after").as_deref(), Some("2"));
-    let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    let v = json_of(r).await;
     assert_eq!(v["errors"][0]["code"], "TOOMANYREQUESTS");
     let r = f.get("GET", m).await.unwrap();
     assert_eq!(r.status(), 429);
@@ -590,7 +593,7 @@ async fn proxy_body_and_header_faults() {
     let f = proxy_fixture(RegistryAuth::Token).await;
     let m = "/v2/app/manifests/v1";
     // The proxy passes token challenges through; fetch a token and use it.
-    let tok = token_of(bearer(&f.reg, "app", Some((TEST_USER, CANARY_PASSWORD))).await).await;
+    let tok = user_token(&f.reg, "app").await;
     let get = |path: &str| {
         f.client
             .get(format!("{}{path}", f.proxy.base_url()))
@@ -655,6 +658,12 @@ async fn proxy_paginates_tags_both_link_styles() {
     expected.sort();
     let proxy = FaultProxy::start(&reg.base_url(), None);
     let client = http_client(None);
+    let get_as_user = |url: String| {
+        client
+            .get(url)
+            .basic_auth(TEST_USER, Some(CANARY_PASSWORD))
+            .send()
+    };
     for style in [LinkStyle::Relative, LinkStyle::Absolute] {
         proxy.paginate_tags(5, style);
         proxy.reset_counts();
@@ -662,16 +671,11 @@ async fn proxy_paginates_tags_both_link_styles() {
         let mut all = Vec::new();
         let mut pages = 0;
         loop {
-            let r = client
-                .get(&url)
-                .basic_auth(TEST_USER, Some(CANARY_PASSWORD))
-                .send()
-                .await
-                .unwrap();
+            let r = get_as_user(url.clone()).await.unwrap();
             assert_eq!(r.status(), 200);
             pages += 1;
             let link = header(&r, "link");
-            let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+            let v = json_of(r).await;
             assert_eq!(v["name"], "pages");
             let tags = v["tags"].as_array().unwrap();
             assert!(tags.len() <= 5);
@@ -698,15 +702,12 @@ async fn proxy_paginates_tags_both_link_styles() {
         assert_eq!(proxy.count("GET", Kind::TagList), 5);
     }
     // n smaller than the page size; last= continues after the given tag.
-    let r = client
-        .get(format!(
-            "{}/v2/pages/tags/list?n=2&last=t10",
-            proxy.base_url()
-        ))
-        .basic_auth(TEST_USER, Some(CANARY_PASSWORD))
-        .send()
-        .await
-        .unwrap();
+    let r = get_as_user(format!(
+        "{}/v2/pages/tags/list?n=2&last=t10",
+        proxy.base_url()
+    ))
+    .await
+    .unwrap();
     assert_eq!(
         header(&r, "link").as_deref(),
         Some(
@@ -717,7 +718,7 @@ async fn proxy_paginates_tags_both_link_styles() {
             .as_str()
         )
     );
-    let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    let v = json_of(r).await;
     assert_eq!(v["tags"], serde_json::json!(["t11", "t12"]));
     // Upstream errors pass through.
     let r = client
@@ -727,13 +728,10 @@ async fn proxy_paginates_tags_both_link_styles() {
         .unwrap();
     assert_eq!(r.status(), 401);
     proxy.stop_paginating();
-    let r = client
-        .get(format!("{}/v2/pages/tags/list?n=2", proxy.base_url()))
-        .basic_auth(TEST_USER, Some(CANARY_PASSWORD))
-        .send()
+    let r = get_as_user(format!("{}/v2/pages/tags/list?n=2", proxy.base_url()))
         .await
         .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    let v = json_of(r).await;
     assert_eq!(
         v["tags"].as_array().unwrap().len(),
         23,
@@ -871,7 +869,7 @@ async fn token_server_can_fail() {
     assert_eq!(r.status(), 503);
     ts.fail_with(None);
     let before = ts.issued();
-    token_of(bearer(&reg, "x", Some((TEST_USER, CANARY_PASSWORD))).await).await;
+    user_token(&reg, "x").await;
     assert_eq!(ts.issued(), before + 1);
     assert_eq!(ts.requests(), 2);
 }

@@ -85,72 +85,79 @@ fn serial() -> String {
     format!("0x{:016x}", rand::random::<u64>() >> 1)
 }
 
+/// `-newkey` arguments: EC P-256 (fast) and RSA-2048.
+const EC_P256: &[&str] = &["ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+const RSA_2048: &[&str] = &["rsa:2048"];
+/// Validity of every certificate.
+const DAYS: &str = "3";
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+/// `openssl req -new` with a fresh unencrypted key (`newkey`) written to `key`, subject
+/// `subj`, and the harness config `cnf`. With `self_signed = Some(extensions)`, `out` is
+/// a self-signed certificate with those extensions and a random serial; otherwise a CSR.
+fn new_key_and_req(
+    cnf: &Path,
+    newkey: &[&str],
+    key: &Path,
+    out: &Path,
+    subj: &str,
+    self_signed: Option<&str>,
+) {
+    let mut args = vec!["req", "-new", "-newkey"];
+    args.extend(newkey);
+    args.extend(["-nodes", "-keyout", path_str(key), "-out", path_str(out)]);
+    args.extend(["-config", path_str(cnf), "-subj", subj]);
+    let serial = serial();
+    if let Some(ext) = self_signed {
+        args.extend([
+            "-x509",
+            "-days",
+            DAYS,
+            "-extensions",
+            ext,
+            "-set_serial",
+            &serial,
+        ]);
+    }
+    openssl(&args);
+}
+
 /// Make `ca.crt`/`ca.key` (CA:TRUE) and `server.crt`/`server.key` (serverAuth,
 /// SAN DNS:localhost, IP:127.0.0.1; signed by the CA) in `dir`. EC P-256 keys (fast).
 pub fn generate_tls(dir: &Path) -> TlsCerts {
     let cnf = write_cnf(dir);
-    let cnf = cnf.to_str().unwrap();
     let p = |name: &str| dir.join(name);
     let (ca_crt, ca_key) = (p("ca.crt"), p("ca.key"));
     let (leaf_crt, leaf_key, leaf_csr) = (p("server.crt"), p("server.key"), p("server.csr"));
-    openssl(&[
-        "req",
-        "-x509",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        ca_key.to_str().unwrap(),
-        "-out",
-        ca_crt.to_str().unwrap(),
-        "-days",
-        "3",
-        "-config",
-        cnf,
-        "-extensions",
-        "v3_ca",
-        "-subj",
+    new_key_and_req(
+        &cnf,
+        EC_P256,
+        &ca_key,
+        &ca_crt,
         "/CN=regcache-test-ca",
-        "-set_serial",
-        &serial(),
-    ]);
-    openssl(&[
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        leaf_key.to_str().unwrap(),
-        "-out",
-        leaf_csr.to_str().unwrap(),
-        "-config",
-        cnf,
-        "-subj",
-        "/CN=localhost",
-    ]);
+        Some("v3_ca"),
+    );
+    new_key_and_req(&cnf, EC_P256, &leaf_key, &leaf_csr, "/CN=localhost", None);
     openssl(&[
         "x509",
         "-req",
         "-in",
-        leaf_csr.to_str().unwrap(),
+        path_str(&leaf_csr),
         "-CA",
-        ca_crt.to_str().unwrap(),
+        path_str(&ca_crt),
         "-CAkey",
-        ca_key.to_str().unwrap(),
+        path_str(&ca_key),
         "-set_serial",
         &serial(),
         "-out",
-        leaf_crt.to_str().unwrap(),
+        path_str(&leaf_crt),
         "-days",
-        "3",
+        DAYS,
         "-extfile",
-        cnf,
+        path_str(&cnf),
         "-extensions",
         "v3_leaf",
     ]);
@@ -166,28 +173,14 @@ pub fn generate_signing_cert(dir: &Path, name: &str) -> CertPair {
     let cnf = write_cnf(dir);
     let crt = dir.join(format!("{name}.crt"));
     let key = dir.join(format!("{name}.key"));
-    openssl(&[
-        "req",
-        "-x509",
-        "-new",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        key.to_str().unwrap(),
-        "-out",
-        crt.to_str().unwrap(),
-        "-days",
-        "3",
-        "-config",
-        cnf.to_str().unwrap(),
-        "-extensions",
-        "v3_signing",
-        "-subj",
+    new_key_and_req(
+        &cnf,
+        RSA_2048,
+        &key,
+        &crt,
         &format!("/CN={name}"),
-        "-set_serial",
-        &serial(),
-    ]);
+        Some("v3_signing"),
+    );
     read_pair(crt, key)
 }
 

@@ -1,13 +1,14 @@
 //! A foreground `memcached` child process on a free loopback port.
 
+use super::process::{ChildProcess, NotReady, wait_ready};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A memcached server; killed on drop. `stop()`/`restart()` keep the port.
 pub struct Memcached {
-    child: Option<Child>,
+    child: ChildProcess,
     port: u16,
     args: Vec<String>,
 }
@@ -27,7 +28,7 @@ impl Memcached {
             match spawn(port, &args) {
                 Ok(child) => {
                     return Memcached {
-                        child: Some(child),
+                        child: ChildProcess::new(child),
                         port,
                         args,
                     };
@@ -52,35 +53,24 @@ impl Memcached {
 
     /// Kill and wait; the port is kept for [`Self::restart`]. Data is lost.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.child.stop();
     }
 
     /// Stop (if running) and start again on the same port (empty cache).
     pub fn restart(&mut self) {
-        self.stop();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match spawn(self.port, &self.args) {
-                Ok(c) => {
-                    self.child = Some(c);
-                    return;
-                }
-                Err(e) if Instant::now() > deadline => {
-                    panic!("memcached restart on port {} failed: {e}", self.port)
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
-            }
-        }
+        let (port, args) = (self.port, &self.args);
+        self.child
+            .restart(
+                Duration::from_secs(5),
+                Duration::from_millis(50),
+                || spawn(port, args),
+                |_| true,
+            )
+            .unwrap_or_else(|e| panic!("memcached restart on port {port} failed: {e}"));
     }
 
     pub fn is_running(&mut self) -> bool {
-        match &mut self.child {
-            Some(c) => matches!(c.try_wait(), Ok(None)),
-            None => false,
-        }
+        self.child.is_running()
     }
 
     /// Send one raw text-protocol command (e.g. `"stats\r\n"`) and return the reply up to
@@ -126,12 +116,6 @@ impl Memcached {
     }
 }
 
-impl Drop for Memcached {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 fn spawn(port: u16, extra: &[String]) -> Result<Child, String> {
     let mut child = Command::new("memcached")
         .args(["-u", "root", "-l", "127.0.0.1", "-p"])
@@ -144,28 +128,28 @@ fn spawn(port: u16, extra: &[String]) -> Result<Child, String> {
         .spawn()
         .map_err(|e| format!("spawn memcached (apt-get install memcached): {e}"))?;
     let addr = format!("127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
+    let ready = || raw_command(&addr, "version\r\n").is_ok_and(|r| r.starts_with("VERSION"));
+    match wait_ready(
+        &mut child,
+        Duration::from_secs(5),
+        Duration::from_millis(10),
+        ready,
+    ) {
+        Ok(()) => {
+            // Nothing reads stderr from here on; memcached writes little, but do not let
+            // a full pipe ever block it.
+            drop(child.stderr.take());
+            Ok(child)
+        }
+        Err(NotReady::Exited(status)) => {
             let mut err = String::new();
             if let Some(mut e) = child.stderr.take() {
                 let _ = e.read_to_string(&mut err);
             }
-            return Err(format!("memcached exited ({status}): {err}"));
+            Err(format!("memcached exited ({status}): {err}"))
         }
-        if let Ok(reply) = raw_command(&addr, "version\r\n")
-            && reply.starts_with("VERSION")
-        {
-            // Nothing reads stderr from here on; memcached writes little, but do not let
-            // a full pipe ever block it.
-            drop(child.stderr.take());
-            return Ok(child);
-        }
-        std::thread::sleep(Duration::from_millis(10));
+        Err(NotReady::TimedOut) => Err("memcached did not answer `version` within 5s".to_string()),
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    Err("memcached did not answer `version` within 5s".to_string())
 }
 
 fn raw_command(addr: &str, command: &str) -> std::io::Result<String> {

@@ -27,9 +27,11 @@
 
 pub mod certs;
 pub mod memcached;
+pub mod process;
 pub mod proxy;
 pub mod pusher;
 pub mod registry;
+pub mod server;
 pub mod token;
 pub mod webhook;
 
@@ -124,6 +126,21 @@ pub fn http_client(ca_pem: Option<&[u8]>) -> reqwest::Client {
 pub fn sha256_digest(bytes: &[u8]) -> String {
     use sha2::Digest;
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+/// The `tags` of a `tags/list` answer, sorted (empty if there are none).
+pub fn sorted_tags(tag_list: &serde_json::Value) -> Vec<String> {
+    let mut tags: Vec<String> = tag_list
+        .get("tags")
+        .and_then(|t| t.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    tags.sort();
+    tags
 }
 
 /// `Basic base64(user:password)`.

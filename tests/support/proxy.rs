@@ -1,6 +1,7 @@
 //! A plain-HTTP reverse proxy in front of a registry that counts requests by kind and
 //! injects faults, plus server-side tag pagination (the Debian registry ignores `n=`).
 
+use super::server::{BackgroundServer, bind_loopback};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::Frame;
@@ -234,17 +235,14 @@ impl std::error::Error for ResetConnection {}
 pub struct FaultProxy {
     port: u16,
     state: Arc<State>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: BackgroundServer,
 }
 
 impl FaultProxy {
     /// Proxy to `upstream_base_url` (e.g. `registry.base_url()`), trusting
     /// `upstream_ca_pem` for an HTTPS upstream. Sync; usable from any test.
     pub fn start(upstream_base_url: &str, upstream_ca_pem: Option<&[u8]>) -> FaultProxy {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let port = listener.local_addr().unwrap().port();
+        let (listener, port) = bind_loopback("proxy");
         let client = super::http_client_builder(upstream_ca_pem)
             .pool_max_idle_per_host(64)
             .build()
@@ -258,25 +256,18 @@ impl FaultProxy {
             seen: Mutex::new(Vec::new()),
             paginate: Mutex::new(None),
         });
-        let (tx, rx) = tokio::sync::oneshot::channel();
         let st = state.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("fault-proxy-{port}"))
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                    .expect("proxy runtime");
-                rt.block_on(serve(listener, st, rx));
-                rt.shutdown_background();
-            })
-            .expect("spawn proxy thread");
+        let server = BackgroundServer::builder("fault-proxy")
+            .worker_threads(2)
+            .nodelay(true)
+            .start(listener, move |req| {
+                let st = st.clone();
+                async move { handle(req, &st).await }
+            });
         FaultProxy {
             port,
             state,
-            shutdown: Some(tx),
-            thread: Some(thread),
+            _server: server,
         }
     }
 
@@ -336,44 +327,6 @@ impl FaultProxy {
     /// Every request since the last reset, in arrival order.
     pub fn seen(&self) -> Vec<SeenRequest> {
         self.state.seen.lock().unwrap().clone()
-    }
-}
-
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-async fn serve(
-    listener: std::net::TcpListener,
-    state: Arc<State>,
-    mut shutdown: tokio::sync::oneshot::Receiver<()>,
-) {
-    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            acc = listener.accept() => {
-                let Ok((stream, _)) = acc else { continue };
-                let _ = stream.set_nodelay(true);
-                let st = state.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let st = st.clone();
-                        async move { handle(req, &st).await }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        }
     }
 }
 
@@ -623,16 +576,7 @@ async fn paginated_tags(
         .and_then(|n| n.as_str())
         .unwrap_or_default()
         .to_string();
-    let mut tags: Vec<String> = v
-        .get("tags")
-        .and_then(|t| t.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|t| t.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    tags.sort();
+    let mut tags = super::sorted_tags(&v);
     if let Some(last) = get("last") {
         tags.retain(|t| *t > last);
     }

@@ -111,6 +111,11 @@ impl PlatformSpec {
     }
     /// The `platform` object of an index entry.
     pub fn to_json(&self) -> Value {
+        Value::Object(self.json_fields())
+    }
+    /// `architecture`, `os` and, if set, `variant` and `os.version` (index entries and
+    /// image configs spell them alike).
+    fn json_fields(&self) -> serde_json::Map<String, Value> {
         let mut m = serde_json::Map::new();
         m.insert("architecture".into(), json!(self.architecture));
         m.insert("os".into(), json!(self.os));
@@ -120,7 +125,7 @@ impl PlatformSpec {
         if let Some(v) = &self.os_version {
             m.insert("os.version".into(), json!(v));
         }
-        Value::Object(m)
+        m
     }
 }
 
@@ -281,6 +286,20 @@ struct Resp {
     body: bytes::Bytes,
 }
 
+impl Resp {
+    /// `Err("WHAT answered STATUS: BODY")` unless the status is `expected`.
+    fn expect_status(&self, expected: u16, what: &str) -> PushResult<()> {
+        if self.status == expected {
+            return Ok(());
+        }
+        Err(format!(
+            "{what} answered {}: {}",
+            self.status,
+            String::from_utf8_lossy(&self.body)
+        ))
+    }
+}
+
 impl Pusher {
     pub fn new(
         base_url: &str,
@@ -431,13 +450,7 @@ impl Pusher {
                 self.client.post(&start_url).header("content-length", "0")
             })
             .await?;
-        if r.status != 202 {
-            return Err(format!(
-                "upload start answered {}: {}",
-                r.status,
-                String::from_utf8_lossy(&r.body)
-            ));
-        }
+        r.expect_status(202, "upload start")?;
         let loc = r
             .headers
             .get("location")
@@ -460,13 +473,7 @@ impl Pusher {
                     .body(data.clone())
             })
             .await?;
-        if r.status != 201 {
-            return Err(format!(
-                "upload PUT answered {}: {}",
-                r.status,
-                String::from_utf8_lossy(&r.body)
-            ));
-        }
+        r.expect_status(201, "upload PUT")?;
         Ok(digest)
     }
 
@@ -501,13 +508,7 @@ impl Pusher {
                     .body(data.clone())
             })
             .await?;
-        if r.status != 201 {
-            return Err(format!(
-                "manifest PUT answered {}: {}",
-                r.status,
-                String::from_utf8_lossy(&r.body)
-            ));
-        }
+        r.expect_status(201, "manifest PUT")?;
         if let Some(d) = r
             .headers
             .get("docker-content-digest")
@@ -521,30 +522,25 @@ impl Pusher {
 
     /// DELETE a blob from a repository (panics unless 202).
     pub async fn delete_blob(&self, repo: &str, digest: &str) {
-        let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
-        let r = self
-            .send(repo, || self.client.delete(&url))
-            .await
-            .unwrap_or_else(|e| panic!("delete_blob: {e}"));
-        assert_eq!(
-            r.status,
-            202,
-            "delete blob {repo}@{digest}: {}",
-            String::from_utf8_lossy(&r.body)
-        );
+        self.delete(repo, "blobs", "blob", digest).await;
     }
 
     /// DELETE a manifest by digest (removes all its tags; panics unless 202).
     pub async fn delete_manifest(&self, repo: &str, digest: &str) {
-        let url = self.url(&format!("/v2/{repo}/manifests/{digest}"));
+        self.delete(repo, "manifests", "manifest", digest).await;
+    }
+
+    /// DELETE `/v2/REPO/SECTION/DIGEST`; panics (naming the `noun`) unless 202.
+    async fn delete(&self, repo: &str, section: &str, noun: &str, digest: &str) {
+        let url = self.url(&format!("/v2/{repo}/{section}/{digest}"));
         let r = self
             .send(repo, || self.client.delete(&url))
             .await
-            .unwrap_or_else(|e| panic!("delete_manifest: {e}"));
+            .unwrap_or_else(|e| panic!("delete_{noun}: {e}"));
         assert_eq!(
             r.status,
             202,
-            "delete manifest {repo}@{digest}: {}",
+            "delete {noun} {repo}@{digest}: {}",
             String::from_utf8_lossy(&r.body)
         );
     }
@@ -597,16 +593,7 @@ impl Pusher {
             .unwrap_or_else(|e| panic!("list_tags: {e}"));
         assert_eq!(r.status, 200, "tags/list {repo}");
         let v: Value = serde_json::from_slice(&r.body).expect("tags json");
-        let mut tags: Vec<String> = v["tags"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|t| t.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
-        tags.sort();
-        tags
+        super::sorted_tags(&v)
     }
 
     /// Push config, layer and manifest under `tag` (a tag or a digest reference).
@@ -892,15 +879,7 @@ pub fn layer_bytes(seed: u64, platform: &PlatformSpec) -> Vec<u8> {
 }
 
 fn config_json(spec: &ImageSpec, layer_digest: &str) -> Vec<u8> {
-    let mut m = serde_json::Map::new();
-    m.insert("architecture".into(), json!(spec.platform.architecture));
-    m.insert("os".into(), json!(spec.platform.os));
-    if let Some(v) = &spec.platform.variant {
-        m.insert("variant".into(), json!(v));
-    }
-    if let Some(v) = &spec.platform.os_version {
-        m.insert("os.version".into(), json!(v));
-    }
+    let mut m = spec.platform.json_fields();
     if let Some(c) = &spec.created {
         m.insert("created".into(), json!(c));
     }

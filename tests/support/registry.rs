@@ -1,13 +1,14 @@
 //! A real `docker-registry` 2.8.2 (CNCF distribution) child process per test.
 
 use super::certs::{self, TlsCerts};
+use super::process::{ChildProcess, NotReady, wait_ready};
 use super::pusher::Pusher;
 use super::token::TokenServer;
 use super::{CANARY_PASSWORD, TEST_USER};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How the registry authenticates clients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,7 +26,7 @@ pub const REALM: &str = "regcache-test";
 
 /// A running registry; killed (and waited for) on drop, also when a test panics.
 pub struct Registry {
-    child: Option<Child>,
+    child: ChildProcess,
     port: u16,
     auth: RegistryAuth,
     tls: Option<TlsCerts>,
@@ -116,7 +117,7 @@ impl Registry {
             match spawn(dir.path(), &config_path, &log_path, port, tls) {
                 Ok(child) => {
                     return Registry {
-                        child: Some(child),
+                        child: ChildProcess::new(child),
                         port,
                         auth,
                         tls: tls_certs,
@@ -203,48 +204,32 @@ impl Registry {
         &self.storage
     }
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child.is_running()
     }
 
     /// Kill the registry (simulates an outage); storage and port are kept.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.child.stop();
     }
 
     /// Stop (if running) and start again on the same port with the same storage,
     /// config and token server. Panics if it does not come back within 5s.
     pub fn restart(&mut self) {
-        self.stop();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match spawn(
-                self.dir.path(),
-                &self.config_path,
-                &self.log_path,
-                self.port,
-                self.tls.is_some(),
-            ) {
-                Ok(c) => {
-                    self.child = Some(c);
-                    return;
-                }
-                Err((true, _)) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err((_, log)) => panic!("docker-registry restart failed; log:\n{log}"),
-            }
-        }
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        self.stop();
+        let tls = self.tls.is_some();
+        let (dir, config, log, port) = (
+            self.dir.path(),
+            &self.config_path,
+            &self.log_path,
+            self.port,
+        );
+        self.child
+            .restart(
+                Duration::from_secs(5),
+                Duration::from_millis(100),
+                || spawn(dir, config, log, port, tls),
+                |(port_taken, _)| *port_taken,
+            )
+            .unwrap_or_else(|(_, log)| panic!("docker-registry restart failed; log:\n{log}"));
     }
 }
 
@@ -273,28 +258,26 @@ fn spawn(
         .spawn()
         .expect("spawn docker-registry (apt-get install docker-registry)");
     let addr = format!("127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut exited = false;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            exited = true;
-            break;
-        }
-        let ok = if tls {
+    let ready = || {
+        if tls {
             std::net::TcpStream::connect(&addr).is_ok()
         } else {
             super::blocking_http_status(&addr, "/v2/", Duration::from_millis(500)).is_some()
-        };
-        if ok {
-            return Ok(child);
         }
-        std::thread::sleep(Duration::from_millis(20));
+    };
+    match wait_ready(
+        &mut child,
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        ready,
+    ) {
+        Ok(()) => Ok(child),
+        Err(why) => {
+            let log = std::fs::read_to_string(log_path).unwrap_or_default();
+            let exited = matches!(why, NotReady::Exited(_));
+            Err((exited && log.contains("address already in use"), log))
+        }
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    let log = std::fs::read_to_string(log_path).unwrap_or_default();
-    let taken = exited && log.contains("address already in use");
-    Err((taken, log))
 }
 
 fn write_htpasswd(dir: &Path) -> PathBuf {

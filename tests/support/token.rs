@@ -8,6 +8,7 @@
 //! list (so the registry answers 401); wrong credentials get 401.
 
 use super::certs::{self, CertPair};
+use super::server::{BackgroundServer, bind_loopback};
 use super::{CANARY_PASSWORD, TEST_USER};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -47,8 +48,7 @@ pub struct TokenServer {
     port: u16,
     state: Arc<State>,
     cert: CertPair,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: BackgroundServer,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -79,29 +79,19 @@ impl TokenServer {
             denied: AtomicUsize::new(0),
             log: Mutex::new(Vec::new()),
         });
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind token server");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let port = listener.local_addr().unwrap().port();
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (listener, port) = bind_loopback("token server");
         let st = state.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("token-server-{port}"))
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                    .expect("token server runtime");
-                rt.block_on(serve(listener, st, rx));
-                rt.shutdown_background();
-            })
-            .expect("spawn token server thread");
+        let server = BackgroundServer::builder("token-server")
+            .worker_threads(2)
+            .start(listener, move |req| {
+                let st = st.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(req, &st).await) }
+            });
         TokenServer {
             port,
             state,
             cert,
-            shutdown: Some(tx),
-            thread: Some(thread),
+            _server: server,
             _dir: None,
         }
     }
@@ -170,43 +160,6 @@ impl TokenServer {
     /// Issue a token directly (no HTTP), e.g. to hand-craft requests.
     pub fn mint(&self, subject: &str, access: &[(String, Vec<String>)]) -> String {
         mint(&self.state, subject, access)
-    }
-}
-
-impl Drop for TokenServer {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-async fn serve(
-    listener: std::net::TcpListener,
-    state: Arc<State>,
-    mut shutdown: tokio::sync::oneshot::Receiver<()>,
-) {
-    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            acc = listener.accept() => {
-                let Ok((stream, _)) = acc else { continue };
-                let st = state.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let st = st.clone();
-                        async move { Ok::<_, std::convert::Infallible>(handle(req, &st).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! A tiny HTTP sink for registry notifications (`notifications:` in the registry config).
 //! Records every POSTed envelope; can be told to answer with an error status.
 
+use super::server::{BackgroundServer, bind_loopback};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response};
@@ -27,57 +28,25 @@ struct State {
 pub struct WebhookSink {
     port: u16,
     state: Arc<State>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: BackgroundServer,
 }
 
 impl WebhookSink {
     pub fn start() -> WebhookSink {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind webhook sink");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let port = listener.local_addr().unwrap().port();
+        let (listener, port) = bind_loopback("webhook sink");
         let state = Arc::new(State {
             deliveries: Mutex::new(Vec::new()),
             status: AtomicU16::new(200),
         });
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let st = state.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("webhook runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let mut rx = rx;
-                loop {
-                    tokio::select! {
-                        _ = &mut rx => break,
-                        acc = listener.accept() => {
-                            let Ok((stream, _)) = acc else { continue };
-                            let st = st.clone();
-                            tokio::spawn(async move {
-                                let svc = hyper::service::service_fn(move |req| {
-                                    let st = st.clone();
-                                    async move {
-                                        Ok::<_, std::convert::Infallible>(handle(req, &st).await)
-                                    }
-                                });
-                                let _ = hyper::server::conn::http1::Builder::new()
-                                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                                    .await;
-                            });
-                        }
-                    }
-                }
-            });
-            rt.shutdown_background();
+        let server = BackgroundServer::builder("webhook-sink").start(listener, move |req| {
+            let st = st.clone();
+            async move { Ok::<_, std::convert::Infallible>(handle(req, &st).await) }
         });
         WebhookSink {
             port,
             state,
-            shutdown: Some(tx),
-            thread: Some(thread),
+            _server: server,
         }
     }
 
@@ -122,17 +91,6 @@ impl WebhookSink {
              backoff: 200ms\n",
             self.url()
         )
-    }
-}
-
-impl Drop for WebhookSink {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
