@@ -425,3 +425,77 @@ async fn a_server_that_never_answers_times_out() {
     assert!(started.elapsed() < Duration::from_secs(3));
     assert!(CacheStats::load(&cache.stats().errors) >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn servers_are_discovered_from_dns_srv_and_refreshed() {
+    use regcache::cache::discovery::{SrvDiscovery, refresh_servers};
+    let servers = [Server::start(), Server::start(), Server::start()];
+    let dns = support::dns::DnsServer::start();
+    let name = "_memcache._tcp.memcached.regcache.svc.cluster.local";
+    let target = |s: &Server| format!("localhost:{}", s.port());
+    dns.set_srv(
+        name,
+        &[
+            ("localhost", servers[1].port()),
+            ("localhost", servers[0].port()),
+        ],
+    );
+    let discovery = SrvDiscovery::with_nameserver(name, dns.addr()).unwrap();
+    let mut want = vec![target(&servers[0]), target(&servers[1])];
+    want.sort();
+    assert_eq!(
+        discovery.discover().await.unwrap(),
+        want,
+        "sorted TARGET:PORT"
+    );
+
+    let cache = Arc::new(Memcached::new(Vec::new(), options()));
+    assert!(matches!(
+        cache.get_many(&["k".to_string()]).await,
+        Err(CacheError::NoServers)
+    ));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let refresher = tokio::spawn(refresh_servers(
+        cache.clone(),
+        discovery,
+        Duration::from_millis(100),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let wait_for = |n: usize| {
+        let cache = cache.clone();
+        async move {
+            for _ in 0..100 {
+                if cache.servers().len() == n {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            false
+        }
+    };
+    assert!(wait_for(2).await, "{:?}", cache.servers());
+    // Servers named by SRV targets are reached through the name.
+    cache.set("rc1:discovered", b"v", later()).await.unwrap();
+    assert!(cache.get("rc1:discovered").await.unwrap().is_some());
+
+    // Scaling up shows within a refresh.
+    let all: Vec<(&str, u16)> = servers.iter().map(|s| ("localhost", s.port())).collect();
+    dns.set_srv(name, &all);
+    assert!(wait_for(3).await, "{:?}", cache.servers());
+
+    // A lookup that fails keeps the last good list.
+    dns.set_srv(name, &[]);
+    let queries = dns.queries();
+    while dns.queries() < queries + 2 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(cache.servers().len(), 3);
+    let _ = stop.send(());
+    refresher.await.unwrap();
+
+    let missing = SrvDiscovery::with_nameserver("_x._tcp.nowhere.invalid", dns.addr()).unwrap();
+    let err = missing.discover().await.unwrap_err();
+    assert!(err.to_string().contains("_x._tcp.nowhere.invalid"), "{err}");
+}

@@ -61,10 +61,13 @@ impl SrvDiscovery {
         let config = ResolverConfig::from_parts(
             None,
             Vec::new(),
-            vec![NameServerConfig::new(nameserver.ip(), true, vec![connection])],
+            vec![NameServerConfig::new(
+                nameserver.ip(),
+                true,
+                vec![connection],
+            )],
         );
-        let mut builder =
-            Resolver::builder_with_config(config, TokioRuntimeProvider::default());
+        let mut builder = Resolver::builder_with_config(config, TokioRuntimeProvider::default());
         *builder.options_mut() = options();
         Ok(SrvDiscovery {
             service: service.to_string(),

@@ -115,24 +115,32 @@ impl Server {
             server: self.addr.clone(),
             detail,
         };
-        let addr: SocketAddr = match self.addr.parse() {
-            Ok(a) => a,
+        // A name (an SRV target) may resolve to several addresses (localhost: ::1 and
+        // 127.0.0.1); the first that accepts wins.
+        let addrs: Vec<SocketAddr> = match self.addr.parse() {
+            Ok(a) => vec![a],
             Err(_) => {
                 tokio::time::timeout(options.connect_timeout, tokio::net::lookup_host(&self.addr))
                     .await
                     .map_err(|_| unavailable("name lookup timed out".to_string()))?
                     .map_err(|e| unavailable(format!("name lookup failed: {e}")))?
-                    .next()
-                    .ok_or_else(|| unavailable("name has no address".to_string()))?
+                    .collect()
             }
         };
-        tokio::time::timeout(
-            options.connect_timeout,
-            Client::new(format!("tcp://{addr}")),
-        )
-        .await
-        .map_err(|_| unavailable("connect timed out".to_string()))?
-        .map_err(|e| unavailable(e.to_string()))
+        let mut last = unavailable("name has no address".to_string());
+        for addr in addrs {
+            match tokio::time::timeout(
+                options.connect_timeout,
+                Client::new(format!("tcp://{addr}")),
+            )
+            .await
+            {
+                Ok(Ok(c)) => return Ok(c),
+                Ok(Err(e)) => last = unavailable(e.to_string()),
+                Err(_) => last = unavailable("connect timed out".to_string()),
+            }
+        }
+        Err(last)
     }
 
     fn release(&self, client: Client, options: &MemcachedOptions) {

@@ -26,6 +26,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod certs;
+pub mod dns;
 pub mod memcached;
 pub mod process;
 pub mod proxy;
