@@ -165,6 +165,10 @@ pub fn not_cached_help(repository: &str) -> String {
 
 /// Room kept in each chunk for the key, the JSON wrapper and memcached's item header.
 const CHUNK_OVERHEAD: usize = 512;
+/// Target size of a tag chunk. Smaller than an item may be: looking up one tag reads and
+/// parses one chunk, so 128 KiB (~900 tags) keeps that cheap, while a full read of 200,000
+/// tags is still only ~300 keys in one multi-get.
+pub const DEFAULT_CHUNK_BYTES: usize = 128 << 10;
 /// Chunks written or deleted at once.
 const WRITE_CONCURRENCY: usize = 8;
 /// How often a reader goes back to the head when a generation changes under it.
@@ -174,6 +178,7 @@ const READ_ATTEMPTS: usize = 4;
 pub struct MetadataStore<B> {
     backend: B,
     timestamp_labels: TimestampLabels,
+    chunk_bytes: usize,
 }
 
 impl<B: CacheWriter> MetadataStore<B> {
@@ -181,7 +186,14 @@ impl<B: CacheWriter> MetadataStore<B> {
         MetadataStore {
             backend,
             timestamp_labels: TimestampLabels::default(),
+            chunk_bytes: DEFAULT_CHUNK_BYTES,
         }
+    }
+
+    /// Target chunk size; never more than the backend's item limit allows.
+    pub fn with_chunk_bytes(mut self, bytes: usize) -> Self {
+        self.chunk_bytes = bytes;
+        self
     }
 
     pub fn with_timestamp_labels(mut self, labels: TimestampLabels) -> Self {
@@ -282,6 +294,7 @@ impl<B: CacheWriter> MetadataStore<B> {
             .backend
             .item_limit()
             .saturating_sub(CHUNK_OVERHEAD)
+            .min(self.chunk_bytes)
             .max(1024);
         let total: usize = encoded.iter().map(|(_, b)| b.len() + 1).sum();
         // Hashing does not fill chunks evenly; start with 30% headroom and grow if one
@@ -521,15 +534,26 @@ impl<B: CacheWriter> MetadataStore<B> {
         let mut digests: Vec<Digest> = entries.iter().filter_map(|e| e.digest.clone()).collect();
         digests.sort();
         digests.dedup();
-        let records = self.cached_images(scope, &digests).await?;
+        let mut records = self.cached_images(scope, &digests).await?;
+        // Tags pointing at one digest are counted so the last of them takes the record
+        // itself instead of a copy.
+        let mut uses: HashMap<&Digest, usize> = HashMap::new();
+        for d in entries.iter().filter_map(|e| e.digest.as_ref()) {
+            *uses.entry(d).or_default() += 1;
+        }
         let name = repository.canonical();
         let mut images = BTreeMap::new();
         for e in &entries {
-            if let Some(record) = e.digest.as_ref().and_then(|d| records.get(d)) {
-                images.insert(
-                    e.tag.clone(),
-                    self.info(&name, Some(&e.tag), record.clone()),
-                );
+            let Some(d) = e.digest.as_ref() else { continue };
+            let left = uses.get_mut(d).expect("counted above");
+            *left -= 1;
+            let record = if *left == 0 {
+                records.remove(d)
+            } else {
+                records.get(d).cloned()
+            };
+            if let Some(record) = record {
+                images.insert(e.tag.clone(), self.info(&name, Some(&e.tag), record));
             }
         }
         Ok(RepositoryMetadata {

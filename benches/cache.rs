@@ -1,0 +1,208 @@
+//! Cache throughput and read latency on a 10,000-tag repository in real memcached, beside a
+//! raw memcached read of the same items (same keys, same bytes) measured in the same run.
+//!
+//! `cargo bench --bench cache` (env `BENCH_TAGS`, `BENCH_DIGESTS`, `BENCH_READS`).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use async_memcached::AsciiProtocol;
+use chrono::Utc;
+use regcache::cache::keys::{self, Scope};
+use regcache::cache::memcached::{Memcached, MemcachedOptions};
+use regcache::cache::store::{ImageRecord, MetadataStore, TagEntry};
+use regcache::cache::{CacheStats, Millis};
+use regcache::image::{Digest, ImageRef, Platform, Repository};
+use regcache::registry::PlatformImage;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn summary(name: &str, mut samples: Vec<Duration>) -> (Duration, Duration) {
+    samples.sort();
+    let (p50, p99) = (percentile(&samples, 0.5), percentile(&samples, 0.99));
+    println!(
+        "  {name:<44} p50 {:>8.2} ms   p99 {:>8.2} ms   ({} samples)",
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
+        samples.len()
+    );
+    (p50, p99)
+}
+
+fn record(i: usize) -> ImageRecord {
+    let digest = Digest::sha256_of(format!("image {i}").as_bytes());
+    let labels: BTreeMap<String, String> = [
+        ("org.opencontainers.image.created", "2024-03-02T00:00:00Z"),
+        (
+            "org.opencontainers.image.source",
+            "https://github.com/example/app",
+        ),
+        (
+            "org.opencontainers.image.revision",
+            "0123456789abcdef0123456789abcdef01234567",
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    ImageRecord {
+        digest: digest.clone(),
+        media_type: "application/vnd.oci.image.manifest.v1+json".to_string(),
+        created: Some(Utc::now()),
+        labels: labels.clone(),
+        platforms: vec![PlatformImage {
+            platform: Some(Platform::parse("linux/amd64").unwrap()),
+            os_version: None,
+            digest,
+            media_type: "application/vnd.oci.image.manifest.v1+json".to_string(),
+            config_digest: Some(Digest::sha256_of(format!("config {i}").as_bytes())),
+            created: Some(Utc::now()),
+            labels,
+            config_missing: false,
+        }],
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let tags = env_usize("BENCH_TAGS", 10_000);
+    let distinct = env_usize("BENCH_DIGESTS", 10_000);
+    let reads = env_usize("BENCH_READS", 50);
+    let server = support::Memcached::start_with_args(&["-m", "1024"]);
+    let store = MetadataStore::new(Memcached::new(
+        vec![server.addr()],
+        MemcachedOptions::default(),
+    ));
+    let scope = Scope::public();
+    let repo = Repository::parse("ghcr.io/example/app").unwrap();
+    let deadline = Millis::now().plus(Duration::from_secs(3600));
+    println!("dataset: {tags} tags over {distinct} distinct images, one memcached");
+
+    // Writes.
+    let records: Vec<ImageRecord> = (0..distinct).map(record).collect();
+    let t = Instant::now();
+    for r in &records {
+        store.put_image(&scope, r, deadline).await.unwrap();
+    }
+    let put_secs = t.elapsed().as_secs_f64();
+    let entries: Vec<TagEntry> = (0..tags)
+        .map(|i| TagEntry {
+            tag: format!("1.{}.{}", i / 100, i % 100),
+            digest: Some(records[i % distinct].digest.clone()),
+            fetched: Millis::now().0,
+            deadline: deadline.0,
+            interval: 3_600_000,
+        })
+        .collect();
+    let t = Instant::now();
+    let head = store
+        .publish_index(&scope, &repo, &entries, Utc::now(), deadline)
+        .await
+        .unwrap();
+    let publish = t.elapsed();
+    let written = CacheStats::load(&store.backend().stats().bytes_written);
+    println!("writes:");
+    println!(
+        "  put_image: {:.0} images/s ({} sequential sets)",
+        distinct as f64 / put_secs,
+        distinct
+    );
+    println!(
+        "  publish_index: {:.1} ms for {tags} tags in {} chunks; {:.1} MB written in all",
+        publish.as_secs_f64() * 1e3,
+        head.chunks,
+        written as f64 / 1e6
+    );
+
+    // The exact items a full repository read fetches.
+    let mut item_keys = vec![keys::repository_head(&scope, &repo)];
+    item_keys.extend((0..head.chunks).map(|i| keys::tag_chunk(&scope, &repo, head.generation, i)));
+    let mut digests: Vec<&Digest> = entries.iter().filter_map(|e| e.digest.as_ref()).collect();
+    digests.sort();
+    digests.dedup();
+    item_keys.extend(digests.iter().map(|d| keys::image(&scope, d)));
+
+    let mut raw = async_memcached::Client::new(format!("tcp://{}", server.addr()))
+        .await
+        .unwrap();
+    let mut ours = Vec::new();
+    let mut raw_full = Vec::new();
+    let mut bytes = 0usize;
+    for _ in 0..reads {
+        let t = Instant::now();
+        let m = store
+            .get_image_repository_metadata(&scope, &repo)
+            .await
+            .unwrap();
+        ours.push(t.elapsed());
+        assert_eq!(m.tags.len(), tags);
+
+        let t = Instant::now();
+        let mut n = 0;
+        bytes = 0;
+        for batch in item_keys.chunks(100) {
+            for v in raw.get_multi(batch).await.unwrap() {
+                n += 1;
+                bytes += v.data.map_or(0, |d| d.len());
+            }
+        }
+        raw_full.push(t.elapsed());
+        assert_eq!(n, item_keys.len());
+    }
+    let read_bytes = CacheStats::load(&store.backend().stats().bytes_read) / reads as u64;
+    println!(
+        "full repository read ({} items, {:.1} MB; regcache read {:.1} MB per read):",
+        item_keys.len(),
+        bytes as f64 / 1e6,
+        read_bytes as f64 / 1e6
+    );
+    let (o50, o99) = summary("regcache get_image_repository_metadata", ours);
+    let (r50, r99) = summary("raw memcached multi-get of the same items", raw_full);
+    println!(
+        "  ratio regcache/raw: p50 {:.2}x, p99 {:.2}x",
+        o50.as_secs_f64() / r50.as_secs_f64(),
+        o99.as_secs_f64() / r99.as_secs_f64()
+    );
+
+    // One image by tag: head + one chunk + one image.
+    let mut ours = Vec::new();
+    let mut raw_one = Vec::new();
+    for i in 0..(reads * 20) {
+        let tag = &entries[(i * 7919) % tags].tag;
+        let reference = ImageRef::parse(&format!("ghcr.io/example/app:{tag}")).unwrap();
+        let t = Instant::now();
+        store.get_image(&scope, &reference).await.unwrap();
+        ours.push(t.elapsed());
+        let chunk = (regcache::cache::memcached::key_hash(tag) % head.chunks as u64) as u32;
+        let keys = [
+            keys::repository_head(&scope, &repo),
+            keys::tag_chunk(&scope, &repo, head.generation, chunk),
+            keys::image(&scope, &records[((i * 7919) % tags) % distinct].digest),
+        ];
+        let t = Instant::now();
+        for k in &keys {
+            raw.get(k).await.unwrap().unwrap();
+        }
+        raw_one.push(t.elapsed());
+    }
+    println!("one image by tag (head, one chunk, one image):");
+    let (o50, o99) = summary("regcache get_image", ours);
+    let (r50, r99) = summary("raw memcached gets of the same 3 items", raw_one);
+    println!(
+        "  ratio regcache/raw: p50 {:.2}x, p99 {:.2}x",
+        o50.as_secs_f64() / r50.as_secs_f64(),
+        o99.as_secs_f64() / r99.as_secs_f64()
+    );
+}
