@@ -14,7 +14,7 @@ use chrono::Utc;
 use regcache::cache::keys::{self, Scope};
 use regcache::cache::memcached::{Memcached, MemcachedOptions};
 use regcache::cache::store::{ImageRecord, MetadataStore, TagEntry};
-use regcache::cache::{CacheStats, Millis};
+use regcache::cache::{CacheReader, CacheStats, Millis};
 use regcache::image::{Digest, ImageRef, Platform, Repository};
 use regcache::registry::PlatformImage;
 
