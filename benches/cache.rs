@@ -72,6 +72,7 @@ fn record(i: usize) -> ImageRecord {
             labels,
             config_missing: false,
         }],
+        available_platforms: Vec::new(),
     }
 }
 

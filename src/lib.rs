@@ -10,3 +10,4 @@ pub mod credentials;
 pub mod image;
 pub mod registry;
 pub mod telemetry;
+pub mod warmer;

@@ -58,6 +58,7 @@ fn record(digest: &Digest) -> ImageRecord {
             .map(|t| t.to_utc()),
         labels: [("a".to_string(), "b".to_string())].into(),
         platforms: Vec::new(),
+        available_platforms: Vec::new(),
     }
 }
 

@@ -19,7 +19,7 @@ use super::decorate::{TimestampLabels, created_time};
 use super::keys::{self, Scope};
 use super::memcached::key_hash;
 use super::{CacheError, CacheWriter, Millis};
-use crate::image::{Digest, ImageRef, Reference, Repository};
+use crate::image::{Digest, ImageRef, Platform, Reference, Repository};
 use crate::registry::{ImageMetadata, PlatformImage};
 
 /// One image (manifest or index) by digest, shared by every tag and repository of a scope
@@ -35,6 +35,9 @@ pub struct ImageRecord {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub platforms: Vec<PlatformImage>,
+    /// For an index: every platform it lists; `platforms` holds those fetched so far.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub available_platforms: Vec<Platform>,
 }
 
 impl From<&ImageMetadata> for ImageRecord {
@@ -45,8 +48,31 @@ impl From<&ImageMetadata> for ImageRecord {
             created: m.created,
             labels: m.labels.clone(),
             platforms: m.platforms.clone(),
+            available_platforms: m.available_platforms.clone(),
         }
     }
+}
+
+impl ImageRecord {
+    /// Whether this record holds every platform in `wanted` (all when empty) that the
+    /// image has. A single-platform image always covers.
+    pub fn covers(&self, wanted: &[Platform]) -> bool {
+        self.available_platforms
+            .iter()
+            .filter(|p| wanted.is_empty() || wanted.iter().any(|w| w.matches(p)))
+            .all(|p| {
+                self.platforms
+                    .iter()
+                    .any(|have| have.platform.as_ref().is_some_and(|h| h.matches(p)))
+            })
+    }
+}
+
+/// The freshness written with an index: `last_update` moves only when a pass completed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Freshness {
+    pub last_update: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
 }
 
 /// One tag of a repository and its refresh state.
@@ -315,14 +341,31 @@ impl<B: CacheWriter> MetadataStore<B> {
         }
     }
 
-    /// Publishes a repository's whole tag index as a new generation, with the repository's
-    /// freshness. On failure the previous generation stays published.
+    /// Publishes a repository's whole tag index after a complete pass.
     pub async fn publish_index(
         &self,
         scope: &Scope,
         repository: &Repository,
         entries: &[TagEntry],
         last_update: DateTime<Utc>,
+        deadline: Millis,
+    ) -> Result<RepositoryHead, CacheError> {
+        let freshness = Freshness {
+            last_update: Some(last_update),
+            last_error: None,
+        };
+        self.publish_index_with(scope, repository, entries, &freshness, deadline)
+            .await
+    }
+
+    /// Publishes a repository's whole tag index as a new generation, with the repository's
+    /// freshness. On failure the previous generation stays published.
+    pub async fn publish_index_with(
+        &self,
+        scope: &Scope,
+        repository: &Repository,
+        entries: &[TagEntry],
+        freshness: &Freshness,
         deadline: Millis,
     ) -> Result<RepositoryHead, CacheError> {
         let head_key = keys::repository_head(scope, repository);
@@ -364,9 +407,9 @@ impl<B: CacheWriter> MetadataStore<B> {
             generation,
             chunks: n,
             tag_count: sorted.len() as u64,
-            last_update: Some(last_update),
-            last_error: None,
-            last_error_at: None,
+            last_update: freshness.last_update,
+            last_error: freshness.last_error.clone(),
+            last_error_at: freshness.last_error.as_ref().map(|_| Utc::now()),
         };
         if let Err(err) = self.set_json(&head_key, &head, deadline).await {
             self.delete_generation(scope, repository, generation, n)
@@ -638,6 +681,7 @@ mod tests {
             created: crate::registry::manifest::parse_time(created),
             labels,
             platforms: Vec::new(),
+            available_platforms: Vec::new(),
         }
     }
 

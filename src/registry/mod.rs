@@ -336,6 +336,9 @@ pub struct ImageMetadata {
     /// platform (platform images of one build carry the same labels).
     pub labels: BTreeMap<String, String>,
     pub platforms: Vec<PlatformImage>,
+    /// For an index: every platform it lists (attestations aside), fetched or not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub available_platforms: Vec<Platform>,
 }
 
 /// One platform's image: a single manifest, or one entry of an index.
@@ -423,6 +426,7 @@ impl RegistryClient {
             base,
             host,
             http,
+            pass: None,
         })
     }
 
@@ -594,6 +598,15 @@ pub struct RepositoryClient {
     base: Url,
     host: String,
     http: reqwest::Client,
+    pass: Option<Arc<PassContext>>,
+}
+
+/// What one warm pass shares across its requests: its own request counts, and the config
+/// blobs it already fetched (two manifests may share one config; it is fetched once).
+#[derive(Debug, Default)]
+pub struct PassContext {
+    pub stats: RequestStats,
+    configs: Mutex<HashMap<Digest, ImageConfig>>,
 }
 
 impl std::fmt::Debug for RepositoryClient {
@@ -609,6 +622,21 @@ impl std::fmt::Debug for RepositoryClient {
 impl RepositoryClient {
     pub fn repository(&self) -> &Repository {
         &self.repository
+    }
+
+    /// A copy of this client whose requests are also counted in a fresh [`PassContext`].
+    pub fn for_pass(&self) -> (RepositoryClient, Arc<PassContext>) {
+        let pass = Arc::new(PassContext::default());
+        let mut rc = self.clone();
+        rc.pass = Some(pass.clone());
+        (rc, pass)
+    }
+
+    fn record(&self, kind: RequestKind) {
+        self.inner.stats.record(kind);
+        if let Some(p) = &self.pass {
+            p.stats.record(kind);
+        }
     }
 
     fn url(&self, path: &str) -> Url {
@@ -685,7 +713,18 @@ impl RepositoryClient {
         cap: usize,
     ) -> Result<Answer> {
         let limiter_host = url_host(&url);
-        self.inner.limiter(&limiter_host).acquire().await;
+        let limiter = self.inner.limiter(&limiter_host);
+        // A host closed by a long Retry-After fails fast instead of holding the caller.
+        if let Some(pause) = limiter
+            .closed_for()
+            .filter(|p| *p > self.inner.options.max_rate_limit_wait)
+        {
+            return Err(Error::RateLimited {
+                host: limiter_host,
+                retry_after: Some(pause),
+            });
+        }
+        limiter.acquire().await;
         let mut req = self.http.request(method.clone(), url.clone());
         if let Some(a) = accept {
             req = req.header(header::ACCEPT, a);
@@ -693,7 +732,7 @@ impl RepositoryClient {
         if let Some(a) = authorization {
             req = req.header(header::AUTHORIZATION, a.expose());
         }
-        self.inner.stats.record(kind);
+        self.record(kind);
         let resp = req.send().await.map_err(|e| self.classify(&url, &e))?;
         let status = resp.status();
         let headers = resp.headers().clone();
@@ -824,21 +863,25 @@ impl RepositoryClient {
         let answer = match &self.credential {
             Credential::IdentityToken { token, .. } => {
                 // OAuth2 refresh-token grant, as docker does with `identitytoken`.
-                let mut form = url::form_urlencoded::Serializer::new(String::new());
-                form.append_pair("grant_type", "refresh_token")
-                    .append_pair("refresh_token", token.expose())
-                    .append_pair("client_id", "regcache")
-                    .append_pair("scope", &self.scope);
-                if let Some(s) = service {
-                    form.append_pair("service", s);
-                }
+                // Built before any await: the serializer is not Send.
+                let body = {
+                    let mut form = url::form_urlencoded::Serializer::new(String::new());
+                    form.append_pair("grant_type", "refresh_token")
+                        .append_pair("refresh_token", token.expose())
+                        .append_pair("client_id", "regcache")
+                        .append_pair("scope", &self.scope);
+                    if let Some(s) = service {
+                        form.append_pair("service", s);
+                    }
+                    form.finish()
+                };
                 self.inner.limiter(&url_host(&url)).acquire().await;
-                self.inner.stats.record(RequestKind::Token);
+                self.record(RequestKind::Token);
                 let resp = self
                     .http
                     .post(url.clone())
                     .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                    .body(form.finish())
+                    .body(body)
                     .send()
                     .await
                     .map_err(|e| self.classify(&url, &e))?;
@@ -1293,6 +1336,21 @@ impl RepositoryClient {
 
     /// Fetches and parses a config blob, verified against its digest.
     pub async fn get_config(&self, digest: &Digest) -> Result<ImageConfig> {
+        if let Some(c) = self
+            .pass
+            .as_ref()
+            .and_then(|p| lock(&p.configs).get(digest).cloned())
+        {
+            return Ok(c);
+        }
+        let config = self.fetch_config(digest).await?;
+        if let Some(p) = &self.pass {
+            lock(&p.configs).insert(digest.clone(), config.clone());
+        }
+        Ok(config)
+    }
+
+    async fn fetch_config(&self, digest: &Digest) -> Result<ImageConfig> {
         let url = self.url(&format!("/v2/{}/blobs/{digest}", self.repository.path()));
         let answer = self
             .request(
@@ -1341,21 +1399,38 @@ impl RepositoryClient {
         platforms: &[Platform],
     ) -> Result<ImageMetadata> {
         let top = self.get_manifest(reference).await?;
-        self.describe(reference, top, platforms).await
+        let metadata = self.describe(reference, top, platforms, &[]).await?;
+        // Asked for platforms the index does not have: say which it has.
+        if metadata.platforms.is_empty() && !metadata.available_platforms.is_empty() {
+            let list = |ps: &mut dyn Iterator<Item = &Platform>| {
+                ps.map(Platform::to_string).collect::<Vec<_>>().join(", ")
+            };
+            return Err(Error::PlatformNotFound {
+                repository: self.repository.canonical(),
+                digest: metadata.digest.to_string(),
+                wanted: list(&mut platforms.iter()),
+                available: list(&mut metadata.available_platforms.iter()),
+            });
+        }
+        Ok(metadata)
     }
 
     /// Builds [`ImageMetadata`] from an already fetched top-level manifest (a warm pass
-    /// that learnt the manifest from a HEAD fallback does not fetch it twice).
+    /// that learnt the manifest from a HEAD fallback does not fetch it twice). Platform
+    /// images in `known` (by digest) are reused instead of fetched again. An index with
+    /// none of the wanted platforms gives no platform images, only `available_platforms`.
     pub async fn describe(
         &self,
         reference: &Reference,
         top: FetchedManifest,
         platforms: &[Platform],
+        known: &[PlatformImage],
     ) -> Result<ImageMetadata> {
         let tag = match reference {
             Reference::Tag(t) => Some(t.clone()),
             Reference::Digest(_) => None,
         };
+        let mut available = Vec::new();
         let images = match &top.manifest {
             Manifest::Image(_) | Manifest::Schema1(_) => {
                 vec![self.platform_image(&top, None).await?]
@@ -1373,24 +1448,15 @@ impl RepositoryClient {
                     .filter(|e| !e.is_attestation)
                     .filter(|e| manifest::platform_wanted(e.platform.as_ref(), platforms))
                     .collect();
-                if wanted.is_empty() && !platforms.is_empty() {
-                    return Err(Error::PlatformNotFound {
-                        repository: self.repository.canonical(),
-                        digest: top.digest.to_string(),
-                        wanted: platforms
-                            .iter()
-                            .map(Platform::to_string)
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        available: entries
-                            .iter()
-                            .filter(|e| !e.is_attestation)
-                            .filter_map(|e| e.platform.as_ref().map(Platform::to_string))
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                    });
-                }
+                available = entries
+                    .iter()
+                    .filter(|e| !e.is_attestation)
+                    .filter_map(|e| e.platform.clone())
+                    .collect();
                 let children = wanted.iter().map(|entry| async move {
+                    if let Some(k) = known.iter().find(|k| k.digest == entry.digest) {
+                        return Ok(k.clone());
+                    }
                     let child = self
                         .get_manifest(&Reference::Digest(entry.digest.clone()))
                         .await?;
@@ -1421,6 +1487,7 @@ impl RepositoryClient {
             created,
             labels,
             platforms: images,
+            available_platforms: available,
         })
     }
 

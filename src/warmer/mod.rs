@@ -1,0 +1,453 @@
+//! The warmer: schedules a pass per target, runs them concurrently within a bound, and
+//! reports an outcome per pass. It owns scheduling; the registry client owns requests and
+//! per-host limits; the cache owns storage.
+
+pub mod filter;
+pub mod pass;
+pub mod schedule;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::cache::CacheWriter;
+use crate::cache::keys::Scope;
+use crate::cache::store::MetadataStore;
+use crate::credentials::Credential;
+use crate::image::{Digest, Platform, Repository};
+use crate::registry::{Endpoint, RegistryClient, RequestKind};
+use filter::TagFilter;
+pub use pass::PassOptions;
+use schedule::jittered;
+
+/// Identifies a target: `namespace/name` of its watch (or of its manifest in standalone).
+pub type TargetId = String;
+
+/// Everything the warmer needs to keep one repository warm.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub id: TargetId,
+    pub repository: Repository,
+    pub credential: Credential,
+    pub scope: Scope,
+    pub endpoint: Endpoint,
+    pub filter: TagFilter,
+    /// Platforms of multi-platform images to keep; empty for all.
+    pub platforms: Vec<Platform>,
+    /// How often to list tags.
+    pub interval: Duration,
+}
+
+impl Target {
+    /// Whether a new version of the target changes what a pass does (so it runs now).
+    fn differs(&self, other: &Target) -> bool {
+        self.repository != other.repository
+            || self.credential != other.credential
+            || self.scope != other.scope
+            || self.endpoint != other.endpoint
+            || self.platforms != other.platforms
+            || self.interval != other.interval
+            || format!("{:?}", self.filter) != format!("{:?}", other.filter)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum TagChangeKind {
+    New,
+    Moved,
+}
+
+/// A tag that appeared or moved to another digest in a pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TagChange {
+    pub tag: String,
+    pub kind: TagChangeKind,
+    pub from: Option<Digest>,
+    pub to: Option<Digest>,
+}
+
+/// What one pass did, for status, events, metrics and logs.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Outcome {
+    pub id: TargetId,
+    pub repository: String,
+    /// Tags listed by the registry.
+    pub listed: usize,
+    /// Tags in the published index (after filters and budget).
+    pub tags: usize,
+    /// Left out by filters or the budget.
+    pub excluded: usize,
+    /// Tags whose manifest the registry reports unknown.
+    pub missing: usize,
+    /// Image records fetched and cached in this pass.
+    pub images_updated: usize,
+    pub requests: BTreeMap<RequestKind, u64>,
+    pub changes: Vec<TagChange>,
+    pub error: Option<String>,
+    pub last_update: Option<DateTime<Utc>>,
+    /// Set after a 429: the host asked for this pause.
+    pub retry_after: Option<Duration>,
+    pub duration: Duration,
+}
+
+impl Outcome {
+    fn new(target: &Target) -> Outcome {
+        Outcome {
+            id: target.id.clone(),
+            repository: target.repository.canonical(),
+            listed: 0,
+            tags: 0,
+            excluded: 0,
+            missing: 0,
+            images_updated: 0,
+            requests: BTreeMap::new(),
+            changes: Vec::new(),
+            error: None,
+            last_update: None,
+            retry_after: None,
+            duration: Duration::ZERO,
+        }
+    }
+
+    pub fn requests_of(&self, kind: RequestKind) -> u64 {
+        self.requests.get(&kind).copied().unwrap_or(0)
+    }
+}
+
+/// Why a pass was asked for out of turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    ManualRescan,
+    Webhook,
+    RotatedSecret,
+}
+
+#[derive(Debug, Clone)]
+pub struct WarmerOptions {
+    /// Passes running at once.
+    pub concurrency: usize,
+    pub pass: PassOptions,
+    /// First retry delay after a failed pass; doubles per failure up to the target's
+    /// interval (and never past `max_backoff`).
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    /// How long shutdown waits for passes in flight before abandoning them. An abandoned
+    /// pass has published nothing: a generation becomes visible only with its head.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for WarmerOptions {
+    fn default() -> Self {
+        WarmerOptions {
+            concurrency: 4,
+            pass: PassOptions::default(),
+            min_backoff: Duration::from_millis(750),
+            max_backoff: Duration::from_secs(15 * 60),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+struct Slot {
+    target: Arc<Target>,
+    next_due: Instant,
+    priority: Option<Priority>,
+    failures: u32,
+    running: bool,
+    /// Bumped on every change of the target, so a pass of an old version is not used to
+    /// reschedule a newer one.
+    version: u64,
+    /// Set when the target changed or was asked for while its pass ran.
+    again: bool,
+}
+
+struct Shared<B> {
+    registry: RegistryClient,
+    store: Arc<MetadataStore<B>>,
+    options: WarmerOptions,
+    slots: Mutex<HashMap<TargetId, Slot>>,
+    wake: Notify,
+    changes: broadcast::Sender<(TargetId, TagChange)>,
+}
+
+/// Handle to the warmer; cheap to clone.
+pub struct Warmer<B> {
+    shared: Arc<Shared<B>>,
+}
+
+impl<B> Clone for Warmer<B> {
+    fn clone(&self) -> Self {
+        Warmer {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<B: CacheWriter + 'static> Warmer<B> {
+    pub fn new(
+        registry: RegistryClient,
+        store: Arc<MetadataStore<B>>,
+        options: WarmerOptions,
+    ) -> Self {
+        Warmer {
+            shared: Arc::new(Shared {
+                registry,
+                store,
+                options,
+                slots: Mutex::new(HashMap::new()),
+                wake: Notify::new(),
+                changes: broadcast::channel(1024).0,
+            }),
+        }
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<TargetId, Slot>> {
+        self.shared.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a target, or replaces it. A new or changed target is due now; an unchanged one
+    /// keeps its schedule.
+    pub fn upsert(&self, target: Target) {
+        let mut slots = self.slots();
+        match slots.get_mut(&target.id) {
+            Some(slot) if !slot.target.differs(&target) => {
+                slot.target = Arc::new(target);
+            }
+            Some(slot) => {
+                slot.target = Arc::new(target);
+                slot.version += 1;
+                slot.next_due = Instant::now();
+                slot.failures = 0;
+                slot.again = slot.running;
+            }
+            None => {
+                slots.insert(
+                    target.id.clone(),
+                    Slot {
+                        target: Arc::new(target),
+                        next_due: Instant::now(),
+                        priority: None,
+                        failures: 0,
+                        running: false,
+                        version: 0,
+                        again: false,
+                    },
+                );
+            }
+        }
+        drop(slots);
+        self.shared.wake.notify_one();
+    }
+
+    /// Stops warming a target. A pass in flight finishes but its outcome is dropped.
+    pub fn remove(&self, id: &str) -> bool {
+        let removed = self.slots().remove(id).is_some();
+        self.shared.wake.notify_one();
+        removed
+    }
+
+    /// Asks for a pass of `id` ahead of the queue.
+    pub fn request(&self, id: &str, priority: Priority) -> bool {
+        let mut slots = self.slots();
+        let Some(slot) = slots.get_mut(id) else {
+            return false;
+        };
+        slot.priority = Some(priority);
+        slot.next_due = Instant::now();
+        slot.again = slot.running;
+        drop(slots);
+        self.shared.wake.notify_one();
+        true
+    }
+
+    /// Asks for a pass of every target of `repository`; returns their ids.
+    pub fn request_repository(&self, repository: &Repository, priority: Priority) -> Vec<TargetId> {
+        let ids: Vec<TargetId> = self
+            .slots()
+            .values()
+            .filter(|s| &s.target.repository == repository)
+            .map(|s| s.target.id.clone())
+            .collect();
+        for id in &ids {
+            self.request(id, priority);
+        }
+        ids
+    }
+
+    pub fn targets(&self) -> Vec<Arc<Target>> {
+        self.slots().values().map(|s| s.target.clone()).collect()
+    }
+
+    /// Tag changes (new tags, moved tags) as passes find them.
+    pub fn subscribe_changes(&self) -> broadcast::Receiver<(TargetId, TagChange)> {
+        self.shared.changes.subscribe()
+    }
+
+    /// Runs one pass of a target now, outside the schedule (standalone `--once`, tests).
+    pub async fn warm_now(&self, target: &Target) -> Outcome {
+        let outcome = pass::run(
+            &self.shared.registry,
+            &self.shared.store,
+            &self.shared.options.pass,
+            target,
+        )
+        .await;
+        self.publish_changes(&outcome);
+        outcome
+    }
+
+    fn publish_changes(&self, outcome: &Outcome) {
+        for c in &outcome.changes {
+            let _ = self.shared.changes.send((outcome.id.clone(), c.clone()));
+        }
+    }
+
+    /// Picks due targets (priority first, then earliest due) up to `free` of them.
+    fn take_due(&self, free: usize) -> (Vec<(Arc<Target>, u64)>, Option<Instant>) {
+        let now = Instant::now();
+        let mut slots = self.slots();
+        let mut due: Vec<(&TargetId, bool, Instant)> = slots
+            .iter()
+            .filter(|(_, s)| !s.running && s.next_due <= now)
+            .map(|(id, s)| (id, s.priority.is_some(), s.next_due))
+            .collect();
+        due.sort_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(&b.2)));
+        let picked: Vec<TargetId> = due
+            .into_iter()
+            .take(free)
+            .map(|(id, ..)| id.clone())
+            .collect();
+        let mut out = Vec::new();
+        for id in picked {
+            let slot = slots.get_mut(&id).expect("picked from the map");
+            // A host closed by a long Retry-After: wait for it instead of holding a slot.
+            let host = slot.target.repository.endpoint_host().to_string();
+            if let Some(pause) = self.shared.registry.limiter(&host).closed_for()
+                && pause > self.shared.registry.options().max_rate_limit_wait
+            {
+                slot.next_due = now + pause;
+                continue;
+            }
+            slot.running = true;
+            slot.priority = None;
+            slot.again = false;
+            out.push((slot.target.clone(), slot.version));
+        }
+        let next = slots
+            .values()
+            .filter(|s| !s.running)
+            .map(|s| s.next_due)
+            .min();
+        (out, next)
+    }
+
+    fn reschedule(&self, outcome: &Outcome, version: u64) -> bool {
+        let mut slots = self.slots();
+        let Some(slot) = slots.get_mut(&outcome.id) else {
+            return false; // removed meanwhile
+        };
+        slot.running = false;
+        if slot.version != version || slot.again {
+            slot.next_due = Instant::now();
+            return slot.version == version;
+        }
+        let options = &self.shared.options;
+        let interval = slot.target.interval;
+        let seed = format!("{}@{:?}", slot.target.id, std::time::SystemTime::now());
+        slot.next_due = Instant::now()
+            + match (&outcome.error, outcome.retry_after) {
+                (_, Some(pause)) => pause,
+                (Some(_), None) => {
+                    slot.failures = slot.failures.saturating_add(1);
+                    options
+                        .min_backoff
+                        .saturating_mul(1 << (slot.failures - 1).min(20))
+                        .min(options.max_backoff)
+                        .min(interval)
+                }
+                (None, None) => {
+                    slot.failures = 0;
+                    jittered(interval, options.pass.policy.jitter, &seed)
+                }
+            };
+        true
+    }
+
+    /// Runs the schedule until `shutdown` resolves, sending each pass's outcome.
+    pub async fn run(
+        self,
+        outcomes: mpsc::UnboundedSender<Outcome>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        let mut running: JoinSet<(Outcome, u64)> = JoinSet::new();
+        loop {
+            let free = self
+                .shared
+                .options
+                .concurrency
+                .max(1)
+                .saturating_sub(running.len());
+            let (start, next) = self.take_due(free);
+            for (target, version) in start {
+                let shared = self.shared.clone();
+                running.spawn(async move {
+                    let outcome = pass::run(
+                        &shared.registry,
+                        &shared.store,
+                        &shared.options.pass,
+                        &target,
+                    )
+                    .await;
+                    (outcome, version)
+                });
+            }
+            let sleep = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = self.shared.wake.notified() => {}
+                _ = tokio::time::sleep_until(sleep), if running.len() < self.shared.options.concurrency.max(1) => {}
+                Some(done) = running.join_next(), if !running.is_empty() => {
+                    match done {
+                        Ok((outcome, version)) => {
+                            if self.reschedule(&outcome, version) {
+                                self.publish_changes(&outcome);
+                                let _ = outcomes.send(outcome);
+                            }
+                        }
+                        Err(e) => tracing::error!(error = %e, "warm pass task failed"),
+                    }
+                }
+            }
+        }
+        // Let passes in flight finish for a while; abandon the rest (they have published
+        // nothing half-done: a generation appears only with its head).
+        let grace = tokio::time::sleep(self.shared.options.shutdown_grace);
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                _ = &mut grace => {
+                    running.abort_all();
+                    break;
+                }
+                done = running.join_next() => match done {
+                    Some(Ok((outcome, version))) => {
+                        if self.reschedule(&outcome, version) {
+                            let _ = outcomes.send(outcome);
+                        }
+                    }
+                    Some(Err(_)) => {}
+                    None => break,
+                }
+            }
+        }
+    }
+}

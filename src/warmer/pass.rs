@@ -1,0 +1,418 @@
+//! One warm pass over one target: list, filter, HEAD the due tags, GET only unseen
+//! digests, publish. The request economy of DESIGN.md's refresh algorithm lives here.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures::StreamExt;
+
+use super::schedule::{self, Change, Decision, RefreshPolicy};
+use super::{Outcome, TagChange, TagChangeKind, Target};
+use crate::cache::store::{Freshness, ImageRecord, MetadataStore, TagEntry};
+use crate::cache::{CacheWriter, Millis};
+use crate::image::{Digest, Reference};
+use crate::registry::{self, FetchedManifest, RegistryClient, RepositoryClient};
+
+/// Image records never change (they are addressed by digest); they are kept as long as
+/// the longest tag interval.
+const IMAGE_DEADLINE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Limits inside one pass.
+#[derive(Debug, Clone)]
+pub struct PassOptions {
+    /// HEADs in flight at once for one target.
+    pub head_concurrency: usize,
+    /// Image fetches (manifest, children, configs) in flight at once for one target.
+    pub fetch_concurrency: usize,
+    pub policy: RefreshPolicy,
+}
+
+impl Default for PassOptions {
+    fn default() -> Self {
+        PassOptions {
+            head_concurrency: 8,
+            fetch_concurrency: 8,
+            policy: RefreshPolicy::default(),
+        }
+    }
+}
+
+/// What failed in a pass, kept to the first of each kind so `lastError` stays readable.
+#[derive(Default)]
+struct Failures {
+    messages: Vec<String>,
+    count: usize,
+    rate_limited: Option<Duration>,
+}
+
+impl Failures {
+    fn add(&mut self, what: String, e: &registry::Error) {
+        self.count += 1;
+        if let registry::Error::RateLimited { retry_after, .. } = e {
+            self.rate_limited = Some(retry_after.unwrap_or(Duration::from_secs(60)));
+        }
+        if self.messages.len() < 3 {
+            self.messages.push(format!("{what}: {e}"));
+        }
+    }
+
+    fn add_cache(&mut self, what: String, e: &crate::cache::CacheError) {
+        self.count += 1;
+        if self.messages.len() < 3 {
+            self.messages.push(format!("{what}: {e}"));
+        }
+    }
+
+    fn summary(&self) -> Option<String> {
+        if self.count == 0 {
+            return None;
+        }
+        let mut s = self.messages.join("; ");
+        if self.count > self.messages.len() {
+            s.push_str(&format!(
+                " (and {} more failures)",
+                self.count - self.messages.len()
+            ));
+        }
+        Some(s)
+    }
+}
+
+/// Runs one pass. Never panics on registry or cache failures: they end up in the
+/// outcome's `error` and the cache keeps its previous data.
+pub async fn run<B: CacheWriter>(
+    registry: &RegistryClient,
+    store: &MetadataStore<B>,
+    options: &PassOptions,
+    target: &Target,
+) -> Outcome {
+    let started = Instant::now();
+    let mut outcome = Outcome::new(target);
+    let now = Millis::now();
+    let scope = &target.scope;
+    let repository = &target.repository;
+    let head_deadline = now.plus(target.interval);
+
+    let rc = match registry.repository(repository, target.credential.clone(), &target.endpoint) {
+        Ok(rc) => rc,
+        Err(e) => {
+            return finish_failed(
+                store,
+                target,
+                outcome,
+                started,
+                e.to_string(),
+                None,
+                head_deadline,
+            )
+            .await;
+        }
+    };
+    let (rc, pass) = rc.for_pass();
+
+    // 1. List and filter.
+    let listed = match rc.list_tags().await {
+        Ok(t) => t,
+        Err(e) => {
+            outcome.requests = pass.stats.snapshot();
+            let retry = match &e {
+                registry::Error::RateLimited { retry_after, .. } => *retry_after,
+                _ => None,
+            };
+            let msg = format!("listing tags of {}: {e}", repository);
+            return finish_failed(store, target, outcome, started, msg, retry, head_deadline).await;
+        }
+    };
+    outcome.listed = listed.len();
+    let filtered = target.filter.apply(listed);
+    outcome.excluded = filtered.excluded + filtered.over_budget;
+    let kept = filtered.kept;
+
+    // 2. What the cache holds.
+    let previous = store.read_index(scope, repository).await.unwrap_or_else(|e| {
+        tracing::warn!(repository = %repository, error = %e, "cannot read the cached index; warming from scratch");
+        None
+    });
+    let previous_head = previous.as_ref().map(|(h, _)| h.clone());
+    let prev: HashMap<String, TagEntry> = previous
+        .map(|(_, entries)| entries.into_iter().map(|e| (e.tag.clone(), e)).collect())
+        .unwrap_or_default();
+    let prev_digests: Vec<Digest> = {
+        let set: HashSet<&Digest> = kept
+            .iter()
+            .filter_map(|t| prev.get(t).and_then(|e| e.digest.as_ref()))
+            .collect();
+        set.into_iter().cloned().collect()
+    };
+    let mut records: HashMap<Digest, ImageRecord> = store
+        .cached_images(scope, &prev_digests)
+        .await
+        .unwrap_or_default();
+
+    // 3. Decide per tag.
+    let mut entries: BTreeMap<String, TagEntry> = BTreeMap::new();
+    let mut to_resolve = Vec::new();
+    let mut to_fetch: HashMap<Digest, Option<FetchedManifest>> = HashMap::new();
+    for tag in &kept {
+        let p = prev.get(tag);
+        let cached = p
+            .and_then(|e| e.digest.as_ref())
+            .and_then(|d| records.get(d))
+            .is_some_and(|r| r.covers(&target.platforms));
+        match schedule::should_refresh(p, cached, now) {
+            Decision::Fresh => {
+                entries.insert(tag.clone(), p.cloned().expect("fresh implies an entry"));
+            }
+            Decision::FetchImage => {
+                let e = p.cloned().expect("fetch implies an entry");
+                to_fetch.insert(e.digest.clone().expect("fetch implies a digest"), None);
+                entries.insert(tag.clone(), e);
+            }
+            Decision::Resolve(_) => to_resolve.push(tag.clone()),
+        }
+    }
+
+    // 4. HEAD the due tags.
+    let mut failures = Failures::default();
+    // Futures built over owned values: closures borrowing into a stream make the pass
+    // future lose `Send` generality when spawned.
+    let head_jobs: Vec<_> = to_resolve
+        .iter()
+        .map(|tag| {
+            let (rc, tag) = (rc.clone(), tag.clone());
+            async move {
+                let r = rc.head_manifest(&Reference::Tag(tag.clone())).await;
+                (tag, r)
+            }
+        })
+        .collect();
+    let mut heads =
+        futures::stream::iter(head_jobs).buffer_unordered(options.head_concurrency.max(1));
+    let mut resolved: Vec<(String, Option<Digest>)> = Vec::new();
+    while let Some((tag, result)) = heads.next().await {
+        let tag = &tag;
+        match result {
+            Ok(head) => {
+                if let Some(fetched) = head.fetched {
+                    to_fetch.insert(head.digest.clone(), Some(fetched));
+                }
+                resolved.push((tag.clone(), Some(head.digest)));
+            }
+            Err(registry::Error::ManifestUnknown { .. }) => resolved.push((tag.clone(), None)),
+            Err(e) => {
+                let stop = matches!(e, registry::Error::RateLimited { .. });
+                failures.add(format!("resolving {repository}:{tag}"), &e);
+                // The tag keeps what was cached before.
+                if let Some(p) = prev.get(tag) {
+                    entries.insert(tag.clone(), p.clone());
+                }
+                if stop {
+                    // The host asked us to stop: the rest of the pass waits for next time.
+                    break;
+                }
+            }
+        }
+    }
+    // Requests still in flight after a 429 are cancelled here.
+    drop(heads);
+    for tag in &to_resolve {
+        if !entries.contains_key(tag) && !resolved.iter().any(|(t, _)| t == tag) {
+            // Abandoned after a 429: keep the previous entry if there is one.
+            if let Some(p) = prev.get(tag) {
+                entries.insert(tag.clone(), p.clone());
+            }
+        }
+    }
+
+    // 5. Which resolved digests need metadata: those not cached (one batched read).
+    let new_digests: Vec<Digest> = resolved
+        .iter()
+        .filter_map(|(_, d)| d.clone())
+        .filter(|d| !records.contains_key(d))
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    if !new_digests.is_empty() {
+        match store.cached_images(scope, &new_digests).await {
+            Ok(found) => records.extend(found),
+            Err(e) => tracing::warn!(error = %e, "cannot read cached images; fetching them"),
+        }
+    }
+    for (_, d) in &resolved {
+        if let Some(d) = d {
+            let covered = records.get(d).is_some_and(|r| r.covers(&target.platforms));
+            if !covered {
+                to_fetch.entry(d.clone()).or_insert(None);
+            }
+        }
+    }
+
+    // 6. GET each needed digest once, however many tags point at it.
+    if failures.rate_limited.is_none() {
+        let jobs: Vec<_> = to_fetch
+            .into_iter()
+            .map(|(digest, fetched)| {
+                let known = records
+                    .get(&digest)
+                    .map(|r| r.platforms.clone())
+                    .unwrap_or_default();
+                (digest, fetched, known)
+            })
+            .collect();
+        let fetch_jobs: Vec<_> = jobs
+            .into_iter()
+            .map(|(digest, fetched, known)| {
+                let (rc, platforms) = (rc.clone(), target.platforms.clone());
+                async move {
+                    let r = fetch_image(&rc, &digest, fetched, &platforms, &known).await;
+                    (digest, r)
+                }
+            })
+            .collect();
+        let mut fetches =
+            futures::stream::iter(fetch_jobs).buffer_unordered(options.fetch_concurrency.max(1));
+        let image_deadline = now.plus(IMAGE_DEADLINE);
+        let mut unknown: HashSet<Digest> = HashSet::new();
+        let mut failed: HashSet<Digest> = HashSet::new();
+        while let Some((digest, result)) = fetches.next().await {
+            match result {
+                Ok(metadata) => {
+                    let record = ImageRecord::from(&metadata);
+                    match store.put_image(scope, &record, image_deadline).await {
+                        Ok(()) => {
+                            outcome.images_updated += 1;
+                            records.insert(digest, record);
+                        }
+                        Err(e) => {
+                            failures.add_cache(format!("caching {repository}@{digest}"), &e);
+                            failed.insert(digest);
+                        }
+                    }
+                }
+                Err(registry::Error::ManifestUnknown { .. }) => {
+                    unknown.insert(digest);
+                }
+                Err(e) => {
+                    let stop = matches!(e, registry::Error::RateLimited { .. });
+                    failures.add(format!("fetching {repository}@{digest}"), &e);
+                    failed.insert(digest);
+                    if stop {
+                        break;
+                    }
+                }
+            }
+        }
+        drop(fetches);
+        // Digests neither fetched nor failed were abandoned after a 429.
+        for (tag, d) in &resolved {
+            let digest_ok = d.as_ref().is_none_or(|d| {
+                records.contains_key(d) && !failed.contains(d) && !unknown.contains(d)
+            });
+            let d = d.clone().filter(|d| !unknown.contains(d));
+            if digest_ok || d.is_none() {
+                let (entry, change) =
+                    schedule::resolved_entry(&options.policy, tag, prev.get(tag), d, now);
+                note_change(&mut outcome, tag, prev.get(tag), &entry, change);
+                entries.insert(tag.clone(), entry);
+            } else if let Some(p) = prev.get(tag) {
+                entries.insert(tag.clone(), p.clone());
+            }
+        }
+    } else {
+        for (tag, _) in &resolved {
+            if let Some(p) = prev.get(tag) {
+                entries.entry(tag.clone()).or_insert_with(|| p.clone());
+            }
+        }
+    }
+
+    // 7. Publish: the index moves forward; lastUpdate only if nothing failed.
+    let entries: Vec<TagEntry> = entries.into_values().collect();
+    outcome.tags = entries.len();
+    outcome.missing = entries.iter().filter(|e| e.digest.is_none()).count();
+    outcome.requests = pass.stats.snapshot();
+    let error = failures.summary();
+    let freshness = Freshness {
+        last_update: if error.is_none() {
+            Some(Utc::now())
+        } else {
+            previous_head.as_ref().and_then(|h| h.last_update)
+        },
+        last_error: error.clone(),
+    };
+    match store
+        .publish_index_with(scope, repository, &entries, &freshness, head_deadline)
+        .await
+    {
+        Ok(head) => {
+            outcome.last_update = head.last_update;
+            outcome.error = error;
+        }
+        Err(e) => {
+            outcome.last_update = previous_head.and_then(|h| h.last_update);
+            outcome.error = Some(match error {
+                Some(err) => format!("{err}; caching the tag index: {e}"),
+                None => format!("caching the tag index of {repository}: {e}"),
+            });
+        }
+    }
+    outcome.retry_after = failures.rate_limited;
+    outcome.duration = started.elapsed();
+    outcome
+}
+
+async fn fetch_image(
+    rc: &RepositoryClient,
+    digest: &Digest,
+    fetched: Option<FetchedManifest>,
+    platforms: &[crate::image::Platform],
+    known: &[registry::PlatformImage],
+) -> Result<registry::ImageMetadata, registry::Error> {
+    let reference = Reference::Digest(digest.clone());
+    let top = match fetched {
+        Some(f) => f,
+        None => rc.get_manifest(&reference).await?,
+    };
+    rc.describe(&reference, top, platforms, known).await
+}
+
+fn note_change(
+    outcome: &mut Outcome,
+    tag: &str,
+    previous: Option<&TagEntry>,
+    entry: &TagEntry,
+    change: Change,
+) {
+    let kind = match change {
+        Change::New => TagChangeKind::New,
+        Change::Moved => TagChangeKind::Moved,
+        Change::Unchanged | Change::Missing => return,
+    };
+    outcome.changes.push(TagChange {
+        tag: tag.to_string(),
+        kind,
+        from: previous.and_then(|p| p.digest.clone()),
+        to: entry.digest.clone(),
+    });
+}
+
+/// A pass that could not even list tags: the index stays, the error is recorded.
+async fn finish_failed<B: CacheWriter>(
+    store: &MetadataStore<B>,
+    target: &Target,
+    mut outcome: Outcome,
+    started: Instant,
+    message: String,
+    retry_after: Option<Duration>,
+    deadline: Millis,
+) -> Outcome {
+    let head = store
+        .record_error(&target.scope, &target.repository, &message, deadline)
+        .await;
+    outcome.last_update = head.ok().and_then(|h| h.last_update);
+    outcome.error = Some(message);
+    outcome.retry_after = retry_after;
+    outcome.duration = started.elapsed();
+    outcome
+}
