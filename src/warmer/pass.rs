@@ -295,7 +295,22 @@ pub async fn run<B: CacheWriter>(
                 }
                 Err(e) => {
                     let stop = matches!(e, registry::Error::RateLimited { .. });
-                    failures.add(format!("fetching {repository}@{digest}"), &e);
+                    let tags: Vec<&str> = resolved
+                        .iter()
+                        .filter(|(_, d)| d.as_ref() == Some(&digest))
+                        .map(|(t, _)| t.as_str())
+                        .chain(
+                            entries
+                                .values()
+                                .filter(|e| e.digest.as_ref() == Some(&digest))
+                                .map(|e| e.tag.as_str()),
+                        )
+                        .take(3)
+                        .collect();
+                    failures.add(
+                        format!("fetching {repository}@{digest} (tag {})", tags.join(", ")),
+                        &e,
+                    );
                     failed.insert(digest);
                     if stop {
                         break;
