@@ -569,11 +569,10 @@ async fn scheduler_runs_targets_takes_priority_requests_and_stops() {
     assert!(rig.warmer.request(&a.id, Priority::ManualRescan));
     assert_eq!(recv(&mut rx).await.id, a.id);
     // A webhook for b's repository.
-    assert_eq!(
-        rig.warmer
-            .request_repository(&b.repository, Priority::Webhook),
-        [b.id.clone()]
-    );
+    let requested = rig
+        .warmer
+        .request_repository(&b.repository, Priority::Webhook);
+    assert_eq!(requested, std::slice::from_ref(&b.id));
     assert_eq!(recv(&mut rx).await.id, b.id);
 
     // Removed targets are no longer warmed.
