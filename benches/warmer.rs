@@ -1,0 +1,237 @@
+//! Warm passes over a generated dataset (many repositories, aliasing tags, multi-arch
+//! indexes): requests by kind, wall time and images/s for a cold and a steady pass, beside
+//! the requests Flux v1's algorithm makes on the same dataset, and beside the registry's
+//! own rate for the same requests replayed raw, all in one run.
+//!
+//! `cargo bench --bench warmer` (env `BENCH_REPOS`, `BENCH_TAGS`, `BENCH_IMAGES`,
+//! `BENCH_INDEXES`, `BENCH_CONCURRENCY`).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use regcache::cache::keys::Scope;
+use regcache::cache::memcached::{Memcached, MemcachedOptions};
+use regcache::cache::store::MetadataStore;
+use regcache::credentials::Credential;
+use regcache::image::Repository;
+use regcache::registry::limiter::LimiterSettings;
+use regcache::registry::{ClientOptions, Endpoint, RegistryClient, RequestKind};
+use regcache::warmer::filter::TagFilter;
+use regcache::warmer::schedule::RefreshPolicy;
+use regcache::warmer::{Outcome, PassOptions, Target, Warmer, WarmerOptions};
+use support::{IndexKind, PlatformSpec, Registry, RegistryAuth};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Pass {
+    wall: Duration,
+    requests: BTreeMap<RequestKind, u64>,
+    images: usize,
+    tags: usize,
+}
+
+async fn pass(warmer: &Warmer<Memcached>, targets: &[Target], concurrency: usize) -> Pass {
+    let t = Instant::now();
+    let outcomes: Vec<Outcome> = futures::stream::iter(targets.iter())
+        .map(|target| warmer.warm_now(target))
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let wall = t.elapsed();
+    let mut requests = BTreeMap::new();
+    for o in &outcomes {
+        assert!(o.error.is_none(), "{:?}", o.error);
+        for (k, v) in &o.requests {
+            *requests.entry(*k).or_insert(0) += v;
+        }
+    }
+    Pass {
+        wall,
+        requests,
+        images: outcomes.iter().map(|o| o.images_updated).sum(),
+        tags: outcomes.iter().map(|o| o.tags).sum(),
+    }
+}
+
+fn get(p: &BTreeMap<RequestKind, u64>, k: RequestKind) -> u64 {
+    p.get(&k).copied().unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() {
+    let repos = env_usize("BENCH_REPOS", 10);
+    let tags = env_usize("BENCH_TAGS", 200);
+    let images = env_usize("BENCH_IMAGES", 40);
+    let indexes = env_usize("BENCH_INDEXES", 5);
+    let concurrency = env_usize("BENCH_CONCURRENCY", 4);
+    let index_aliases = 3;
+    let single_tags = tags - indexes * (1 + index_aliases);
+
+    let registry = Registry::start(RegistryAuth::Anonymous);
+    let proxy = registry.fault_proxy();
+    let memcached = support::Memcached::start_with_args(&["-m", "512"]);
+    let pusher = registry.pusher();
+    let t = Instant::now();
+    for r in 0..repos {
+        let repo = format!("bench/repo{r:02}");
+        pusher.push_many(&repo, single_tags, images).await;
+        for i in 0..indexes {
+            let index = pusher
+                .push_index(&repo, &format!("multi-{i}"), IndexKind::Oci, &PlatformSpec::default_set())
+                .await;
+            for a in 0..index_aliases {
+                pusher.tag_index(&repo, &index, &format!("multi-{i}-alias-{a}")).await;
+            }
+        }
+    }
+    println!(
+        "dataset: {repos} repositories x {tags} tags ({single_tags} tags over {images} single-platform images, \
+         {indexes} indexes of 4 platforms with {index_aliases} aliases each); pushed in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+
+    // Flux v1's algorithm per due tag: manifest GET, for an index the child of its one
+    // platform, and the config blob; plus the tag list per repository.
+    let flux_per_pass = (repos * (single_tags * 2 + indexes * (1 + index_aliases) * 3)) as u64;
+
+    let warmer_for = |host: String| {
+        let client = RegistryClient::new(ClientOptions {
+            limiter: LimiterSettings {
+                max_rate: 1e6,
+                burst: 1e6,
+                ..LimiterSettings::default()
+            },
+            ..ClientOptions::default()
+        });
+        let store = Arc::new(MetadataStore::new(Memcached::new(
+            vec![memcached.addr()],
+            MemcachedOptions::default(),
+        )));
+        let warmer = Warmer::new(
+            client,
+            store,
+            WarmerOptions {
+                pass: PassOptions {
+                    // Every tag due at every pass: the steady pass is the worst case.
+                    policy: RefreshPolicy {
+                        new_tag: Duration::ZERO,
+                        min: Duration::ZERO,
+                        ..RefreshPolicy::default()
+                    },
+                    ..PassOptions::default()
+                },
+                ..WarmerOptions::default()
+            },
+        );
+        let targets: Vec<Target> = (0..repos)
+            .map(|r| {
+                let repository = Repository::parse(&format!("{host}/bench/repo{r:02}")).unwrap();
+                Target {
+                    id: format!("bench/{r}"),
+                    repository,
+                    credential: Credential::Anonymous,
+                    scope: Scope::public(),
+                    endpoint: Endpoint {
+                        insecure: true,
+                        ca_pem: None,
+                    },
+                    filter: TagFilter::default(),
+                    platforms: Vec::new(),
+                    interval: Duration::from_secs(300),
+                }
+            })
+            .collect();
+        (warmer, targets)
+    };
+
+    // Through the counting proxy once, to record the cold pass's exact requests.
+    let (warmer, targets) = warmer_for(proxy.host());
+    proxy.reset_counts();
+    let counted = pass(&warmer, &targets, concurrency).await;
+    let seen: Vec<(String, String)> = proxy
+        .seen()
+        .into_iter()
+        .map(|r| (r.method, r.path_and_query))
+        .collect();
+    assert_eq!(
+        proxy.count("GET", support::Kind::Manifest) as u64,
+        get(&counted.requests, RequestKind::ManifestGet)
+    );
+    memcached.flush();
+
+    // Then straight at the registry, timed.
+    let (warmer, targets) = warmer_for(registry.host());
+    let cold = pass(&warmer, &targets, concurrency).await;
+    let steady = pass(&warmer, &targets, concurrency).await;
+
+    // The registry's own rate for the same requests, raw, at the same concurrency in
+    // flight as the warmer had (passes x per-pass HEAD/fetch concurrency).
+    let raw = support::http_client(None);
+    let base = registry.base_url();
+    let in_flight = concurrency * PassOptions::default().fetch_concurrency;
+    let t = Instant::now();
+    futures::stream::iter(seen.iter())
+        .for_each_concurrent(in_flight, |(method, path)| {
+            let raw = raw.clone();
+            let url = format!("{base}{path}");
+            async move {
+                let req = if method == "HEAD" { raw.head(&url) } else { raw.get(&url) };
+                let r = req
+                    .header("accept", support::ACCEPT_MANIFESTS)
+                    .send()
+                    .await
+                    .unwrap();
+                r.bytes().await.unwrap();
+            }
+        })
+        .await;
+    let raw_rate = seen.len() as f64 / t.elapsed().as_secs_f64();
+
+    let total = |p: &Pass| p.requests.values().sum::<u64>();
+    let gets = |p: &Pass| get(&p.requests, RequestKind::ManifestGet) + get(&p.requests, RequestKind::BlobGet);
+    println!("passes run {concurrency} targets at once; requests by kind:");
+    println!(
+        "  {:<8} {:>8} {:>10} {:>10} {:>10} {:>8} {:>9} {:>9} {:>10}",
+        "pass", "tag_list", "mf_head", "mf_get", "blob_get", "total", "wall_s", "tags/s", "images/s"
+    );
+    for (name, p) in [("cold", &cold), ("steady", &steady)] {
+        println!(
+            "  {:<8} {:>8} {:>10} {:>10} {:>10} {:>8} {:>9.2} {:>9.0} {:>10.0}",
+            name,
+            get(&p.requests, RequestKind::TagList),
+            get(&p.requests, RequestKind::ManifestHead),
+            get(&p.requests, RequestKind::ManifestGet),
+            get(&p.requests, RequestKind::BlobGet),
+            total(p),
+            p.wall.as_secs_f64(),
+            p.tags as f64 / p.wall.as_secs_f64(),
+            p.images as f64 / p.wall.as_secs_f64(),
+        );
+    }
+    println!(
+        "Flux v1 on the same dataset: {flux_per_pass} GETs per pass (cold and steady alike; every due tag is fetched)"
+    );
+    println!(
+        "  regcache GETs / Flux v1 GETs: cold {:.3}, steady {:.3} ({} and {} GETs)",
+        gets(&cold) as f64 / flux_per_pass as f64,
+        gets(&steady) as f64 / flux_per_pass as f64,
+        gets(&cold),
+        gets(&steady)
+    );
+    let cold_rate = total(&cold) as f64 / cold.wall.as_secs_f64();
+    println!(
+        "cold pass request rate {cold_rate:.0} req/s; the registry serving the same {} requests raw: {raw_rate:.0} req/s; ratio {:.2}",
+        seen.len(),
+        cold_rate / raw_rate
+    );
+}
