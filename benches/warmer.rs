@@ -87,10 +87,17 @@ async fn main() {
         pusher.push_many(&repo, single_tags, images).await;
         for i in 0..indexes {
             let index = pusher
-                .push_index(&repo, &format!("multi-{i}"), IndexKind::Oci, &PlatformSpec::default_set())
+                .push_index(
+                    &repo,
+                    &format!("multi-{i}"),
+                    IndexKind::Oci,
+                    &PlatformSpec::default_set(),
+                )
                 .await;
             for a in 0..index_aliases {
-                pusher.tag_index(&repo, &index, &format!("multi-{i}-alias-{a}")).await;
+                pusher
+                    .tag_index(&repo, &index, &format!("multi-{i}-alias-{a}"))
+                    .await;
             }
         }
     }
@@ -185,7 +192,11 @@ async fn main() {
             let raw = raw.clone();
             let url = format!("{base}{path}");
             async move {
-                let req = if method == "HEAD" { raw.head(&url) } else { raw.get(&url) };
+                let req = if method == "HEAD" {
+                    raw.head(&url)
+                } else {
+                    raw.get(&url)
+                };
                 let r = req
                     .header("accept", support::ACCEPT_MANIFESTS)
                     .send()
@@ -198,11 +209,21 @@ async fn main() {
     let raw_rate = seen.len() as f64 / t.elapsed().as_secs_f64();
 
     let total = |p: &Pass| p.requests.values().sum::<u64>();
-    let gets = |p: &Pass| get(&p.requests, RequestKind::ManifestGet) + get(&p.requests, RequestKind::BlobGet);
+    let gets = |p: &Pass| {
+        get(&p.requests, RequestKind::ManifestGet) + get(&p.requests, RequestKind::BlobGet)
+    };
     println!("passes run {concurrency} targets at once; requests by kind:");
     println!(
         "  {:<8} {:>8} {:>10} {:>10} {:>10} {:>8} {:>9} {:>9} {:>10}",
-        "pass", "tag_list", "mf_head", "mf_get", "blob_get", "total", "wall_s", "tags/s", "images/s"
+        "pass",
+        "tag_list",
+        "mf_head",
+        "mf_get",
+        "blob_get",
+        "total",
+        "wall_s",
+        "tags/s",
+        "images/s"
     );
     for (name, p) in [("cold", &cold), ("steady", &steady)] {
         println!(
