@@ -6,6 +6,7 @@
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod crd;
 pub mod credentials;
 pub mod image;
 pub mod registry;
