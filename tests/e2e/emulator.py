@@ -255,13 +255,14 @@ class RegcacheEmulator(KubernetesEmulator):
         super().__attrs_post_init__()
         for key, info in RESOURCES.items():
             self.resources[key] = info
-        # PUT is no Kubernetes "action" for kmock; serve it here. Admin endpoints for tests.
-        self.fallback["put"] << self._serve_replace
+        # Admin endpoints for tests (registered first: among equal priorities the first wins).
         self.fallback["get /_emulator/counters"] << (lambda: self.counters.as_dict())
         self.fallback["post /_emulator/counters/reset"] << self._admin_reset
         self.fallback["post /_emulator/tokens"] << self._admin_token
         self.fallback["put /_emulator/config"] << self._admin_config
         self.fallback["get /_emulator/state"] << self._admin_state
+        # PUT is no Kubernetes "action" for kmock (it would answer 404): serve it here.
+        self.fallback["put"] << self._serve_replace
 
     # ----- plumbing ---------------------------------------------------------------------------
 
