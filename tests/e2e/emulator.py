@@ -45,6 +45,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp.web
 import attrs
 import jsonpatch
 import kmock
@@ -270,6 +271,20 @@ class RegcacheEmulator(KubernetesEmulator):
         # Skip KubernetesEmulator._handle: it mutates the store (merging every write) before the
         # handlers run. Here the serving handlers below make the changes themselves.
         return await KubernetesScaffold._handle(self, request)
+
+    async def _render_error(self, exc: Exception) -> Any:
+        # API answers (404, 409, 400...) are expected in e2e runs: render them as a Kubernetes
+        # Status without kmock's traceback, and do not keep them in kmock's error list (which
+        # would grow for as long as the server runs). Other exceptions stay kmock's business.
+        if isinstance(exc, KubernetesError):
+            if self._errors and self._errors[-1] and self._errors[-1][-1] is exc:
+                self._errors[-1].pop()
+            return aiohttp.web.json_response({
+                "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+                "code": exc.status, "reason": exc.reason or "", "message": exc.message or "",
+                "details": exc.details or {},
+            }, status=exc.status)
+        return await super()._render_error(exc)
 
     def _cond(self) -> asyncio.Condition:
         if self._changed is None:  # created lazily: it must belong to the serving loop

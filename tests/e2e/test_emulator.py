@@ -412,3 +412,27 @@ def test_serve_cli_writes_port_and_kubeconfig_and_stops_on_sigterm(tmp_path):
     assert code == 0
     log = proc.log()
     assert "serving on" in log and "not-a-secret" not in log
+
+
+def test_errors_are_kubernetes_status_objects_without_tracebacks(kube, server):
+    response = kube.session.get(kube.url + kube.path("irw", NS, "missing"))
+    assert response.status_code == 404
+    body = response.json()
+    assert body["kind"] == "Status" and body["code"] == 404 and body["reason"] == "NotFound"
+    assert "traceback" not in json.dumps(body)
+    assert server.emulator.errors == []  # API answers are not kept as server errors
+
+
+def test_serve_cli_exits_when_stdin_closes(tmp_path):
+    port_file = tmp_path / "port"
+    harness_py = pathlib.Path(__file__).with_name("harness.py")
+    proc = subprocess.Popen([sys.executable, str(harness_py), "serve", "--port-file", str(port_file),
+                             "--exit-on-stdin-eof"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    try:
+        wait_for(port_file.exists, timeout=20)
+        proc.stdin.close()
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
