@@ -46,6 +46,8 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Ask a registry for a repository's tags and print them.
     Tags(TagsArgs),
+    /// Print the ImageRepositoryWatch CustomResourceDefinition as YAML.
+    Crd,
 }
 
 #[derive(Args, Debug)]

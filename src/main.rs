@@ -12,6 +12,7 @@ async fn main() -> std::process::ExitCode {
     let result = match &cli.command {
         Command::Inspect(args) => regcache::cli::inspect(args).await,
         Command::Tags(args) => regcache::cli::tags(args).await,
+        Command::Crd => Ok(regcache::crd::crd_yaml().trim_end().to_string()),
     };
     match result {
         Ok(out) => {
