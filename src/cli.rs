@@ -7,8 +7,7 @@ use std::sync::Arc;
 use crate::config::{InspectArgs, Output, RegistryArgs, TagsArgs};
 use crate::credentials::{CredentialsError, DockerConfig};
 use crate::image::{ImageError, ImageRef, Platform, Repository};
-use crate::registry::limiter::LimiterSettings;
-use crate::registry::{self, ClientOptions, Endpoint, RegistryClient, RepositoryClient};
+use crate::registry::{self, Endpoint, RegistryClient, RepositoryClient};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -70,15 +69,7 @@ fn repository_client(
         .insecure_registries
         .iter()
         .any(|h| h == repository.host() || h == repository.endpoint_host());
-    let client = RegistryClient::new(ClientOptions {
-        request_timeout: args.request_timeout,
-        limiter: LimiterSettings {
-            max_rate: args.registry_qps,
-            burst: args.registry_burst,
-            ..LimiterSettings::default()
-        },
-        ..ClientOptions::default()
-    });
+    let client = RegistryClient::new(args.limits.client_options());
     Ok(client.repository(repository, credential, &Endpoint { insecure, ca_pem })?)
 }
 

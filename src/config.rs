@@ -48,6 +48,96 @@ pub enum Command {
     Tags(TagsArgs),
     /// Print the ImageRepositoryWatch CustomResourceDefinition as YAML.
     Crd,
+    /// Run the operator: warm every ImageRepositoryWatch and report in its status.
+    Controller(Box<ControllerArgs>),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ControllerArgs {
+    /// Watch only this namespace (all namespaces when not given).
+    #[arg(long, env = "REGCACHE_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+    /// Platforms kept for watches that name none (`linux/amd64,linux/arm64`); all when empty.
+    #[arg(long, env = "REGCACHE_DEFAULT_PLATFORMS", value_delimiter = ',')]
+    pub default_platforms: Vec<String>,
+    /// Tag-list interval for watches that set none.
+    #[arg(long, env = "REGCACHE_DEFAULT_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub default_interval: Duration,
+    /// Warm passes running at once.
+    #[arg(long, env = "REGCACHE_CONCURRENT", default_value_t = 4)]
+    pub concurrent: usize,
+    /// Elect one leader among replicas with a Lease; only the leader warms and writes.
+    #[arg(long, env = "REGCACHE_LEADER_ELECT", default_value_t = false)]
+    pub leader_elect: bool,
+    /// Name of the leader-election Lease.
+    #[arg(
+        long,
+        env = "REGCACHE_LEADER_ELECTION_ID",
+        default_value = "regcache-leader"
+    )]
+    pub leader_election_id: String,
+    /// Namespace of the leader-election Lease (the pod's namespace in a cluster).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub leader_election_namespace: String,
+    /// A leader that does not renew for this long is replaced.
+    #[arg(long, env = "REGCACHE_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    /// How often the leader renews and candidates retry.
+    #[arg(long, env = "REGCACHE_LEASE_RETRY", default_value = "2s", value_parser = parse_duration)]
+    pub lease_retry: Duration,
+    /// This replica's name, for the Lease and Events (the pod name in a cluster).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    #[command(flatten)]
+    pub limits: RegistryLimits,
+}
+
+/// Where the cache lives.
+#[derive(Args, Debug, Clone)]
+pub struct CacheArgs {
+    /// memcached server `HOST:PORT` (repeatable or comma-separated).
+    #[arg(long = "memcached", env = "REGCACHE_MEMCACHED", value_delimiter = ',')]
+    pub memcached: Vec<String>,
+    /// DNS SRV name listing the memcached servers, e.g. the headless Service of a memcached
+    /// StatefulSet: `_memcache._tcp.memcached.NAMESPACE.svc.cluster.local`.
+    #[arg(long, env = "REGCACHE_MEMCACHED_SERVICE")]
+    pub memcached_service: Option<String>,
+    /// How often the SRV name is looked up again.
+    #[arg(long, env = "REGCACHE_MEMCACHED_REFRESH", default_value = "30s", value_parser = parse_duration)]
+    pub memcached_refresh: Duration,
+    /// Timeout of each memcached operation.
+    #[arg(long, env = "REGCACHE_MEMCACHED_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub memcached_timeout: Duration,
+}
+
+/// How hard regcache may push registries.
+#[derive(Args, Debug, Clone)]
+pub struct RegistryLimits {
+    /// Timeout for each registry request, body included (`30s`, `2m`).
+    #[arg(long, env = "REGCACHE_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// Ceiling on requests per second to one registry host (halved on each 429).
+    #[arg(long, env = "REGCACHE_REGISTRY_QPS", default_value_t = 100.0)]
+    pub registry_qps: f64,
+    /// Requests that may go at once to one host after a quiet spell.
+    #[arg(long, env = "REGCACHE_REGISTRY_BURST", default_value_t = 20.0)]
+    pub registry_burst: f64,
+}
+
+impl RegistryLimits {
+    pub fn client_options(&self) -> crate::registry::ClientOptions {
+        crate::registry::ClientOptions {
+            request_timeout: self.request_timeout,
+            limiter: crate::registry::limiter::LimiterSettings {
+                max_rate: self.registry_qps,
+                burst: self.registry_burst,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -96,15 +186,8 @@ pub struct RegistryArgs {
     /// PEM CA bundle to trust for the registry, in addition to the public roots.
     #[arg(long, env = "REGCACHE_CA_FILE")]
     pub ca_file: Option<PathBuf>,
-    /// Timeout for each registry request, body included (`30s`, `2m`).
-    #[arg(long, env = "REGCACHE_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
-    pub request_timeout: Duration,
-    /// Ceiling on requests per second to one registry host (halved on each 429).
-    #[arg(long, env = "REGCACHE_REGISTRY_QPS", default_value_t = 100.0)]
-    pub registry_qps: f64,
-    /// Requests that may go at once to one host after a quiet spell.
-    #[arg(long, env = "REGCACHE_REGISTRY_BURST", default_value_t = 20.0)]
-    pub registry_burst: f64,
+    #[command(flatten)]
+    pub limits: RegistryLimits,
 }
 
 /// Parses `500ms`, `30s`, `5m`, `1h`, `7d`, or a bare number of seconds.

@@ -6,6 +6,7 @@
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod controller;
 pub mod crd;
 pub mod credentials;
 pub mod image;

@@ -13,6 +13,15 @@ async fn main() -> std::process::ExitCode {
         Command::Inspect(args) => regcache::cli::inspect(args).await,
         Command::Tags(args) => regcache::cli::tags(args).await,
         Command::Crd => Ok(regcache::crd::crd_yaml().trim_end().to_string()),
+        Command::Controller(args) => {
+            return match regcache::controller::serve(args).await {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {}", regcache::cli::report(&e));
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
     };
     match result {
         Ok(out) => {

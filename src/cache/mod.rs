@@ -219,7 +219,42 @@ impl CacheStats {
 /// Either backend, chosen at start-up (`--memcached` given or not).
 pub enum Backend {
     Memory(memory::MemoryCache),
-    Memcached(memcached::Memcached),
+    Memcached(std::sync::Arc<memcached::Memcached>),
+}
+
+/// Opens the cache the flags name: memcached servers listed or discovered by DNS SRV
+/// (refreshed in the background), else an in-memory cache.
+pub async fn open(args: &crate::config::CacheArgs) -> Result<Backend, CacheError> {
+    let options = memcached::MemcachedOptions {
+        op_timeout: args.memcached_timeout,
+        connect_timeout: args.memcached_timeout,
+        ..memcached::MemcachedOptions::default()
+    };
+    if let Some(service) = &args.memcached_service {
+        let discovery = discovery::SrvDiscovery::system(service)?;
+        let initial = match discovery.discover().await {
+            Ok(servers) => servers,
+            Err(e) => {
+                // Start anyway: the refresh keeps trying, and readiness reports the cache.
+                tracing::warn!(error = %e, "no memcached servers found yet");
+                Vec::new()
+            }
+        };
+        let m = std::sync::Arc::new(memcached::Memcached::new(initial, options));
+        tokio::spawn(discovery::refresh_servers(
+            m.clone(),
+            discovery,
+            args.memcached_refresh,
+            futures::future::pending::<()>(),
+        ));
+        return Ok(Backend::Memcached(m));
+    }
+    if !args.memcached.is_empty() {
+        return Ok(Backend::Memcached(std::sync::Arc::new(
+            memcached::Memcached::new(args.memcached.clone(), options),
+        )));
+    }
+    Ok(Backend::Memory(memory::MemoryCache::default()))
 }
 
 impl CacheReader for Backend {

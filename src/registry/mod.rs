@@ -487,6 +487,11 @@ impl Inner {
     }
 }
 
+/// Checks a PEM CA bundle the way a client would load it, for validating user input early.
+pub fn check_ca_bundle(pem: &[u8]) -> std::result::Result<(), String> {
+    tls_config(Some(pem)).map(|_| ())
+}
+
 /// rustls with ring, the public web roots plus any extra CA; one crypto provider for the
 /// whole process, chosen here rather than by whichever crate initialises first.
 fn tls_config(ca_pem: Option<&[u8]>) -> std::result::Result<rustls::ClientConfig, String> {

@@ -73,6 +73,35 @@ pub struct TagChange {
     pub to: Option<Digest>,
 }
 
+/// What kind of failure ended or spoiled a pass, for status reasons and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum FailureKind {
+    Unauthorized,
+    RateLimited,
+    RepositoryNotFound,
+    RegistryUnavailable,
+    Cache,
+    Other,
+}
+
+impl FailureKind {
+    pub fn of(e: &crate::registry::Error) -> FailureKind {
+        use crate::registry::Error as E;
+        match e {
+            E::Unauthorized { .. } | E::Forbidden { .. } => FailureKind::Unauthorized,
+            E::RateLimited { .. } => FailureKind::RateLimited,
+            E::NameUnknown { .. } => FailureKind::RepositoryNotFound,
+            E::Connect { .. }
+            | E::Timeout { .. }
+            | E::Transport { .. }
+            | E::Server { .. }
+            | E::Tls { .. }
+            | E::TokenEndpoint { .. } => FailureKind::RegistryUnavailable,
+            _ => FailureKind::Other,
+        }
+    }
+}
+
 /// What one pass did, for status, events, metrics and logs.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -92,6 +121,10 @@ pub struct Outcome {
     pub requests: BTreeMap<RequestKind, u64>,
     pub changes: Vec<TagChange>,
     pub error: Option<String>,
+    /// The kind of the first failure, when `error` is set.
+    pub failure: Option<FailureKind>,
+    /// The ten most recently created tags, newest first.
+    pub latest_tags: Vec<String>,
     pub last_update: Option<DateTime<Utc>>,
     /// Set after a 429: the host asked for this pause.
     pub retry_after: Option<Duration>,
@@ -111,6 +144,8 @@ impl Outcome {
             requests: BTreeMap::new(),
             changes: Vec::new(),
             error: None,
+            failure: None,
+            latest_tags: Vec::new(),
             last_update: None,
             retry_after: None,
             duration: Duration::ZERO,

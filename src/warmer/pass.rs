@@ -8,7 +8,7 @@ use chrono::Utc;
 use futures::StreamExt;
 
 use super::schedule::{self, Change, Decision, RefreshPolicy};
-use super::{Outcome, TagChange, TagChangeKind, Target};
+use super::{FailureKind, Outcome, TagChange, TagChangeKind, Target};
 use crate::cache::store::{Freshness, ImageRecord, MetadataStore, TagEntry};
 use crate::cache::{CacheWriter, Millis};
 use crate::image::{Digest, Reference};
@@ -44,11 +44,13 @@ struct Failures {
     messages: Vec<String>,
     count: usize,
     rate_limited: Option<Duration>,
+    first: Option<FailureKind>,
 }
 
 impl Failures {
     fn add(&mut self, what: String, e: &registry::Error) {
         self.count += 1;
+        self.first.get_or_insert(FailureKind::of(e));
         if let registry::Error::RateLimited { retry_after, .. } = e {
             self.rate_limited = Some(retry_after.unwrap_or(Duration::from_secs(60)));
         }
@@ -59,6 +61,7 @@ impl Failures {
 
     fn add_cache(&mut self, what: String, e: &crate::cache::CacheError) {
         self.count += 1;
+        self.first.get_or_insert(FailureKind::Cache);
         if self.messages.len() < 3 {
             self.messages.push(format!("{what}: {e}"));
         }
@@ -120,6 +123,7 @@ pub async fn run<B: CacheWriter>(
                 registry::Error::RateLimited { retry_after, .. } => *retry_after,
                 _ => None,
             };
+            outcome.failure = Some(FailureKind::of(&e));
             let msg = format!("listing tags of {}: {e}", repository);
             return finish_failed(store, target, outcome, started, msg, retry, head_deadline).await;
         }
@@ -344,6 +348,8 @@ pub async fn run<B: CacheWriter>(
 
     // 7. Publish: the index moves forward; lastUpdate only if nothing failed.
     let entries: Vec<TagEntry> = entries.into_values().collect();
+    outcome.latest_tags = latest_tags(&entries, &records);
+    outcome.failure = failures.first;
     outcome.tags = entries.len();
     outcome.missing = entries.iter().filter(|e| e.digest.is_none()).count();
     outcome.requests = pass.stats.snapshot();
@@ -365,6 +371,7 @@ pub async fn run<B: CacheWriter>(
             outcome.error = error;
         }
         Err(e) => {
+            outcome.failure.get_or_insert(FailureKind::Cache);
             outcome.last_update = previous_head.and_then(|h| h.last_update);
             outcome.error = Some(match error {
                 Some(err) => format!("{err}; caching the tag index: {e}"),
@@ -375,6 +382,23 @@ pub async fn run<B: CacheWriter>(
     outcome.retry_after = failures.rate_limited;
     outcome.duration = started.elapsed();
     outcome
+}
+
+/// The ten tags whose images were created last, newest first (ties by tag name).
+fn latest_tags(entries: &[TagEntry], records: &HashMap<Digest, ImageRecord>) -> Vec<String> {
+    let mut dated: Vec<(chrono::DateTime<Utc>, &str)> = entries
+        .iter()
+        .filter_map(|e| {
+            let created = e.digest.as_ref().and_then(|d| records.get(d))?.created?;
+            Some((created, e.tag.as_str()))
+        })
+        .collect();
+    dated.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+    dated
+        .into_iter()
+        .take(10)
+        .map(|(_, t)| t.to_string())
+        .collect()
 }
 
 async fn fetch_image(

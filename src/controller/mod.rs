@@ -1,0 +1,446 @@
+//! The Kubernetes controller: turns each `ImageRepositoryWatch` (and the Secrets and
+//! ServiceAccount it names) into a warmer target, and the warmer's outcomes into status.
+//!
+//! Reconcile reads like a pipeline: resolve (I/O) → plan (pure) → hand to the warmer →
+//! desired status (pure) → one status patch, only when something changed. Outcomes from
+//! the warmer come back as reconcile triggers for their watch.
+
+pub mod leader;
+pub mod plan;
+pub mod resolve;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::cache::CacheWriter;
+use crate::crd::{ImageRepositoryWatch, ImageRepositoryWatchStatus, REQUESTED_AT_ANNOTATION};
+use crate::warmer::{Outcome, Priority, Warmer};
+use plan::{Defaults, desired_status, plan, target_id};
+
+/// Field manager of regcache's status writes.
+pub const FIELD_MANAGER: &str = "regcache-controller";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("Kubernetes API request failed: {0}")]
+    Kube(#[source] kube::Error),
+}
+
+impl ControllerError {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            ControllerError::Kube(_) => "kube_api",
+        }
+    }
+}
+
+/// What reconcile needs.
+pub struct Context<B> {
+    pub client: Client,
+    pub warmer: Warmer<B>,
+    pub defaults: Defaults,
+    recorder: Recorder,
+    latest: Mutex<HashMap<String, Outcome>>,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl<B> Context<B> {
+    pub fn new(client: Client, warmer: Warmer<B>, defaults: Defaults, instance: String) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.to_string(),
+                instance: Some(instance),
+            },
+        );
+        Context {
+            client,
+            warmer,
+            defaults,
+            recorder,
+            latest: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn latest(&self, id: &str) -> Option<Outcome> {
+        self.latest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Records a pass's outcome for its watch's next reconcile.
+    pub fn record_outcome(&self, outcome: Outcome) {
+        self.latest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(outcome.id.clone(), outcome);
+    }
+}
+
+/// One reconcile of one watch.
+pub async fn reconcile<B: CacheWriter + 'static>(
+    watch: Arc<ImageRepositoryWatch>,
+    ctx: Arc<Context<B>>,
+) -> Result<Action, ControllerError> {
+    let id = target_id(&watch);
+    let span = tracing::info_span!("reconcile", watch = %id, image = %watch.spec.image);
+    let _enter = span.enter();
+
+    let resolved = resolve::resolve(&ctx.client, &watch)
+        .await
+        .map_err(ControllerError::Kube)?;
+    let planned = resolved.and_then(|r| plan(&watch, &r, &ctx.defaults));
+    let requested_at = watch.annotations().get(REQUESTED_AT_ANNOTATION).cloned();
+    let current = watch.status.clone().unwrap_or_default();
+    match &planned {
+        Ok(target) if !watch.spec.suspend => {
+            ctx.warmer.upsert(target.clone());
+            if requested_at.is_some() && requested_at != current.last_handled_requested_at {
+                ctx.warmer.request(&id, Priority::ManualRescan);
+            }
+        }
+        // Invalid, waiting for a secret, or suspended: not warmed until the watch or what it
+        // names changes. Cached data stays.
+        _ => {
+            ctx.warmer.remove(&id);
+            ctx.latest
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+        }
+    }
+    let outcome = ctx.latest(&id);
+    let desired = desired_status(&watch, &planned, outcome.as_ref(), requested_at.as_deref());
+    if desired != current {
+        patch_status(&ctx.client, &watch, &desired)
+            .await
+            .map_err(ControllerError::Kube)?;
+        announce(&ctx, &watch, &current, &desired).await;
+    }
+    ctx.failures
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&id);
+    Ok(Action::await_change())
+}
+
+async fn patch_status(
+    client: &Client,
+    watch: &ImageRepositoryWatch,
+    status: &ImageRepositoryWatchStatus,
+) -> Result<(), kube::Error> {
+    let api: Api<ImageRepositoryWatch> =
+        Api::namespaced(client.clone(), &watch.namespace().unwrap_or_default());
+    // Server-side apply of the whole status: fields regcache no longer sets (a cleared
+    // lastError) are removed, which a merge patch would leave behind.
+    let body = json!({
+        "apiVersion": ImageRepositoryWatch::api_version(&()),
+        "kind": ImageRepositoryWatch::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &watch.name_any(),
+        &kube::api::PatchParams::apply(FIELD_MANAGER).force(),
+        &kube::api::Patch::Apply(body),
+    )
+    .await?;
+    Ok(())
+}
+
+/// An Event when the Ready condition changes status or reason, not on every pass.
+async fn announce<B>(
+    ctx: &Context<B>,
+    watch: &ImageRepositoryWatch,
+    before: &ImageRepositoryWatchStatus,
+    after: &ImageRepositoryWatchStatus,
+) {
+    let (Some(new), old) = (after.ready(), before.ready()) else {
+        return;
+    };
+    if old.is_some_and(|o| o.status == new.status && o.reason == new.reason) {
+        return;
+    }
+    let event = Event {
+        type_: if new.status == "False" {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: new.reason.clone(),
+        note: Some(new.message.chars().take(1024).collect()),
+        action: "Warm".to_string(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &watch.object_ref(&())).await {
+        tracing::warn!(error = %e, "cannot publish event");
+    }
+}
+
+/// Flux's per-object backoff for transient failures: 750 ms doubling to 15 min, reset by
+/// a successful reconcile.
+pub fn error_policy<B>(
+    watch: Arc<ImageRepositoryWatch>,
+    error: &ControllerError,
+    ctx: Arc<Context<B>>,
+) -> Action {
+    let id = target_id(&watch);
+    let mut failures = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
+    let n = failures.entry(id.clone()).or_insert(0);
+    *n = n.saturating_add(1);
+    let delay = Duration::from_millis(750)
+        .saturating_mul(1 << (*n - 1).min(12))
+        .min(Duration::from_secs(15 * 60));
+    tracing::warn!(watch = %id, error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Watches that reference a Secret (directly, or possibly through their namespace's
+/// ServiceAccounts).
+fn watches_of_secret(
+    store: &Store<ImageRepositoryWatch>,
+    secret: &Secret,
+) -> Vec<ObjectRef<ImageRepositoryWatch>> {
+    let ns = secret.namespace();
+    let name = secret.name_any();
+    store
+        .state()
+        .iter()
+        .filter(|w| w.namespace() == ns)
+        .filter(|w| {
+            w.spec.pull_secrets.contains(&name)
+                || w.spec
+                    .cert_secret_ref
+                    .as_ref()
+                    .is_some_and(|r| r.name == name)
+                || w.spec.service_account_name.is_some()
+        })
+        .map(|w| ObjectRef::from_obj(w.as_ref()))
+        .collect()
+}
+
+fn watches_of_account(
+    store: &Store<ImageRepositoryWatch>,
+    account: &ServiceAccount,
+) -> Vec<ObjectRef<ImageRepositoryWatch>> {
+    let ns = account.namespace();
+    let name = account.name_any();
+    store
+        .state()
+        .iter()
+        .filter(|w| w.namespace() == ns && w.spec.service_account_name.as_deref() == Some(&name))
+        .map(|w| ObjectRef::from_obj(w.as_ref()))
+        .collect()
+}
+
+/// Runs the controller and the warmer until `shutdown` resolves.
+pub async fn run<B: CacheWriter + 'static>(
+    ctx: Arc<Context<B>>,
+    namespace: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let (watches, secrets, accounts): (
+        Api<ImageRepositoryWatch>,
+        Api<Secret>,
+        Api<ServiceAccount>,
+    ) = match &namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
+    };
+
+    // The warmer reports outcomes; each becomes a reconcile of its watch.
+    let (outcome_tx, mut outcome_rx) = mpsc::unbounded_channel::<Outcome>();
+    let (trigger_tx, trigger_rx) = mpsc::unbounded_channel::<ObjectRef<ImageRepositoryWatch>>();
+    let (stop_warmer, warmer_stopped) = tokio::sync::oneshot::channel::<()>();
+    let warmer_task = tokio::spawn(ctx.warmer.clone().run(outcome_tx, async move {
+        let _ = warmer_stopped.await;
+    }));
+
+    let controller = Controller::new(watches, watcher::Config::default());
+    let store = controller.store();
+    let outcome_ctx = ctx.clone();
+    let outcome_store = store.clone();
+    let outcomes_task = tokio::spawn(async move {
+        let mut gc = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                outcome = outcome_rx.recv() => {
+                    let Some(outcome) = outcome else { break };
+                    let (ns, name) = outcome.id.split_once('/').map(|(a, b)| (a.to_string(), b.to_string())).unwrap_or_default();
+                    outcome_ctx.record_outcome(outcome);
+                    let _ = trigger_tx.send(ObjectRef::new(&name).within(&ns));
+                }
+                _ = gc.tick() => {
+                    // Watches deleted since their target was planned stop warming.
+                    if outcome_store.wait_until_ready().await.is_ok() {
+                        let live: std::collections::HashSet<String> =
+                            outcome_store.state().iter().map(|w| target_id(w)).collect();
+                        for t in outcome_ctx.warmer.targets() {
+                            if !live.contains(&t.id) {
+                                tracing::info!(watch = %t.id, "watch deleted; warming stops");
+                                outcome_ctx.warmer.remove(&t.id);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+
+    let secret_store = store.clone();
+    let account_store = store.clone();
+    controller
+        .watches(secrets, watcher::Config::default(), move |s| {
+            watches_of_secret(&secret_store, &s)
+        })
+        .watches(accounts, watcher::Config::default(), move |a| {
+            watches_of_account(&account_store, &a)
+        })
+        .reconcile_on(tokio_stream_of(trigger_rx))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile trigger failed");
+            }
+        })
+        .await;
+    let _ = stop_warmer.send(());
+    let _ = warmer_task.await;
+    outcomes_task.abort();
+}
+
+fn tokio_stream_of<T: Send + 'static>(
+    mut rx: mpsc::UnboundedReceiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Failures that stop `regcache controller`.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot find the Kubernetes API (KUBECONFIG, then in-cluster): {0}")]
+    Config(#[source] kube::Error),
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
+    #[error("invalid --default-platforms {value:?}: {source}")]
+    Platform {
+        value: String,
+        #[source]
+        source: crate::image::ImageError,
+    },
+    #[error("lost leadership of lease {0}; exiting so a restart campaigns again")]
+    LostLeadership(String),
+}
+
+/// `regcache controller`: the operator process.
+pub async fn serve(args: &crate::config::ControllerArgs) -> Result<(), ServeError> {
+    let client = Client::try_default().await.map_err(ServeError::Config)?;
+    let backend = crate::cache::open(&args.cache).await?;
+    let store = Arc::new(crate::cache::store::MetadataStore::new(backend));
+    let registry = crate::registry::RegistryClient::new(args.limits.client_options());
+    let warmer = Warmer::new(
+        registry,
+        store,
+        crate::warmer::WarmerOptions {
+            concurrency: args.concurrent.max(1),
+            ..Default::default()
+        },
+    );
+    let platforms = args
+        .default_platforms
+        .iter()
+        .map(|p| {
+            crate::image::Platform::parse(p).map_err(|source| ServeError::Platform {
+                value: p.clone(),
+                source,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let defaults = Defaults {
+        interval: args.default_interval,
+        platforms,
+        ..Defaults::default()
+    };
+    let identity = args.pod_name.clone().unwrap_or_else(|| {
+        std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| format!("regcache-{}", std::process::id()))
+    });
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        warmer,
+        defaults,
+        identity.clone(),
+    ));
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let stop = async move {
+        let _ = stop_rx.await;
+    };
+    let signals = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+    };
+    if !args.leader_elect {
+        let controller = tokio::spawn(run(ctx, args.watch_namespace.clone(), stop));
+        signals.await;
+        let _ = stop_tx.send(());
+        let _ = controller.await;
+        return Ok(());
+    }
+    let elector = leader::LeaderElector::new(
+        client,
+        leader::LeaseSettings {
+            name: args.leader_election_id.clone(),
+            namespace: args.leader_election_namespace.clone(),
+            identity,
+            duration: args.lease_duration,
+            retry: args.lease_retry,
+        },
+    );
+    tokio::pin!(signals);
+    tokio::select! {
+        _ = elector.acquire() => {}
+        _ = &mut signals => return Ok(()),
+    }
+    let controller = tokio::spawn(run(ctx, args.watch_namespace.clone(), stop));
+    let lost = tokio::select! {
+        _ = elector.hold() => true,
+        _ = &mut signals => false,
+    };
+    let _ = stop_tx.send(());
+    let _ = controller.await;
+    if lost {
+        return Err(ServeError::LostLeadership(args.leader_election_id.clone()));
+    }
+    Ok(())
+}

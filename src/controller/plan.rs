@@ -1,0 +1,475 @@
+//! Pure steps of reconcile: validate a watch's spec with what was resolved from the API,
+//! plan its warmer target, and compute the status it should have.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
+
+use crate::cache::keys::Scope;
+use crate::config::parse_duration;
+use crate::crd::{ImageRepositoryWatch, ImageRepositoryWatchStatus, READY, reasons};
+use crate::credentials::DockerConfig;
+use crate::image::{Platform, Repository};
+use crate::registry::{Endpoint, check_ca_bundle};
+use crate::warmer::filter::TagFilter;
+use crate::warmer::{FailureKind, Outcome, Target};
+
+/// Defaults the controller applies to every watch.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    pub interval: Duration,
+    /// Never list tags more often than this, whatever a watch says.
+    pub min_interval: Duration,
+    pub platforms: Vec<Platform>,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            interval: Duration::from_secs(300),
+            min_interval: Duration::from_secs(10),
+            platforms: Vec::new(),
+        }
+    }
+}
+
+/// Why a watch cannot be warmed as it stands: the `Ready=False` reason and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(reason: &'static str, message: impl Into<String>) -> Problem {
+        Problem {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// Credentials and CA gathered from Secrets and the ServiceAccount.
+#[derive(Debug, Clone, Default)]
+pub struct Resolved {
+    pub docker_config: DockerConfig,
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+/// `namespace/name`: the warmer's id for a watch.
+pub fn target_id(watch: &ImageRepositoryWatch) -> String {
+    format!(
+        "{}/{}",
+        watch.namespace().unwrap_or_default(),
+        watch.name_any()
+    )
+}
+
+/// The repository a watch names, or why it names none.
+pub fn repository(watch: &ImageRepositoryWatch) -> Result<Repository, Problem> {
+    Repository::parse(&watch.spec.image).map_err(|e| {
+        Problem::new(
+            reasons::INVALID_IMAGE,
+            format!("ImageRepositoryWatch {}: spec.image: {e}", target_id(watch)),
+        )
+    })
+}
+
+/// Validates the spec and builds the warmer target.
+pub fn plan(
+    watch: &ImageRepositoryWatch,
+    resolved: &Resolved,
+    defaults: &Defaults,
+) -> Result<Target, Problem> {
+    let id = target_id(watch);
+    let invalid = |field: &str, detail: String| {
+        Problem::new(
+            reasons::INVALID_SPEC,
+            format!("ImageRepositoryWatch {id}: spec.{field}: {detail}"),
+        )
+    };
+    let repository = repository(watch)?;
+    let interval = match &watch.spec.interval {
+        None => defaults.interval,
+        Some(s) => parse_duration(s).map_err(|e| invalid("interval", e))?,
+    }
+    .max(defaults.min_interval);
+    let platforms = if watch.spec.platforms.is_empty() {
+        defaults.platforms.clone()
+    } else {
+        watch
+            .spec
+            .platforms
+            .iter()
+            .map(|p| Platform::parse(p).map_err(|e| invalid("platforms", e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let tags = watch.spec.tags.clone().unwrap_or_default();
+    let filter = TagFilter::new(
+        &tags.include,
+        &tags.exclude,
+        tags.max_tags.map(|m| m as usize),
+        tags.include_signatures,
+    )
+    .map_err(|e| invalid("tags", e.to_string()))?;
+    if let Some(pem) = &resolved.ca_pem {
+        let secret = watch
+            .spec
+            .cert_secret_ref
+            .as_ref()
+            .map(|r| r.name.as_str())
+            .unwrap_or_default();
+        check_ca_bundle(pem).map_err(|e| {
+            Problem::new(
+                reasons::INVALID_CERTIFICATE,
+                format!(
+                    "ImageRepositoryWatch {id}: ca.crt of secret {}/{secret} for registry {}: {e}",
+                    watch.namespace().unwrap_or_default(),
+                    repository.host()
+                ),
+            )
+        })?;
+    }
+    let credential = resolved.docker_config.credential_for(repository.host());
+    let scope = Scope::for_credential(
+        repository.host(),
+        &watch.namespace().unwrap_or_default(),
+        &credential,
+    );
+    Ok(Target {
+        id,
+        scope,
+        credential,
+        endpoint: Endpoint {
+            insecure: watch.spec.insecure,
+            ca_pem: resolved.ca_pem.clone().map(Arc::new),
+        },
+        filter,
+        platforms,
+        interval,
+        repository,
+    })
+}
+
+fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// The `Ready` condition, keeping the previous transition time when status and reason
+/// are unchanged, so an unchanged status compares equal and is not written again.
+fn ready(
+    previous: Option<&Condition>,
+    status: &str,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) -> Condition {
+    let last_transition_time = match previous {
+        Some(p) if p.status == status && p.reason == reason => p.last_transition_time.clone(),
+        _ => now(),
+    };
+    Condition {
+        type_: READY.to_string(),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+fn failure_reason(kind: Option<FailureKind>) -> &'static str {
+    match kind {
+        Some(FailureKind::Unauthorized) => reasons::UNAUTHORIZED,
+        Some(FailureKind::RateLimited) => reasons::RATE_LIMITED,
+        Some(FailureKind::RepositoryNotFound) => reasons::REPOSITORY_NOT_FOUND,
+        Some(FailureKind::RegistryUnavailable) => reasons::REGISTRY_UNAVAILABLE,
+        Some(FailureKind::Cache) => reasons::CACHE_UNAVAILABLE,
+        Some(FailureKind::Other) | None => reasons::WARM_FAILED,
+    }
+}
+
+/// What the watch's status should be, from the plan's result and the latest outcome.
+pub fn desired_status(
+    watch: &ImageRepositoryWatch,
+    planned: &Result<Target, Problem>,
+    outcome: Option<&Outcome>,
+    requested_at: Option<&str>,
+) -> ImageRepositoryWatchStatus {
+    let current = watch.status.clone().unwrap_or_default();
+    let previous = current.ready();
+    let generation = watch.metadata.generation;
+    let mut status = ImageRepositoryWatchStatus {
+        canonical_image_name: repository(watch).ok().map(|r| r.canonical()),
+        observed_generation: generation,
+        last_handled_requested_at: requested_at
+            .map(str::to_string)
+            .or(current.last_handled_requested_at.clone()),
+        ..current.clone()
+    };
+    let condition = match (planned, outcome) {
+        (Err(problem), _) => ready(
+            previous,
+            "False",
+            problem.reason,
+            problem.message.clone(),
+            generation,
+        ),
+        (Ok(_), _) if watch.spec.suspend => ready(
+            previous,
+            "Unknown",
+            reasons::SUSPENDED,
+            "warming is suspended (spec.suspend); cached data is kept".to_string(),
+            generation,
+        ),
+        (Ok(_), Some(o)) => {
+            status.last_update = o.last_update.map(|t| t.to_rfc3339());
+            status.last_error = o.error.clone();
+            status.tag_count = Some(o.tags as u64);
+            status.latest_tags = o.latest_tags.clone();
+            match &o.error {
+                None => ready(
+                    previous,
+                    "True",
+                    reasons::SUCCEEDED,
+                    format!("{} tags of {} cached", o.tags, o.repository),
+                    generation,
+                ),
+                Some(e) => ready(
+                    previous,
+                    "False",
+                    failure_reason(o.failure),
+                    e.clone(),
+                    generation,
+                ),
+            }
+        }
+        (Ok(_), None) => match previous {
+            // After a restart, the last known condition stands until the first pass.
+            Some(p) if p.observed_generation == generation && p.reason != reasons::PROGRESSING => {
+                p.clone()
+            }
+            _ => ready(
+                previous,
+                "Unknown",
+                reasons::PROGRESSING,
+                "waiting for the first warm pass".to_string(),
+                generation,
+            ),
+        },
+    };
+    status.conditions = vec![condition];
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{ImageRepositoryWatchSpec, SecretReference, TagsSpec};
+
+    fn watch(spec: ImageRepositoryWatchSpec) -> ImageRepositoryWatch {
+        let mut w = ImageRepositoryWatch::new("app", spec);
+        w.metadata.namespace = Some("team".into());
+        w.metadata.generation = Some(3);
+        w
+    }
+
+    fn spec(image: &str) -> ImageRepositoryWatchSpec {
+        ImageRepositoryWatchSpec {
+            image: image.into(),
+            ..Default::default()
+        }
+    }
+
+    fn outcome(error: Option<&str>, failure: Option<FailureKind>) -> Outcome {
+        Outcome {
+            id: "team/app".into(),
+            repository: "docker.io/library/nginx".into(),
+            listed: 5,
+            tags: 4,
+            excluded: 1,
+            missing: 0,
+            images_updated: 2,
+            requests: Default::default(),
+            changes: Vec::new(),
+            error: error.map(str::to_string),
+            failure,
+            latest_tags: vec!["v2".into(), "v1".into()],
+            last_update: chrono::DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
+                .ok()
+                .map(|t| t.to_utc()),
+            retry_after: None,
+            duration: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn plans_a_target_with_defaults_and_credentials() {
+        let json = br#"{"auths":{"docker.io":{"username":"bob","password":"pw"}}}"#;
+        let resolved = Resolved {
+            docker_config: DockerConfig::from_config_json("s", json).unwrap(),
+            ca_pem: None,
+        };
+        let t = plan(&watch(spec("nginx")), &resolved, &Defaults::default()).unwrap();
+        assert_eq!(t.id, "team/app");
+        assert_eq!(t.repository.canonical(), "docker.io/library/nginx");
+        assert_eq!(t.interval, Duration::from_secs(300));
+        assert_eq!(t.credential.identity(), "basic:bob");
+        assert_eq!(
+            t.scope,
+            Scope::for_credential("docker.io", "team", &t.credential)
+        );
+        let mut s = spec("ghcr.io/org/app");
+        s.interval = Some("1s".into());
+        s.platforms = vec!["linux/arm64/v8".into()];
+        let t = plan(&watch(s), &Resolved::default(), &Defaults::default()).unwrap();
+        assert_eq!(
+            t.interval,
+            Duration::from_secs(10),
+            "clamped to the minimum"
+        );
+        assert_eq!(t.platforms, [Platform::parse("linux/arm64").unwrap()]);
+        assert!(t.scope.is_public());
+    }
+
+    #[test]
+    fn invalid_specs_name_the_watch_and_field() {
+        let cases: Vec<(ImageRepositoryWatchSpec, &str, &str)> = vec![
+            (spec("Nginx:Latest"), reasons::INVALID_IMAGE, "spec.image"),
+            (spec("nginx:1.25"), reasons::INVALID_IMAGE, "tag"),
+            (
+                ImageRepositoryWatchSpec {
+                    interval: Some("5 minutes".into()),
+                    ..spec("nginx")
+                },
+                reasons::INVALID_SPEC,
+                "spec.interval",
+            ),
+            (
+                ImageRepositoryWatchSpec {
+                    platforms: vec!["linux".into()],
+                    ..spec("nginx")
+                },
+                reasons::INVALID_SPEC,
+                "spec.platforms",
+            ),
+            (
+                ImageRepositoryWatchSpec {
+                    tags: Some(TagsSpec {
+                        include: vec!["v[".into()],
+                        ..Default::default()
+                    }),
+                    ..spec("nginx")
+                },
+                reasons::INVALID_SPEC,
+                "spec.tags",
+            ),
+        ];
+        for (s, reason, needle) in cases {
+            let p = plan(
+                &watch(s.clone()),
+                &Resolved::default(),
+                &Defaults::default(),
+            )
+            .unwrap_err();
+            assert_eq!(p.reason, reason, "{s:?}");
+            assert!(
+                p.message.contains("team/app") && p.message.contains(needle),
+                "{}",
+                p.message
+            );
+        }
+        let mut s = spec("nginx");
+        s.cert_secret_ref = Some(SecretReference {
+            name: "corp-ca".into(),
+        });
+        let resolved = Resolved {
+            ca_pem: Some(b"not a certificate".to_vec()),
+            ..Default::default()
+        };
+        let p = plan(&watch(s), &resolved, &Defaults::default()).unwrap_err();
+        assert_eq!(p.reason, reasons::INVALID_CERTIFICATE);
+        assert!(
+            p.message.contains("team/corp-ca") && p.message.contains("docker.io"),
+            "{}",
+            p.message
+        );
+    }
+
+    #[test]
+    fn status_from_outcomes_is_stable_and_kstatus_shaped() {
+        let w = watch(spec("nginx"));
+        let planned = plan(&w, &Resolved::default(), &Defaults::default());
+        let pending = desired_status(&w, &planned, None, None);
+        assert_eq!(pending.ready().unwrap().status, "Unknown");
+        assert_eq!(
+            pending.canonical_image_name.as_deref(),
+            Some("docker.io/library/nginx")
+        );
+
+        let ok = desired_status(&w, &planned, Some(&outcome(None, None)), None);
+        let cond = ok.ready().unwrap();
+        assert_eq!(
+            (cond.status.as_str(), cond.reason.as_str()),
+            ("True", reasons::SUCCEEDED)
+        );
+        assert_eq!(cond.observed_generation, Some(3));
+        assert_eq!(ok.observed_generation, Some(3));
+        assert_eq!(ok.tag_count, Some(4));
+        assert_eq!(ok.latest_tags, ["v2", "v1"]);
+        assert_eq!(ok.last_update.as_deref(), Some("2026-01-02T03:04:05+00:00"));
+
+        // Same inputs on top of that status: identical, so no patch is sent.
+        let mut w2 = w.clone();
+        w2.status = Some(ok.clone());
+        assert_eq!(
+            desired_status(&w2, &planned, Some(&outcome(None, None)), None),
+            ok
+        );
+
+        let failed = desired_status(
+            &w2,
+            &planned,
+            Some(&outcome(
+                Some("registry docker.io refused the credentials"),
+                Some(FailureKind::Unauthorized),
+            )),
+            None,
+        );
+        let cond = failed.ready().unwrap();
+        assert_eq!(
+            (cond.status.as_str(), cond.reason.as_str()),
+            ("False", reasons::UNAUTHORIZED)
+        );
+        assert!(failed.last_error.is_some());
+        assert_eq!(failed.last_update, ok.last_update, "kept from the outcome");
+
+        let bad = watch(spec("nginx:1.25"));
+        let s = desired_status(
+            &bad,
+            &plan(&bad, &Resolved::default(), &Defaults::default()),
+            None,
+            None,
+        );
+        assert_eq!(s.ready().unwrap().reason, reasons::INVALID_IMAGE);
+
+        let mut suspended = spec("nginx");
+        suspended.suspend = true;
+        let sw = watch(suspended);
+        let s = desired_status(
+            &sw,
+            &plan(&sw, &Resolved::default(), &Defaults::default()),
+            None,
+            None,
+        );
+        assert_eq!(s.ready().unwrap().reason, reasons::SUSPENDED);
+        assert_eq!(
+            desired_status(&w, &planned, None, Some("123"))
+                .last_handled_requested_at
+                .as_deref(),
+            Some("123")
+        );
+    }
+}

@@ -1,0 +1,129 @@
+//! The I/O step of reconcile: read the Secrets and ServiceAccount a watch names (same
+//! namespace only) and turn them into credentials and a CA bundle.
+
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use kube::{Api, Client, ResourceExt};
+
+use super::plan::{Problem, Resolved, target_id};
+use crate::crd::{ImageRepositoryWatch, reasons};
+use crate::credentials::DockerConfig;
+
+pub const DOCKER_CONFIG_JSON: &str = "kubernetes.io/dockerconfigjson";
+pub const DOCKER_CFG: &str = "kubernetes.io/dockercfg";
+
+/// The secret names a watch depends on, pull secrets first (they win over the
+/// ServiceAccount's, as with kubelet).
+pub fn secret_names(watch: &ImageRepositoryWatch, account: Option<&ServiceAccount>) -> Vec<String> {
+    let mut names = watch.spec.pull_secrets.clone();
+    if let Some(sa) = account {
+        for r in sa.image_pull_secrets.iter().flatten() {
+            if !r.name.is_empty() && !names.contains(&r.name) {
+                names.push(r.name.clone());
+            }
+        }
+    }
+    names
+}
+
+/// Parses one pull secret. Errors name the watch, the secret and what is wrong, never
+/// the secret's content.
+pub fn docker_config_of(
+    watch: &ImageRepositoryWatch,
+    secret: &Secret,
+) -> Result<DockerConfig, Problem> {
+    let ns = secret.namespace().unwrap_or_default();
+    let name = format!("{ns}/{}", secret.name_any());
+    let source = format!("secret {name}");
+    let invalid = |detail: String| {
+        Problem::new(
+            reasons::INVALID_SECRET,
+            format!("ImageRepositoryWatch {}: {detail}", target_id(watch)),
+        )
+    };
+    let type_ = secret.type_.as_deref().unwrap_or("Opaque");
+    let key = match type_ {
+        DOCKER_CONFIG_JSON => ".dockerconfigjson",
+        DOCKER_CFG => ".dockercfg",
+        other => {
+            return Err(invalid(format!(
+                "secret {name} has type {other}; pull secrets must be of type {DOCKER_CONFIG_JSON} or {DOCKER_CFG}"
+            )));
+        }
+    };
+    let data = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .ok_or_else(|| invalid(format!("secret {name} has no {key} key")))?;
+    let parsed = if type_ == DOCKER_CONFIG_JSON {
+        DockerConfig::from_config_json(&source, &data.0)
+    } else {
+        DockerConfig::from_dockercfg(&source, &data.0)
+    };
+    parsed.map_err(|e| invalid(e.to_string()))
+}
+
+/// Reads what the watch references. `Ok(Err(problem))` is the user's to fix (the watch
+/// waits for a change); `Err` is an API failure to retry.
+pub async fn resolve(
+    client: &Client,
+    watch: &ImageRepositoryWatch,
+) -> Result<Result<Resolved, Problem>, kube::Error> {
+    let ns = watch.namespace().unwrap_or_default();
+    let id = target_id(watch);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let account = match &watch.spec.service_account_name {
+        None => None,
+        Some(name) => {
+            let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
+            match accounts.get_opt(name).await? {
+                Some(sa) => Some(sa),
+                None => {
+                    return Ok(Err(Problem::new(
+                        reasons::SERVICE_ACCOUNT_NOT_FOUND,
+                        format!("ImageRepositoryWatch {id}: service account {ns}/{name} not found"),
+                    )));
+                }
+            }
+        }
+    };
+    let mut resolved = Resolved::default();
+    for name in secret_names(watch, account.as_ref()) {
+        let Some(secret) = secrets.get_opt(&name).await? else {
+            return Ok(Err(Problem::new(
+                reasons::SECRET_NOT_FOUND,
+                format!(
+                    "ImageRepositoryWatch {id}: pull secret {ns}/{name} not found; warming resumes when it exists"
+                ),
+            )));
+        };
+        match docker_config_of(watch, &secret) {
+            Ok(config) => resolved.docker_config.merge(config),
+            Err(p) => return Ok(Err(p)),
+        }
+    }
+    if let Some(cert) = &watch.spec.cert_secret_ref {
+        let Some(secret) = secrets.get_opt(&cert.name).await? else {
+            return Ok(Err(Problem::new(
+                reasons::SECRET_NOT_FOUND,
+                format!(
+                    "ImageRepositoryWatch {id}: certificate secret {ns}/{} not found",
+                    cert.name
+                ),
+            )));
+        };
+        match secret.data.as_ref().and_then(|d| d.get("ca.crt")) {
+            Some(pem) => resolved.ca_pem = Some(pem.0.clone()),
+            None => {
+                return Ok(Err(Problem::new(
+                    reasons::INVALID_CERTIFICATE,
+                    format!(
+                        "ImageRepositoryWatch {id}: secret {ns}/{} has no ca.crt key",
+                        cert.name
+                    ),
+                )));
+            }
+        }
+    }
+    Ok(Ok(resolved))
+}
