@@ -3,7 +3,8 @@
 #
 # Installs what the tests need when it is missing (memcached and the CNCF distribution
 # registry are started by the test harness as real processes; openssl makes the test CA and
-# token-signing keys), then runs the whole suite with cargo-nextest (or cargo test).
+# token-signing keys; a Python venv holds the Kubernetes API emulator), then runs the whole
+# suite: the emulator's self-tests, then every Rust test with cargo-nextest (or cargo test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +20,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # Debian starts memcached as a service on install; the tests start their own on free ports.
+
+# The Kubernetes API emulator (kmock, PyPI) for the controller's end-to-end tests.
+bash tests/e2e/setup.sh
+
+# The emulator's own tests first: the controller's end-to-end tests rely on it.
+tests/e2e/.venv/bin/python -m pytest -q tests/e2e
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --no-fail-fast "$@"

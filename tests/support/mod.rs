@@ -27,6 +27,7 @@
 
 pub mod certs;
 pub mod dns;
+pub mod kube;
 pub mod memcached;
 pub mod process;
 pub mod proxy;

@@ -1,0 +1,199 @@
+//! The Kubernetes API emulator (tests/e2e: kmock with a real API server's habits) as a
+//! child process, a small JSON client for it, and the `regcache controller` binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::process::kill_and_wait;
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Creates `tests/e2e/.venv` when missing (idempotent, quick when present).
+fn ensure_venv() -> PathBuf {
+    let python = repo_root().join("tests/e2e/.venv/bin/python");
+    let status = Command::new("bash")
+        .arg(repo_root().join("tests/e2e/setup.sh"))
+        .current_dir(repo_root())
+        .stdout(Stdio::null())
+        .status()
+        .expect("run tests/e2e/setup.sh");
+    assert!(status.success(), "tests/e2e/setup.sh failed");
+    python
+}
+
+/// A running emulator; stopped on drop.
+pub struct Emulator {
+    child: Child,
+    pub port: u16,
+    pub kubeconfig: PathBuf,
+    _dir: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+impl Emulator {
+    pub fn start() -> Emulator {
+        let python = ensure_venv();
+        let dir = tempfile::tempdir().unwrap();
+        let port_file = dir.path().join("port");
+        let kubeconfig = dir.path().join("kubeconfig");
+        let child = Command::new(python)
+            .arg(repo_root().join("tests/e2e/harness.py"))
+            .args(["serve", "--exit-on-stdin-eof", "--port-file"])
+            .arg(&port_file)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the emulator");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let port = loop {
+            if let Some(p) = std::fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                break p;
+            }
+            assert!(Instant::now() < deadline, "emulator did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Emulator {
+            child,
+            port,
+            kubeconfig,
+            _dir: dir,
+            http: super::http_client(None),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Value {
+        let resp = req.send().await.expect("emulator request");
+        let status = resp.status();
+        let bytes = resp.bytes().await.unwrap_or_default();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        assert!(status.is_success(), "emulator answered {status}: {body}");
+        body
+    }
+
+    pub async fn create(&self, path: &str, object: Value) -> Value {
+        self.send(
+            self.http
+                .post(self.url(path))
+                .header("content-type", "application/json")
+                .body(object.to_string()),
+        )
+        .await
+    }
+
+    pub async fn get(&self, path: &str) -> Option<Value> {
+        let resp = self.http.get(self.url(path)).send().await.ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        serde_json::from_slice(&resp.bytes().await.ok()?).ok()
+    }
+
+    pub async fn merge_patch(&self, path: &str, patch: Value) -> Value {
+        self.send(
+            self.http
+                .patch(self.url(path))
+                .header("content-type", "application/merge-patch+json")
+                .body(patch.to_string()),
+        )
+        .await
+    }
+
+    pub async fn delete(&self, path: &str) {
+        let _ = self.http.delete(self.url(path)).send().await;
+    }
+
+    pub async fn counters(&self) -> Value {
+        self.send(self.http.get(self.url("/_emulator/counters")))
+            .await
+    }
+
+    /// Polls `path` until `check` accepts the object.
+    pub async fn wait_for(
+        &self,
+        path: &str,
+        within: Duration,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + within;
+        let mut last = Value::Null;
+        while Instant::now() < deadline {
+            if let Some(v) = self.get(path).await {
+                if check(&v) {
+                    return v;
+                }
+                last = v;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("timed out waiting on {path}; last seen: {last:#}");
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        kill_and_wait(&mut self.child);
+    }
+}
+
+/// A `regcache controller` process with its log in a file; killed on drop.
+pub struct ControllerProcess {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl ControllerProcess {
+    pub fn start(kubeconfig: &Path, args: &[&str], log: PathBuf) -> ControllerProcess {
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_regcache"))
+            .arg("controller")
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .env_remove("REGCACHE_LOG_LEVEL")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start regcache controller");
+        ControllerProcess {
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill_and_wait(&mut c);
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
