@@ -255,7 +255,7 @@ async fn bad_input_gets_a_clear_condition_and_resumes_when_fixed() {
         )
         .await;
     let dir = tempfile::tempdir().unwrap();
-    let _controller = ControllerProcess::start(
+    let controller = ControllerProcess::start(
         &emulator.kubeconfig,
         &["--memcached", &memcached.addr()],
         dir.path().join("controller.log"),
@@ -304,6 +304,19 @@ async fn bad_input_gets_a_clear_condition_and_resumes_when_fixed() {
         .wait_for(&missing, Duration::from_secs(60), is("True", "Succeeded"))
         .await;
     assert_eq!(ok["status"]["tagCount"], 1);
+
+    // Deleting the watch stops its warming.
+    emulator.delete(&missing).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !controller.logs().contains("watch deleted; warming stops") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            controller.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(controller.logs().contains("team/missing-secret"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -444,3 +444,6 @@ pub async fn serve(args: &crate::config::ControllerArgs) -> Result<(), ServeErro
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
