@@ -155,6 +155,7 @@ async fn main() {
                     filter: TagFilter::default(),
                     platforms: Vec::new(),
                     interval: Duration::from_secs(300),
+                    timestamp_labels: false,
                 }
             })
             .collect();

@@ -101,6 +101,7 @@ impl Rig {
             filter: TagFilter::default(),
             platforms: Vec::new(),
             interval: Duration::from_secs(300),
+            timestamp_labels: false,
         }
     }
 }

@@ -540,8 +540,14 @@ impl<B: CacheWriter> MetadataStore<B> {
         }
     }
 
-    fn info(&self, canonical_name: &str, tag: Option<&str>, record: ImageRecord) -> ImageInfo {
-        let applies = self.timestamp_labels.applies_to(canonical_name);
+    fn info(
+        &self,
+        canonical_name: &str,
+        tag: Option<&str>,
+        record: ImageRecord,
+        label_times: bool,
+    ) -> ImageInfo {
+        let applies = label_times || self.timestamp_labels.applies_to(canonical_name);
         let platforms = record
             .platforms
             .into_iter()
@@ -566,6 +572,17 @@ impl<B: CacheWriter> MetadataStore<B> {
         &self,
         scope: &Scope,
         repository: &Repository,
+    ) -> Result<RepositoryMetadata, ReadError> {
+        self.repository_metadata(scope, repository, false).await
+    }
+
+    /// As [`Self::get_image_repository_metadata`]; `label_times` applies the
+    /// timestamp-label decorator whatever the allowlist says (a watch asked for it).
+    pub async fn repository_metadata(
+        &self,
+        scope: &Scope,
+        repository: &Repository,
+        label_times: bool,
     ) -> Result<RepositoryMetadata, ReadError> {
         let Some((head, entries)) = self.read_index(scope, repository).await? else {
             let head = self.head(scope, repository).await.ok().flatten();
@@ -596,7 +613,10 @@ impl<B: CacheWriter> MetadataStore<B> {
                 records.get(d).cloned()
             };
             if let Some(record) = record {
-                images.insert(e.tag.clone(), self.info(&name, Some(&e.tag), record));
+                images.insert(
+                    e.tag.clone(),
+                    self.info(&name, Some(&e.tag), record, label_times),
+                );
             }
         }
         Ok(RepositoryMetadata {
@@ -610,6 +630,16 @@ impl<B: CacheWriter> MetadataStore<B> {
 
     /// One image by tag (head and one chunk) or by digest (one item).
     pub async fn get_image(&self, scope: &Scope, image: &ImageRef) -> Result<ImageInfo, ReadError> {
+        self.image(scope, image, false).await
+    }
+
+    /// As [`Self::get_image`], with the timestamp-label decorator forced by `label_times`.
+    pub async fn image(
+        &self,
+        scope: &Scope,
+        image: &ImageRef,
+        label_times: bool,
+    ) -> Result<ImageInfo, ReadError> {
         let repository = &image.repository;
         let name = repository.canonical();
         let (digest, tag) = match image.reference() {
@@ -642,7 +672,7 @@ impl<B: CacheWriter> MetadataStore<B> {
                 digest: digest.to_string(),
                 help: not_cached_help(&name),
             })?;
-        Ok(self.info(&name, tag.as_deref(), record))
+        Ok(self.info(&name, tag.as_deref(), record, label_times))
     }
 }
 

@@ -149,6 +149,7 @@ pub fn plan(
         filter,
         platforms,
         interval,
+        timestamp_labels: watch.spec.timestamp_labels,
         repository,
     })
 }

@@ -42,6 +42,8 @@ pub struct Target {
     pub platforms: Vec<Platform>,
     /// How often to list tags.
     pub interval: Duration,
+    /// Report created times from timestamp labels when reading this repository.
+    pub timestamp_labels: bool,
 }
 
 impl Target {
