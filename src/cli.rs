@@ -25,6 +25,8 @@ pub enum CliError {
         #[source]
         source: ImageError,
     },
+    #[error(transparent)]
+    Get(GetError),
 }
 
 impl CliError {
@@ -35,6 +37,7 @@ impl CliError {
             CliError::Registry(e) => e.metric_label(),
             CliError::CaFile { .. } => "ca_file",
             CliError::Platform { .. } => "platform",
+            CliError::Get(_) => "get",
         }
     }
 }
@@ -119,4 +122,184 @@ pub fn report(e: &dyn std::error::Error) -> String {
         cur = s.source();
     }
     out
+}
+
+/// Left-aligned columns separated by three spaces, like `kubectl get`.
+pub fn columns<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for r in rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    rows.iter()
+        .map(|r| {
+            let mut line = String::new();
+            for (i, cell) in r.iter().enumerate() {
+                if i + 1 < N {
+                    line.push_str(&format!("{cell:<w$}   ", w = widths[i]));
+                } else {
+                    line.push_str(cell);
+                }
+            }
+            line.trim_end().to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Failures of `regcache get`.
+#[derive(Debug, thiserror::Error)]
+pub enum GetError {
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Read(#[from] crate::cache::store::ReadError),
+    #[error("read API {url}: {detail}")]
+    Api { url: String, detail: String },
+    #[error("give --api URL or --memcached HOST:PORT")]
+    NoSource,
+}
+
+fn age(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    let Some(t) = t else { return "-".into() };
+    let secs = (chrono::Utc::now() - t).num_seconds().max(0);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+fn image_row(tag: &str, i: &crate::cache::store::ImageInfo) -> [String; 5] {
+    let platforms: Vec<String> = i
+        .platforms
+        .iter()
+        .filter_map(|p| p.platform.as_ref().map(|p| p.to_string()))
+        .collect();
+    [
+        tag.to_string(),
+        i.digest.to_string(),
+        i.created
+            .map(|c| c.to_rfc3339())
+            .unwrap_or_else(|| "-".into()),
+        if platforms.is_empty() {
+            "-".into()
+        } else {
+            platforms.join(",")
+        },
+        age(i.created),
+    ]
+}
+
+const HEADER: [&str; 5] = ["TAG", "DIGEST", "CREATED", "PLATFORMS", "AGE"];
+
+/// `regcache get`: a repository or an image, from the read API or memcached.
+pub async fn get(args: &crate::config::GetArgs) -> Result<String, GetError> {
+    use crate::cache::store::{ImageInfo, RepositoryMetadata};
+    let image = ImageRef::parse(&args.reference)?;
+    let is_image = image.tag.is_some() || image.digest.is_some();
+    let json = args.output == crate::config::Format::Json;
+    enum Got {
+        Repo(RepositoryMetadata),
+        Image(ImageInfo),
+    }
+    let got = if let Some(api) = &args.api {
+        let path = if is_image {
+            format!("/api/v1/images/{}", image.canonical())
+        } else {
+            format!("/api/v1/repositories/{}", image.repository.canonical())
+        };
+        let url = format!("{}{path}", api.trim_end_matches('/'));
+        let api_err = |detail: String| GetError::Api {
+            url: url.clone(),
+            detail,
+        };
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(
+                rustls::ClientConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| api_err(e.to_string()))?
+                .with_root_certificates(rustls::RootCertStore {
+                    roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+                })
+                .with_no_client_auth(),
+            )
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .map_err(|e| api_err(e.to_string()))?;
+        let mut req = client.get(&url);
+        if let Some(t) = &args.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|e| api_err(e.to_string()))?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| api_err(e.to_string()))?;
+        if !status.is_success() {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            return Err(api_err(format!(
+                "{status}: {} {}",
+                v["reason"].as_str().unwrap_or(""),
+                v["message"].as_str().unwrap_or("")
+            )));
+        }
+        let parse = |e: serde_json::Error| api_err(format!("unexpected answer ({e})"));
+        if is_image {
+            Got::Image(serde_json::from_slice(&body).map_err(parse)?)
+        } else {
+            Got::Repo(serde_json::from_slice(&body).map_err(parse)?)
+        }
+    } else if !args.memcached.is_empty() {
+        let store = crate::cache::store::MetadataStore::new(
+            crate::cache::memcached::Memcached::new(args.memcached.clone(), Default::default()),
+        );
+        let scope = crate::cache::keys::Scope::public();
+        if is_image {
+            Got::Image(store.get_image(&scope, &image).await?)
+        } else {
+            Got::Repo(
+                store
+                    .get_image_repository_metadata(&scope, &image.repository)
+                    .await?,
+            )
+        }
+    } else {
+        return Err(GetError::NoSource);
+    };
+    let header = || HEADER.map(String::from);
+    Ok(match (got, json) {
+        (Got::Repo(m), true) => serde_json::to_string_pretty(&m).expect("serialises"),
+        (Got::Image(i), true) => serde_json::to_string_pretty(&i).expect("serialises"),
+        (Got::Repo(m), false) => {
+            let mut rows = vec![header()];
+            for tag in &m.tags {
+                match m.images.get(tag) {
+                    Some(i) => rows.push(image_row(tag, i)),
+                    None => {
+                        rows.push([tag.clone(), "-".into(), "-".into(), "-".into(), "-".into()])
+                    }
+                }
+            }
+            let mut out = format!(
+                "{}  ({} tags; last update {}{})\n",
+                m.canonical_name,
+                m.tags.len(),
+                m.last_update
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_else(|| "never".into()),
+                m.last_error
+                    .map(|e| format!("; last error: {e}"))
+                    .unwrap_or_default()
+            );
+            out.push_str(&columns(&rows));
+            out
+        }
+        (Got::Image(i), false) => {
+            let tag = i.tag.clone().unwrap_or_else(|| "-".into());
+            columns(&[header(), image_row(&tag, &i)])
+        }
+    })
 }

@@ -50,6 +50,60 @@ pub enum Command {
     Crd,
     /// Run the operator: warm every ImageRepositoryWatch and report in its status.
     Controller(Box<ControllerArgs>),
+    /// Warm the watches in YAML files without Kubernetes (the same warmer and cache).
+    Standalone(Box<StandaloneArgs>),
+    /// Print what the cache holds for a repository or an image.
+    Get(GetArgs),
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StandaloneArgs {
+    /// YAML (or JSON) files, or folders of them, holding ImageRepositoryWatch and Secret
+    /// manifests: the same files you would `kubectl apply`.
+    #[arg(long = "watches", env = "REGCACHE_WATCHES", value_delimiter = ',', required = true, num_args = 1..)]
+    pub watches: Vec<PathBuf>,
+    /// Warm every watch once, print a summary and exit (non-zero if any failed).
+    #[arg(long, env = "REGCACHE_ONCE", default_value_t = false)]
+    pub once: bool,
+    /// Summary format for `--once`.
+    #[arg(long, short = 'o', value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+    /// Warm passes running at once.
+    #[arg(long, env = "REGCACHE_CONCURRENT", default_value_t = 4)]
+    pub concurrent: usize,
+    /// Platforms kept for watches that name none (`linux/amd64,linux/arm64`); all when empty.
+    #[arg(long, env = "REGCACHE_DEFAULT_PLATFORMS", value_delimiter = ',')]
+    pub default_platforms: Vec<String>,
+    /// Tag-list interval for watches that set none.
+    #[arg(long, env = "REGCACHE_DEFAULT_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub default_interval: Duration,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    #[command(flatten)]
+    pub limits: RegistryLimits,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GetArgs {
+    /// A repository (`nginx`, `ghcr.io/org/app`) or an image (`nginx:1.27`, `app@sha256:...`).
+    pub reference: String,
+    /// Ask a regcache read API (`http://regcache.regcache-system:8080`).
+    #[arg(long, env = "REGCACHE_API", conflicts_with = "memcached")]
+    pub api: Option<String>,
+    /// Bearer token for the read API (in a cluster: a ServiceAccount token).
+    #[arg(long, env = "REGCACHE_API_TOKEN")]
+    pub token: Option<String>,
+    /// Read memcached directly (`HOST:PORT`, repeatable); sees publicly warmed data only.
+    #[arg(long = "memcached", env = "REGCACHE_MEMCACHED", value_delimiter = ',')]
+    pub memcached: Vec<String>,
+    #[arg(long, short = 'o', value_enum, default_value_t = Format::Table)]
+    pub output: Format,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -11,5 +11,6 @@ pub mod crd;
 pub mod credentials;
 pub mod image;
 pub mod registry;
+pub mod standalone;
 pub mod telemetry;
 pub mod warmer;

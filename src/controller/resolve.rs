@@ -63,67 +63,91 @@ pub fn docker_config_of(
     parsed.map_err(|e| invalid(e.to_string()))
 }
 
-/// Reads what the watch references. `Ok(Err(problem))` is the user's to fix (the watch
-/// waits for a change); `Err` is an API failure to retry.
+/// Reads what the watch references from the API. `Ok(Err(problem))` is the user's to fix
+/// (the watch waits for a change); `Err` is an API failure to retry.
 pub async fn resolve(
     client: &Client,
     watch: &ImageRepositoryWatch,
 ) -> Result<Result<Resolved, Problem>, kube::Error> {
     let ns = watch.namespace().unwrap_or_default();
-    let id = target_id(watch);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let account = match &watch.spec.service_account_name {
         None => None,
         Some(name) => {
             let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
-            match accounts.get_opt(name).await? {
-                Some(sa) => Some(sa),
-                None => {
-                    return Ok(Err(Problem::new(
-                        reasons::SERVICE_ACCOUNT_NOT_FOUND,
-                        format!("ImageRepositoryWatch {id}: service account {ns}/{name} not found"),
-                    )));
-                }
-            }
+            Some(accounts.get_opt(name).await?)
         }
+    };
+    let mut names = secret_names(watch, account.as_ref().and_then(Option::as_ref));
+    if let Some(cert) = &watch.spec.cert_secret_ref {
+        names.push(cert.name.clone());
+    }
+    let mut found = std::collections::HashMap::new();
+    for name in names {
+        if let Some(s) = secrets.get_opt(&name).await? {
+            found.insert(name, s);
+        }
+    }
+    Ok(resolve_with(watch, account, |name| {
+        found.get(name).cloned()
+    }))
+}
+
+/// The pure part of resolving: `account` is `None` when the watch names no
+/// ServiceAccount, `Some(None)` when it names one that does not exist; `secret` finds a
+/// Secret of the watch's namespace by name. Standalone mode calls this with manifests
+/// from files.
+pub fn resolve_with(
+    watch: &ImageRepositoryWatch,
+    account: Option<Option<ServiceAccount>>,
+    secret: impl Fn(&str) -> Option<Secret>,
+) -> Result<Resolved, Problem> {
+    let ns = watch.namespace().unwrap_or_default();
+    let id = target_id(watch);
+    let account = match (account, &watch.spec.service_account_name) {
+        (Some(None), Some(name)) => {
+            return Err(Problem::new(
+                reasons::SERVICE_ACCOUNT_NOT_FOUND,
+                format!("ImageRepositoryWatch {id}: service account {ns}/{name} not found"),
+            ));
+        }
+        (Some(sa), _) => sa,
+        (None, _) => None,
     };
     let mut resolved = Resolved::default();
     for name in secret_names(watch, account.as_ref()) {
-        let Some(secret) = secrets.get_opt(&name).await? else {
-            return Ok(Err(Problem::new(
+        let Some(s) = secret(&name) else {
+            return Err(Problem::new(
                 reasons::SECRET_NOT_FOUND,
                 format!(
                     "ImageRepositoryWatch {id}: pull secret {ns}/{name} not found; warming resumes when it exists"
                 ),
-            )));
+            ));
         };
-        match docker_config_of(watch, &secret) {
-            Ok(config) => resolved.docker_config.merge(config),
-            Err(p) => return Ok(Err(p)),
-        }
+        resolved.docker_config.merge(docker_config_of(watch, &s)?);
     }
     if let Some(cert) = &watch.spec.cert_secret_ref {
-        let Some(secret) = secrets.get_opt(&cert.name).await? else {
-            return Ok(Err(Problem::new(
+        let Some(s) = secret(&cert.name) else {
+            return Err(Problem::new(
                 reasons::SECRET_NOT_FOUND,
                 format!(
                     "ImageRepositoryWatch {id}: certificate secret {ns}/{} not found",
                     cert.name
                 ),
-            )));
+            ));
         };
-        match secret.data.as_ref().and_then(|d| d.get("ca.crt")) {
+        match s.data.as_ref().and_then(|d| d.get("ca.crt")) {
             Some(pem) => resolved.ca_pem = Some(pem.0.clone()),
             None => {
-                return Ok(Err(Problem::new(
+                return Err(Problem::new(
                     reasons::INVALID_CERTIFICATE,
                     format!(
                         "ImageRepositoryWatch {id}: secret {ns}/{} has no ca.crt key",
                         cert.name
                     ),
-                )));
+                ));
             }
         }
     }
-    Ok(Ok(resolved))
+    Ok(resolved)
 }

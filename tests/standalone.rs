@@ -1,0 +1,271 @@
+//! `regcache standalone --once` and `regcache get`, run as a user runs them, against the
+//! harness registry in every auth mode and real memcached.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use base64::Engine as _;
+use regcache::cache::keys::Scope;
+use regcache::cache::memcached::{Memcached, MemcachedOptions};
+use regcache::cache::store::MetadataStore;
+use regcache::credentials::Credential;
+use regcache::image::Repository;
+use serde_json::Value;
+use support::{
+    CANARY_PASSWORD, ImageSpec, IndexKind, ManifestKind, PlatformSpec, Registry, RegistryAuth,
+    TEST_USER,
+};
+
+fn regcache(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_regcache"))
+        .args(args)
+        .env("HOME", "/nonexistent")
+        .env_remove("DOCKER_CONFIG")
+        .output()
+        .expect("run regcache");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// Writes a watch (and its pull secret and CA secret as the mode needs) into `dir`.
+fn write_manifests(dir: &Path, registry: &Registry, name: &str, password: Option<&str>) {
+    let host = registry.host();
+    let mut docs = vec![format!(
+        "apiVersion: regcache.io/v1alpha1\nkind: ImageRepositoryWatch\nmetadata: {{name: {name}}}\nspec:\n  image: {host}/sa/app\n  insecure: {}\n{}{}",
+        !registry.is_tls(),
+        if password.is_some() {
+            format!("  pullSecrets: [{name}-cred]\n")
+        } else {
+            String::new()
+        },
+        if registry.is_tls() {
+            format!("  certSecretRef: {{name: {name}-ca}}\n")
+        } else {
+            String::new()
+        },
+    )];
+    if let Some(pw) = password {
+        let config = format!(
+            r#"{{"auths":{{"{host}":{{"auth":"{}"}}}}}}"#,
+            b64(&format!("{TEST_USER}:{pw}"))
+        );
+        docs.push(format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}-cred}}\ntype: kubernetes.io/dockerconfigjson\ndata:\n  .dockerconfigjson: {}\n",
+            b64(&config)
+        ));
+    }
+    if let Some(ca) = registry.ca_pem() {
+        docs.push(format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}-ca}}\ndata:\n  ca.crt: {}\n",
+            base64::engine::general_purpose::STANDARD.encode(ca)
+        ));
+    }
+    std::fs::write(dir.join(format!("{name}.yaml")), docs.join("---\n")).unwrap();
+}
+
+fn inspect(registry: &Registry, tag: &str, dir: &Path) -> Value {
+    let host = registry.host();
+    let mut args = vec!["inspect".to_string(), format!("{host}/sa/app:{tag}")];
+    if let Some(pw) = registry.credentials().map(|c| c.1) {
+        let cfg = dir.join("docker-config.json");
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"{{"auths":{{"{host}":{{"auth":"{}"}}}}}}"#,
+                b64(&format!("{TEST_USER}:{pw}"))
+            ),
+        )
+        .unwrap();
+        args.extend(["--docker-config".into(), cfg.display().to_string()]);
+    }
+    match registry.ca_file() {
+        Some(ca) => args.extend(["--ca-file".into(), ca.display().to_string()]),
+        None => args.extend(["--insecure-registry".into(), host.clone()]),
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, out, err) = regcache(&args);
+    assert!(ok, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn once_matches_inspect_in_every_auth_mode() {
+    let memcached = support::Memcached::start();
+    for (auth, tls) in [
+        (RegistryAuth::Anonymous, false),
+        (RegistryAuth::Basic, false),
+        (RegistryAuth::Token, false),
+        (RegistryAuth::Basic, true),
+    ] {
+        let registry = Registry::start_with(auth, tls, None);
+        let pusher = registry.pusher();
+        pusher
+            .push_image("sa/app", "single", &ImageSpec::new(ManifestKind::Docker))
+            .await;
+        pusher
+            .push_index(
+                "sa/app",
+                "multi",
+                IndexKind::Oci,
+                &PlatformSpec::default_set(),
+            )
+            .await;
+        let dir = tempfile::tempdir().unwrap();
+        let password = registry.credentials().map(|c| c.1);
+        write_manifests(dir.path(), &registry, "app", password.as_deref());
+        let (ok, out, err) = regcache(&[
+            "standalone",
+            "--watches",
+            &dir.path().display().to_string(),
+            "--once",
+            "-o",
+            "json",
+            "--memcached",
+            &memcached.addr(),
+        ]);
+        assert!(ok, "{auth:?} tls={tls}: {err}\n{out}");
+        let summary: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(summary[0]["tagCount"], 2, "{summary}");
+        assert!(summary[0]["lastError"].is_null(), "{summary}");
+        assert!(!err.contains(CANARY_PASSWORD) && !out.contains(CANARY_PASSWORD));
+
+        // What the cache holds equals what `regcache inspect` reports for each tag.
+        let host = registry.host();
+        let credential = match &password {
+            Some(p) => Credential::basic(TEST_USER, p.clone()),
+            None => Credential::Anonymous,
+        };
+        let store = MetadataStore::new(Memcached::new(
+            vec![memcached.addr()],
+            MemcachedOptions::default(),
+        ));
+        let scope = Scope::for_credential(&host, "default", &credential);
+        let repo = Repository::parse(&format!("{host}/sa/app")).unwrap();
+        let cached = store
+            .get_image_repository_metadata(&scope, &repo)
+            .await
+            .unwrap();
+        for tag in ["single", "multi"] {
+            let want = inspect(&registry, tag, dir.path());
+            let got = serde_json::to_value(&cached.images[tag]).unwrap();
+            for field in ["digest", "mediaType", "created", "labels", "platforms"] {
+                assert_eq!(got[field], want[field], "{auth:?} tls={tls} {tag} {field}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_watch_makes_once_exit_non_zero_and_says_why() {
+    let registry = Registry::start(RegistryAuth::Basic);
+    registry
+        .pusher()
+        .push_image("sa/app", "v1", &ImageSpec::new(ManifestKind::Oci))
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    write_manifests(dir.path(), &registry, "good", Some(CANARY_PASSWORD));
+    write_manifests(dir.path(), &registry, "bad", Some("wrong-password"));
+    std::fs::write(
+        dir.path().join("invalid.yaml"),
+        "apiVersion: regcache.io/v1alpha1\nkind: ImageRepositoryWatch\nmetadata: {name: invalid}\nspec: {image: 'Upper/Case'}\n",
+    )
+    .unwrap();
+    let (ok, out, err) = regcache(&[
+        "standalone",
+        "--watches",
+        &dir.path().display().to_string(),
+        "--once",
+    ]);
+    assert!(!ok, "exit code reports the failure");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("NAMESPACE"), "{out}");
+    let row = |name: &str| {
+        lines
+            .iter()
+            .find(|l| l.contains(&format!("default     {name}")))
+            .copied()
+    };
+    let bad = row("bad").unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        bad.contains("401") && bad.contains(&registry.host()),
+        "{bad}"
+    );
+    let good = row("good").unwrap_or_else(|| panic!("{out}"));
+    assert!(good.contains(" 1 "), "{good}");
+    assert!(row("invalid").unwrap().contains("Upper/Case"), "{out}");
+    assert!(!out.contains(CANARY_PASSWORD) && !err.contains(CANARY_PASSWORD));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn get_prints_the_cache_as_a_table_or_json() {
+    let memcached = support::Memcached::start();
+    let registry = Registry::start(RegistryAuth::Anonymous);
+    let pushed = registry
+        .pusher()
+        .push_index(
+            "sa/app",
+            "v1",
+            IndexKind::DockerList,
+            &PlatformSpec::default_set(),
+        )
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    write_manifests(dir.path(), &registry, "app", None);
+    let (ok, _, err) = regcache(&[
+        "standalone",
+        "--watches",
+        &dir.path().display().to_string(),
+        "--once",
+        "--memcached",
+        &memcached.addr(),
+    ]);
+    assert!(ok, "{err}");
+    let repo = format!("{}/sa/app", registry.host());
+    let (ok, out, err) = regcache(&["get", &repo, "--memcached", &memcached.addr()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("TAG") && out.contains("PLATFORMS"), "{out}");
+    assert!(
+        out.contains(&pushed.digest) && out.contains("linux/arm64"),
+        "{out}"
+    );
+    let (ok, out, err) = regcache(&[
+        "get",
+        &format!("{repo}:v1"),
+        "--memcached",
+        &memcached.addr(),
+        "-o",
+        "json",
+    ]);
+    assert!(ok, "{err}");
+    let image: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(image["digest"], pushed.digest);
+    assert_eq!(image["platforms"].as_array().unwrap().len(), 4);
+    let (ok, _, err) = regcache(&[
+        "get",
+        &format!("{repo}:nope"),
+        "--memcached",
+        &memcached.addr(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("nope"), "{err}");
+    let (ok, _, err) = regcache(&[
+        "get",
+        "docker.io/library/never-warmed",
+        "--memcached",
+        &memcached.addr(),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("not cached") && err.contains("ImageRepositoryWatch"),
+        "{err}"
+    );
+}
