@@ -52,6 +52,9 @@ pub struct Context<B> {
     pub defaults: Defaults,
     recorder: Recorder,
     latest: Mutex<HashMap<String, Outcome>>,
+    /// Only the leader warms and writes status; followers still plan every watch so their
+    /// read API knows each watch's repository and scope.
+    leading: std::sync::atomic::AtomicBool,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -71,7 +74,12 @@ impl<B> Context<B> {
             recorder,
             latest: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            leading: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    pub fn is_leading(&self) -> bool {
+        self.leading.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn latest(&self, id: &str) -> Option<Outcome> {
@@ -125,7 +133,7 @@ pub async fn reconcile<B: CacheWriter + 'static>(
     }
     let outcome = ctx.latest(&id);
     let desired = desired_status(&watch, &planned, outcome.as_ref(), requested_at.as_deref());
-    if desired != current {
+    if desired != current && ctx.is_leading() {
         patch_status(&ctx.client, &watch, &desired)
             .await
             .map_err(ControllerError::Kube)?;
@@ -247,9 +255,12 @@ fn watches_of_account(
 }
 
 /// Runs the controller and the warmer until `shutdown` resolves.
+/// Runs the controller until `shutdown` resolves. Watches are planned from the start;
+/// warming and status writes begin when `leadership` resolves.
 pub async fn run<B: CacheWriter + 'static>(
     ctx: Arc<Context<B>>,
     namespace: Option<String>,
+    leadership: impl std::future::Future<Output = ()> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
@@ -274,9 +285,23 @@ pub async fn run<B: CacheWriter + 'static>(
     let (outcome_tx, mut outcome_rx) = mpsc::unbounded_channel::<Outcome>();
     let (trigger_tx, trigger_rx) = mpsc::unbounded_channel::<ObjectRef<ImageRepositoryWatch>>();
     let (stop_warmer, warmer_stopped) = tokio::sync::oneshot::channel::<()>();
-    let warmer_task = tokio::spawn(ctx.warmer.clone().run(outcome_tx, async move {
-        let _ = warmer_stopped.await;
-    }));
+    let (led_tx, led_rx) = mpsc::unbounded_channel::<()>();
+    let warmer_ctx = ctx.clone();
+    let warmer_task = tokio::spawn(async move {
+        leadership.await;
+        warmer_ctx
+            .leading
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // Every watch's status is the leader's to write now.
+        let _ = led_tx.send(());
+        warmer_ctx
+            .warmer
+            .clone()
+            .run(outcome_tx, async move {
+                let _ = warmer_stopped.await;
+            })
+            .await;
+    });
 
     let controller = Controller::new(watches, watcher::Config::default());
     let store = controller.store();
@@ -319,6 +344,7 @@ pub async fn run<B: CacheWriter + 'static>(
             watches_of_account(&account_store, &a)
         })
         .reconcile_on(tokio_stream_of(trigger_rx))
+        .reconcile_all_on(tokio_stream_of(led_rx))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
@@ -411,7 +437,12 @@ pub async fn serve(args: &crate::config::ControllerArgs) -> Result<(), ServeErro
         tracing::info!("shutting down");
     };
     if !args.leader_elect {
-        let controller = tokio::spawn(run(ctx, args.watch_namespace.clone(), stop));
+        let controller = tokio::spawn(run(
+            ctx,
+            args.watch_namespace.clone(),
+            std::future::ready(()),
+            stop,
+        ));
         signals.await;
         let _ = stop_tx.send(());
         let _ = controller.await;
@@ -427,14 +458,25 @@ pub async fn serve(args: &crate::config::ControllerArgs) -> Result<(), ServeErro
             retry: args.lease_retry,
         },
     );
+    // Every replica plans watches (and serves reads); only the leader warms and writes.
+    let (led_tx, led_rx) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(run(
+        ctx,
+        args.watch_namespace.clone(),
+        async move {
+            let _ = led_rx.await;
+        },
+        stop,
+    ));
     tokio::pin!(signals);
-    tokio::select! {
-        _ = elector.acquire() => {}
-        _ = &mut signals => return Ok(()),
-    }
-    let controller = tokio::spawn(run(ctx, args.watch_namespace.clone(), stop));
     let lost = tokio::select! {
-        _ = elector.hold() => true,
+        _ = elector.acquire() => {
+            let _ = led_tx.send(());
+            tokio::select! {
+                _ = elector.hold() => true,
+                _ = &mut signals => false,
+            }
+        }
         _ = &mut signals => false,
     };
     let _ = stop_tx.send(());

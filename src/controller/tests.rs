@@ -117,12 +117,14 @@ fn context(client: Client) -> Arc<Context<MemoryCache>> {
         Arc::new(MetadataStore::new(MemoryCache::default())),
         WarmerOptions::default(),
     );
-    Arc::new(Context::new(
+    let ctx = Arc::new(Context::new(
         client,
         warmer,
         Defaults::default(),
         "test".into(),
-    ))
+    ));
+    ctx.leading.store(true, std::sync::atomic::Ordering::SeqCst);
+    ctx
 }
 
 fn watch(spec: Value, status: Option<Value>) -> Arc<ImageRepositoryWatch> {
@@ -415,5 +417,23 @@ async fn api_failures_back_off_exponentially() {
     assert_eq!(
         second,
         kube::runtime::controller::Action::requeue(Duration::from_millis(1500))
+    );
+}
+
+#[tokio::test]
+async fn followers_plan_targets_but_write_nothing() {
+    let (client, server) = scripted(vec![]);
+    let ctx = context(client);
+    ctx.leading
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    reconcile(watch(json!({"image": "nginx"}), None), ctx.clone())
+        .await
+        .unwrap();
+    let seen = server.await.unwrap();
+    assert!(seen.status_patches.is_empty() && seen.events.is_empty());
+    assert_eq!(
+        ctx.warmer.targets().len(),
+        1,
+        "known to the follower's read API"
     );
 }
