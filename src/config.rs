@@ -83,6 +83,13 @@ pub struct StandaloneArgs {
     /// Tag-list interval for watches that set none.
     #[arg(long, env = "REGCACHE_DEFAULT_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     pub default_interval: Duration,
+    /// Address the read API and webhooks listen on (not with `--once`).
+    #[arg(long, env = "REGCACHE_API_BIND_ADDRESS", default_value = "127.0.0.1:8080")]
+    pub api_bind_address: String,
+    /// Shared token registries must send to `POST /hooks/registry` (webhooks are off
+    /// without one).
+    #[arg(long, env = "REGCACHE_WEBHOOK_TOKEN", hide_env_values = true)]
+    pub webhook_token: Option<String>,
     #[command(flatten)]
     pub cache: CacheArgs,
     #[command(flatten)]
@@ -143,9 +150,34 @@ pub struct ControllerArgs {
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
     #[command(flatten)]
+    pub api: ApiArgs,
+    #[command(flatten)]
     pub cache: CacheArgs,
     #[command(flatten)]
     pub limits: RegistryLimits,
+}
+
+/// The read API and the registry webhook endpoint.
+#[derive(Args, Debug, Clone)]
+pub struct ApiArgs {
+    /// Address the read API and webhooks listen on.
+    #[arg(long, env = "REGCACHE_API_BIND_ADDRESS", default_value = "0.0.0.0:8080")]
+    pub api_bind_address: String,
+    /// Who may read: `kubernetes` checks the caller's ServiceAccount token (TokenReview)
+    /// and that it may `get` the ImageRepositoryWatch (SubjectAccessReview); `none` lets
+    /// anyone read (standalone use).
+    #[arg(long, env = "REGCACHE_API_AUTH", value_enum, default_value_t = ApiAuthMode::Kubernetes)]
+    pub api_auth: ApiAuthMode,
+    /// Shared token registries must send to `POST /hooks/registry` (webhooks are off
+    /// without one). Prefer the env var: a flag shows in `ps`.
+    #[arg(long, env = "REGCACHE_WEBHOOK_TOKEN", hide_env_values = true)]
+    pub webhook_token: Option<String>,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiAuthMode {
+    Kubernetes,
+    None,
 }
 
 /// Where the cache lives.
