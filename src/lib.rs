@@ -3,6 +3,7 @@
 //! The crate is one library with a thin binary (`src/main.rs`). Module boundaries follow
 //! DESIGN.md: only `registry` speaks HTTP to registries; only `cache` knows memcached.
 
+pub mod api;
 pub mod cache;
 pub mod cli;
 pub mod config;

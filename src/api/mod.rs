@@ -1,0 +1,297 @@
+//! The read API: HTTP+JSON views of the cache for a repository, an image or a watch, the
+//! registry webhook that asks for passes out of turn, and `/healthz`. Served by every
+//! replica; documented for users and other languages in `docs/api.md`.
+//!
+//! The API answers only for repositories some watch (a warmer [`Target`]) covers, and reads
+//! under that watch's scope, so a caller never reaches metadata warmed with credentials
+//! through a watch it may not `get`.
+
+mod auth;
+mod error;
+pub mod webhook;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+
+use crate::cache::CacheWriter;
+use crate::cache::store::MetadataStore;
+use crate::credentials::Secret;
+use crate::image::{ImageRef, Repository};
+use crate::warmer::{Priority, Target, TargetId, Warmer};
+use auth::{Caller, KubernetesAuth};
+pub use error::{ApiError, Reason};
+
+/// Largest webhook body read. Registry notifications batch a few events; Harbor and Docker
+/// Hub send one push each. 1 MiB is far above any of them.
+pub const MAX_WEBHOOK_BODY: usize = 1 << 20;
+
+/// Which watches exist: the read API answers only for repositories some watch covers.
+pub trait WatchDirectory: Send + Sync + 'static {
+    fn targets(&self) -> Vec<Arc<Target>>;
+}
+
+impl<B: CacheWriter + 'static> WatchDirectory for Warmer<B> {
+    fn targets(&self) -> Vec<Arc<Target>> {
+        Warmer::targets(self)
+    }
+}
+
+/// How callers of the read endpoints are authenticated and authorised.
+pub enum ApiAuth {
+    /// Everyone may read everything (standalone mode, or behind an authenticating proxy).
+    None,
+    /// ServiceAccount bearer tokens, reviewed by the Kubernetes API: a caller may read a
+    /// repository iff it may `get` the ImageRepositoryWatch that covers it.
+    Kubernetes(kube::Client),
+}
+
+/// What the API serves from.
+pub struct ApiState<B> {
+    pub store: Arc<MetadataStore<B>>,
+    pub directory: Arc<dyn WatchDirectory>,
+    pub auth: ApiAuth,
+    /// Where webhook pushes go (None: webhooks answer 503).
+    pub warmer: Option<Warmer<B>>,
+    /// Shared token required by POST /hooks/registry (None: webhooks disabled, 404).
+    pub webhook_token: Option<Secret>,
+}
+
+struct Shared<B> {
+    store: Arc<MetadataStore<B>>,
+    directory: Arc<dyn WatchDirectory>,
+    auth: Option<KubernetesAuth>,
+    warmer: Option<Warmer<B>>,
+    webhook_token: Option<Secret>,
+}
+
+type AppState<B> = State<Arc<Shared<B>>>;
+
+/// The API's routes; serve them with [`serve`].
+pub fn router<B: CacheWriter + 'static>(state: ApiState<B>) -> Router {
+    let shared = Arc::new(Shared {
+        store: state.store,
+        directory: state.directory,
+        auth: match state.auth {
+            ApiAuth::None => None,
+            ApiAuth::Kubernetes(client) => Some(KubernetesAuth::new(client)),
+        },
+        warmer: state.warmer,
+        webhook_token: state.webhook_token,
+    });
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/api/v1/repositories/{*name}", get(repository::<B>))
+        .route("/api/v1/images/{*reference}", get(image::<B>))
+        .route(
+            "/api/v1/namespaces/{namespace}/imagerepositorywatches/{name}",
+            get(watch::<B>),
+        )
+        .route("/hooks/registry", post(registry_hook::<B>))
+        .fallback(|| async { ApiError::not_found("no such endpoint; see docs/api.md") })
+        .with_state(shared)
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then lets requests in flight
+/// finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+impl<B: CacheWriter + 'static> Shared<B> {
+    /// `None` when authentication is off.
+    async fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Caller>, ApiError> {
+        match &self.auth {
+            None => Ok(None),
+            Some(auth) => auth.authenticate(headers).await.map(Some),
+        }
+    }
+
+    async fn may_read(&self, caller: &Option<Caller>, id: &str) -> Result<bool, ApiError> {
+        match (&self.auth, caller) {
+            (Some(auth), Some(caller)) => auth.may_read(caller, id).await,
+            _ => Ok(true),
+        }
+    }
+
+    /// The first watch (by id) covering `repository` that the caller may read.
+    async fn readable_target(
+        &self,
+        caller: &Option<Caller>,
+        repository: &Repository,
+    ) -> Result<Arc<Target>, ApiError> {
+        let mut covering: Vec<Arc<Target>> = self
+            .directory
+            .targets()
+            .into_iter()
+            .filter(|t| &t.repository == repository)
+            .collect();
+        if covering.is_empty() {
+            return Err(ApiError::not_found(format!(
+                "no ImageRepositoryWatch covers {repository}"
+            )));
+        }
+        // The directory's order is arbitrary; by id, the answer does not change per request.
+        covering.sort_by(|a, b| a.id.cmp(&b.id));
+        for target in covering {
+            if self.may_read(caller, &target.id).await? {
+                return Ok(target);
+            }
+        }
+        Err(forbidden(&format!(
+            "the ImageRepositoryWatch covering {repository}"
+        )))
+    }
+}
+
+fn forbidden(what: &str) -> ApiError {
+    ApiError::new(
+        Reason::Forbidden,
+        format!("you may not get {what} (verb get on imagerepositorywatches.regcache.io)"),
+    )
+}
+
+fn path_value(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    path.map(|Path(p)| p)
+        .map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
+fn json<T: Serialize>(value: &T) -> Response {
+    axum::Json(value).into_response()
+}
+
+async fn repository<B: CacheWriter + 'static>(
+    State(s): AppState<B>,
+    headers: HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let caller = s.authenticate(&headers).await?;
+    let name = path_value(name)?;
+    let repository = Repository::parse(&name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let target = s.readable_target(&caller, &repository).await?;
+    let metadata = s
+        .store
+        .repository_metadata(&target.scope, &repository, target.timestamp_labels)
+        .await?;
+    Ok(json(&metadata))
+}
+
+async fn image<B: CacheWriter + 'static>(
+    State(s): AppState<B>,
+    headers: HeaderMap,
+    reference: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let caller = s.authenticate(&headers).await?;
+    let reference = path_value(reference)?;
+    let image = ImageRef::parse(&reference).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let target = s.readable_target(&caller, &image.repository).await?;
+    let info = s
+        .store
+        .image(&target.scope, &image, target.timestamp_labels)
+        .await?;
+    Ok(json(&info))
+}
+
+async fn watch<B: CacheWriter + 'static>(
+    State(s): AppState<B>,
+    headers: HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let caller = s.authenticate(&headers).await?;
+    let Path((namespace, name)) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let id = format!("{namespace}/{name}");
+    // Access first: whether a watch exists is not told to callers who may not get it.
+    if !s.may_read(&caller, &id).await? {
+        return Err(forbidden(&format!("ImageRepositoryWatch {id}")));
+    }
+    let target = s
+        .directory
+        .targets()
+        .into_iter()
+        .find(|t| t.id == id)
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no ImageRepositoryWatch {id} is warmed (it does not exist, or its spec is \
+                 invalid: see its status)"
+            ))
+        })?;
+    let metadata = s
+        .store
+        .repository_metadata(&target.scope, &target.repository, target.timestamp_labels)
+        .await?;
+    Ok(json(&metadata))
+}
+
+#[derive(Serialize)]
+struct Queued {
+    queued: Vec<TargetId>,
+}
+
+/// The `token` query parameter, if any.
+fn query_token(query: Option<&str>) -> Option<String> {
+    url::form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.into_owned())
+}
+
+async fn registry_hook<B: CacheWriter + 'static>(
+    State(s): AppState<B>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Some(expected) = &s.webhook_token else {
+        return Err(ApiError::not_found(
+            "registry webhooks are disabled (no webhook token is configured)",
+        ));
+    };
+    let presented = auth::bearer_token(&headers)
+        .map(str::to_string)
+        .or_else(|| query_token(query.as_deref()));
+    if !presented.is_some_and(|t| auth::constant_time_eq(&t, expected.expose())) {
+        return Err(ApiError::new(
+            Reason::Unauthorized,
+            "send the webhook token as `Authorization: Bearer <token>` or `?token=<token>`",
+        ));
+    }
+    let body = axum::body::to_bytes(body, MAX_WEBHOOK_BODY)
+        .await
+        .map_err(|e| {
+            ApiError::bad_request(format!(
+                "cannot read the payload (at most {MAX_WEBHOOK_BODY} bytes): {e}"
+            ))
+        })?;
+    let repositories = webhook::pushed_repositories(&body).map_err(ApiError::bad_request)?;
+    let Some(warmer) = &s.warmer else {
+        return Err(ApiError::new(
+            Reason::Unavailable,
+            "this replica does not warm; send webhooks to the leader's service",
+        ));
+    };
+    let mut queued: Vec<TargetId> = repositories
+        .iter()
+        .flat_map(|r| warmer.request_repository(r, Priority::Webhook))
+        .collect();
+    queued.sort();
+    queued.dedup();
+    tracing::info!(
+        repositories = ?repositories.iter().map(Repository::canonical).collect::<Vec<_>>(),
+        queued = ?queued,
+        "registry webhook"
+    );
+    Ok((StatusCode::ACCEPTED, axum::Json(Queued { queued })).into_response())
+}
