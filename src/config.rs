@@ -84,7 +84,11 @@ pub struct StandaloneArgs {
     #[arg(long, env = "REGCACHE_DEFAULT_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     pub default_interval: Duration,
     /// Address the read API and webhooks listen on (not with `--once`).
-    #[arg(long, env = "REGCACHE_API_BIND_ADDRESS", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "REGCACHE_API_BIND_ADDRESS",
+        default_value = "127.0.0.1:8080"
+    )]
     pub api_bind_address: String,
     /// Shared token registries must send to `POST /hooks/registry` (webhooks are off
     /// without one).
@@ -161,7 +165,11 @@ pub struct ControllerArgs {
 #[derive(Args, Debug, Clone)]
 pub struct ApiArgs {
     /// Address the read API and webhooks listen on.
-    #[arg(long, env = "REGCACHE_API_BIND_ADDRESS", default_value = "0.0.0.0:8080")]
+    #[arg(
+        long,
+        env = "REGCACHE_API_BIND_ADDRESS",
+        default_value = "0.0.0.0:8080"
+    )]
     pub api_bind_address: String,
     /// Who may read: `kubernetes` checks the caller's ServiceAccount token (TokenReview)
     /// and that it may `get` the ImageRepositoryWatch (SubjectAccessReview); `none` lets

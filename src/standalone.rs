@@ -30,6 +30,8 @@ pub enum StandaloneError {
     NoWatches(String),
     #[error(transparent)]
     Cache(#[from] crate::cache::CacheError),
+    #[error("cannot listen on {address}: {reason}")]
+    Bind { address: String, reason: String },
     #[error("invalid --default-platforms {value:?}: {source}")]
     Platform {
         value: String,
@@ -67,7 +69,7 @@ pub async fn run(
         ..Defaults::default()
     };
     let backend = crate::cache::open(&args.cache).await?;
-    let (_store, warmer) = warmer_for(backend, &args.limits, args.concurrent);
+    let (store, warmer) = warmer_for(backend, &args.limits, args.concurrent);
     let planned = manifests.targets(&defaults);
     tracing::info!(
         watches = planned.len(),
@@ -97,6 +99,27 @@ pub async fn run(
         }
     }
     register(&warmer, &planned);
+    let listener = tokio::net::TcpListener::bind(&args.api_bind_address)
+        .await
+        .map_err(|e| StandaloneError::Bind {
+            address: args.api_bind_address.clone(),
+            reason: e.to_string(),
+        })?;
+    tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "read API listening");
+    let router = crate::api::router(crate::api::ApiState {
+        store,
+        directory: Arc::new(warmer.clone()),
+        auth: crate::api::ApiAuth::None,
+        warmer: Some(warmer.clone()),
+        webhook_token: args
+            .webhook_token
+            .clone()
+            .map(crate::credentials::Secret::new),
+    });
+    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let api = tokio::spawn(crate::api::serve(listener, router, async move {
+        let _ = api_stopped.await;
+    }));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let runner = tokio::spawn(warmer.clone().run(tx, async move {
@@ -113,7 +136,9 @@ pub async fn run(
     }
     tracing::info!("shutting down");
     let _ = stop.send(());
+    let _ = stop_api.send(());
     let _ = runner.await;
+    let _ = api.await;
     Ok(std::process::ExitCode::SUCCESS)
 }
 

@@ -269,3 +269,83 @@ async fn get_prints_the_cache_as_a_table_or_json() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registry_push_notification_warms_the_new_tag_at_once() {
+    let memcached = support::Memcached::start();
+    let port = support::free_port();
+    let token = "webhook-token-7c1e";
+    let notifications = format!(
+        "notifications:\n  endpoints:\n    - name: regcache\n      url: http://127.0.0.1:{port}/hooks/registry\n      \
+         headers:\n        Authorization: [\"Bearer {token}\"]\n      timeout: 2s\n      threshold: 3\n      backoff: 200ms\n"
+    );
+    let registry = Registry::start_with(RegistryAuth::Anonymous, false, Some(&notifications));
+    let pusher = registry.pusher();
+    pusher
+        .push_image("wh/app", "v1", &ImageSpec::new(ManifestKind::Oci))
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let host = registry.host();
+    std::fs::write(
+        dir.path().join("watch.yaml"),
+        format!(
+            "apiVersion: regcache.io/v1alpha1\nkind: ImageRepositoryWatch\nmetadata: {{name: app}}\nspec: {{image: {host}/wh/app, insecure: true, interval: 1h}}\n"
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("regcache.log")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_regcache"))
+        .args(["standalone", "--watches"])
+        .arg(dir.path())
+        .args([
+            "--memcached",
+            &memcached.addr(),
+            "--api-bind-address",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("REGCACHE_WEBHOOK_TOKEN", token)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let http = support::http_client(None);
+    let url = format!("http://127.0.0.1:{port}/api/v1/repositories/{host}/wh/app");
+    let tags = |http: reqwest::Client, url: String| async move {
+        let resp = http.get(&url).send().await.ok()?;
+        let v: Value = serde_json::from_slice(&resp.bytes().await.ok()?).ok()?;
+        Some(
+            v["tags"]
+                .as_array()?
+                .iter()
+                .filter_map(|t| t.as_str().map(String::from))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let wait_for_tag = |tag: &'static str| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let started = std::time::Instant::now();
+            while started.elapsed() < std::time::Duration::from_secs(30) {
+                if tags(http.clone(), url.clone())
+                    .await
+                    .is_some_and(|t| t.iter().any(|x| x == tag))
+                {
+                    return started.elapsed();
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            panic!("{tag} not cached in time");
+        }
+    };
+    wait_for_tag("v1").await;
+    // The watch's interval is an hour: only the push notification can bring v2 in now.
+    pusher
+        .push_image("wh/app", "v2", &ImageSpec::new(ManifestKind::Oci).seed(2))
+        .await;
+    let took = wait_for_tag("v2").await;
+    assert!(took < std::time::Duration::from_secs(30), "{took:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+    let logs = std::fs::read_to_string(dir.path().join("regcache.log")).unwrap();
+    assert!(!logs.contains(token), "webhook token in logs");
+}

@@ -379,6 +379,19 @@ pub enum ServeError {
     },
     #[error("lost leadership of lease {0}; exiting so a restart campaigns again")]
     LostLeadership(String),
+    #[error("cannot listen on {address}: {reason}")]
+    Bind { address: String, reason: String },
+}
+
+/// Stops the read API when the controller returns, whichever way it returns.
+struct ApiGuard(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Drop for ApiGuard {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
 }
 
 /// `regcache controller`: the operator process.
@@ -389,7 +402,7 @@ pub async fn serve(args: &crate::config::ControllerArgs) -> Result<(), ServeErro
     let registry = crate::registry::RegistryClient::new(args.limits.client_options());
     let warmer = Warmer::new(
         registry,
-        store,
+        store.clone(),
         crate::warmer::WarmerOptions {
             concurrency: args.concurrent.max(1),
             ..Default::default()
@@ -422,6 +435,35 @@ pub async fn serve(args: &crate::config::ControllerArgs) -> Result<(), ServeErro
         defaults,
         identity.clone(),
     ));
+
+    // Every replica serves reads.
+    let listener = tokio::net::TcpListener::bind(&args.api.api_bind_address)
+        .await
+        .map_err(|e| ServeError::Bind {
+            address: args.api.api_bind_address.clone(),
+            reason: e.to_string(),
+        })?;
+    let router = crate::api::router(crate::api::ApiState {
+        store,
+        directory: Arc::new(ctx.warmer.clone()),
+        auth: match args.api.api_auth {
+            crate::config::ApiAuthMode::Kubernetes => {
+                crate::api::ApiAuth::Kubernetes(client.clone())
+            }
+            crate::config::ApiAuthMode::None => crate::api::ApiAuth::None,
+        },
+        warmer: Some(ctx.warmer.clone()),
+        webhook_token: args
+            .api
+            .webhook_token
+            .clone()
+            .map(crate::credentials::Secret::new),
+    });
+    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(crate::api::serve(listener, router, async move {
+        let _ = api_stopped.await;
+    }));
+    let _api_guard = ApiGuard(Some(stop_api));
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let stop = async move {

@@ -161,6 +161,8 @@ impl ControllerProcess {
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_regcache"))
             .arg("controller")
+            // Parallel tests: any free port for the read API.
+            .args(["--api-bind-address", "127.0.0.1:0"])
             .args(args)
             .env("KUBECONFIG", kubeconfig)
             .env_remove("REGCACHE_LOG_LEVEL")
