@@ -262,7 +262,8 @@ async fn registry_hook<B: CacheWriter + 'static>(
     let presented = auth::bearer_token(&headers)
         .map(str::to_string)
         .or_else(|| query_token(query.as_deref()));
-    if !presented.is_some_and(|t| auth::constant_time_eq(&t, expected.expose())) {
+    // An empty token never matches, even if one was configured by mistake.
+    if !presented.is_some_and(|t| !t.is_empty() && auth::constant_time_eq(&t, expected.expose())) {
         return Err(ApiError::new(
             Reason::Unauthorized,
             "send the webhook token as `Authorization: Bearer <token>` or `?token=<token>`",
