@@ -32,12 +32,8 @@ pub enum StandaloneError {
     Cache(#[from] crate::cache::CacheError),
     #[error("cannot listen on {address}: {reason}")]
     Bind { address: String, reason: String },
-    #[error("invalid --default-platforms {value:?}: {source}")]
-    Platform {
-        value: String,
-        #[source]
-        source: crate::image::ImageError,
-    },
+    #[error(transparent)]
+    Platform(#[from] crate::controller::plan::PlatformFlagError),
 }
 
 /// `regcache standalone`.
@@ -53,23 +49,9 @@ pub async fn run(
             .collect();
         return Err(StandaloneError::NoWatches(list.join(", ")));
     }
-    let platforms = args
-        .default_platforms
-        .iter()
-        .map(|p| {
-            crate::image::Platform::parse(p).map_err(|source| StandaloneError::Platform {
-                value: p.clone(),
-                source,
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let defaults = Defaults {
-        interval: args.default_interval,
-        platforms,
-        ..Defaults::default()
-    };
+    let defaults = Defaults::from_flags(&args.default_platforms, args.default_interval)?;
     let backend = crate::cache::open(&args.cache).await?;
-    let (store, warmer) = warmer_for(backend, &args.limits, args.concurrent);
+    let (store, warmer) = crate::warmer::build(backend, &args.limits, args.concurrent);
     let planned = manifests.targets(&defaults);
     tracing::info!(
         watches = planned.len(),
@@ -399,24 +381,6 @@ pub fn register<B: CacheWriter + 'static>(
         }
     }
     n
-}
-
-/// Shared by `run` in main: the cache and warmer for standalone mode.
-pub fn warmer_for<B: CacheWriter + 'static>(
-    backend: B,
-    limits: &crate::config::RegistryLimits,
-    concurrency: usize,
-) -> (Arc<crate::cache::store::MetadataStore<B>>, Warmer<B>) {
-    let store = Arc::new(crate::cache::store::MetadataStore::new(backend));
-    let warmer = Warmer::new(
-        crate::registry::RegistryClient::new(limits.client_options()),
-        store.clone(),
-        crate::warmer::WarmerOptions {
-            concurrency: concurrency.max(1),
-            ..Default::default()
-        },
-    );
-    (store, warmer)
 }
 
 #[cfg(test)]

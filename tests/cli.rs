@@ -2,26 +2,12 @@
 
 mod support;
 
-use std::process::Command;
-
 use support::{
     CANARY_PASSWORD, ImageSpec, IndexKind, ManifestKind, PlatformSpec, Registry, RegistryAuth,
     TEST_USER,
 };
 
-fn regcache(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_regcache"))
-        .args(args)
-        .env("HOME", "/nonexistent")
-        .env_remove("DOCKER_CONFIG")
-        .output()
-        .expect("run regcache");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
+use support::run_regcache as regcache;
 
 fn docker_config(dir: &std::path::Path, host: &str, password: &str) -> String {
     let path = dir.join("config.json");

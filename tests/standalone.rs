@@ -18,19 +18,7 @@ use support::{
     TEST_USER,
 };
 
-fn regcache(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_regcache"))
-        .args(args)
-        .env("HOME", "/nonexistent")
-        .env_remove("DOCKER_CONFIG")
-        .output()
-        .expect("run regcache");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
+use support::run_regcache as regcache;
 
 fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)

@@ -371,12 +371,8 @@ pub enum ServeError {
     Config(#[source] kube::Error),
     #[error(transparent)]
     Cache(#[from] crate::cache::CacheError),
-    #[error("invalid --default-platforms {value:?}: {source}")]
-    Platform {
-        value: String,
-        #[source]
-        source: crate::image::ImageError,
-    },
+    #[error(transparent)]
+    Platform(#[from] plan::PlatformFlagError),
     #[error("lost leadership of lease {0}; exiting so a restart campaigns again")]
     LostLeadership(String),
     #[error("cannot listen on {address}: {reason}")]
@@ -398,31 +394,8 @@ impl Drop for ApiGuard {
 pub async fn serve(args: &crate::config::ControllerArgs) -> Result<(), ServeError> {
     let client = Client::try_default().await.map_err(ServeError::Config)?;
     let backend = crate::cache::open(&args.cache).await?;
-    let store = Arc::new(crate::cache::store::MetadataStore::new(backend));
-    let registry = crate::registry::RegistryClient::new(args.limits.client_options());
-    let warmer = Warmer::new(
-        registry,
-        store.clone(),
-        crate::warmer::WarmerOptions {
-            concurrency: args.concurrent.max(1),
-            ..Default::default()
-        },
-    );
-    let platforms = args
-        .default_platforms
-        .iter()
-        .map(|p| {
-            crate::image::Platform::parse(p).map_err(|source| ServeError::Platform {
-                value: p.clone(),
-                source,
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let defaults = Defaults {
-        interval: args.default_interval,
-        platforms,
-        ..Defaults::default()
-    };
+    let (store, warmer) = crate::warmer::build(backend, &args.limits, args.concurrent);
+    let defaults = Defaults::from_flags(&args.default_platforms, args.default_interval)?;
     let identity = args.pod_name.clone().unwrap_or_else(|| {
         std::env::var("HOSTNAME")
             .ok()

@@ -35,6 +35,38 @@ impl Default for Defaults {
     }
 }
 
+/// A `--default-platforms` value that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid --default-platforms {value:?}: {source}")]
+pub struct PlatformFlagError {
+    pub value: String,
+    #[source]
+    pub source: crate::image::ImageError,
+}
+
+impl Defaults {
+    /// Defaults from the `--default-platforms` and `--default-interval` flags.
+    pub fn from_flags(
+        platforms: &[String],
+        interval: Duration,
+    ) -> Result<Defaults, PlatformFlagError> {
+        let platforms = platforms
+            .iter()
+            .map(|p| {
+                Platform::parse(p).map_err(|source| PlatformFlagError {
+                    value: p.clone(),
+                    source,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Defaults {
+            interval,
+            platforms,
+            ..Defaults::default()
+        })
+    }
+}
+
 /// Why a watch cannot be warmed as it stands: the `Ready=False` reason and message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {

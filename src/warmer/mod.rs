@@ -26,6 +26,24 @@ use filter::TagFilter;
 pub use pass::PassOptions;
 use schedule::jittered;
 
+/// The store and warmer over a cache backend, as `standalone` and `controller` run them.
+pub fn build<B: CacheWriter + 'static>(
+    backend: B,
+    limits: &crate::config::RegistryLimits,
+    concurrency: usize,
+) -> (Arc<MetadataStore<B>>, Warmer<B>) {
+    let store = Arc::new(MetadataStore::new(backend));
+    let warmer = Warmer::new(
+        RegistryClient::new(limits.client_options()),
+        store.clone(),
+        WarmerOptions {
+            concurrency: concurrency.max(1),
+            ..Default::default()
+        },
+    );
+    (store, warmer)
+}
+
 /// Identifies a target: `namespace/name` of its watch (or of its manifest in standalone).
 pub type TargetId = String;
 

@@ -191,3 +191,19 @@ pub fn blocking_http_status(addr: &str, path: &str, timeout: Duration) -> Option
     let head = String::from_utf8_lossy(&got);
     head.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()
 }
+
+/// Runs the `regcache` binary as a user would (no docker config from the environment);
+/// returns success, stdout and stderr.
+pub fn run_regcache(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_regcache"))
+        .args(args)
+        .env("HOME", "/nonexistent")
+        .env_remove("DOCKER_CONFIG")
+        .output()
+        .expect("run regcache");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
