@@ -356,7 +356,7 @@ async fn one_leader_warms_and_another_takes_over() {
             "--leader-election-namespace".to_string(),
             NS.to_string(),
             "--lease-duration".to_string(),
-            "3s".to_string(),
+            "6s".to_string(),
             "--lease-retry".to_string(),
             "300ms".to_string(),
             "--pod-name".to_string(),
