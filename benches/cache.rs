@@ -18,13 +18,6 @@ use regcache::cache::{CacheReader, CacheStats, Millis};
 use regcache::image::{Digest, ImageRef, Platform, Repository};
 use regcache::registry::PlatformImage;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -78,9 +71,9 @@ fn record(i: usize) -> ImageRecord {
 
 #[tokio::main]
 async fn main() {
-    let tags = env_usize("BENCH_TAGS", 10_000);
-    let distinct = env_usize("BENCH_DIGESTS", 10_000);
-    let reads = env_usize("BENCH_READS", 50);
+    let tags = support::env_usize("BENCH_TAGS", 10_000);
+    let distinct = support::env_usize("BENCH_DIGESTS", 10_000);
+    let reads = support::env_usize("BENCH_READS", 50);
     let server = support::Memcached::start_with_args(&["-m", "1024"]);
     let store = MetadataStore::new(Memcached::new(
         vec![server.addr()],

@@ -16,13 +16,6 @@ use regcache::registry::limiter::LimiterSettings;
 use regcache::registry::{ClientOptions, Endpoint, RegistryClient, RequestKind};
 use support::{ImageSpec, IndexKind, ManifestKind, PlatformSpec, Registry, RegistryAuth};
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
     xs[xs.len() / 2]
@@ -30,10 +23,10 @@ fn median(mut xs: Vec<f64>) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let images = env_usize("BENCH_IMAGES", 300);
-    let indexes = env_usize("BENCH_INDEXES", 40);
-    let rounds = env_usize("BENCH_ROUNDS", 5);
-    let concurrency = env_usize("BENCH_CONCURRENCY", 16);
+    let images = support::env_usize("BENCH_IMAGES", 300);
+    let indexes = support::env_usize("BENCH_INDEXES", 40);
+    let rounds = support::env_usize("BENCH_ROUNDS", 5);
+    let concurrency = support::env_usize("BENCH_CONCURRENCY", 16);
 
     let registry = Registry::start(RegistryAuth::Anonymous);
     let pusher = registry.pusher();

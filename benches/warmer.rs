@@ -26,13 +26,6 @@ use regcache::warmer::schedule::RefreshPolicy;
 use regcache::warmer::{Outcome, PassOptions, Target, Warmer, WarmerOptions};
 use support::{IndexKind, PlatformSpec, Registry, RegistryAuth};
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 struct Pass {
     wall: Duration,
     requests: BTreeMap<RequestKind, u64>,
@@ -69,11 +62,11 @@ fn get(p: &BTreeMap<RequestKind, u64>, k: RequestKind) -> u64 {
 
 #[tokio::main]
 async fn main() {
-    let repos = env_usize("BENCH_REPOS", 10);
-    let tags = env_usize("BENCH_TAGS", 200);
-    let images = env_usize("BENCH_IMAGES", 40);
-    let indexes = env_usize("BENCH_INDEXES", 5);
-    let concurrency = env_usize("BENCH_CONCURRENCY", 4);
+    let repos = support::env_usize("BENCH_REPOS", 10);
+    let tags = support::env_usize("BENCH_TAGS", 200);
+    let images = support::env_usize("BENCH_IMAGES", 40);
+    let indexes = support::env_usize("BENCH_INDEXES", 5);
+    let concurrency = support::env_usize("BENCH_CONCURRENCY", 4);
     let index_aliases = 3;
     let single_tags = tags - indexes * (1 + index_aliases);
 

@@ -83,6 +83,14 @@ fn rig(auth: RegistryAuth, new_tag: Duration) -> Rig {
 }
 
 impl Rig {
+    async fn head(&self, target: &Target) -> regcache::cache::store::RepositoryHead {
+        self.store
+            .head(&target.scope, &target.repository)
+            .await
+            .unwrap()
+            .expect("a published head")
+    }
+
     fn target(&self, path: &str) -> Target {
         let repository = Repository::parse(&format!("{}/{path}", self.proxy.host())).unwrap();
         let credential = match self.registry.credentials() {
@@ -355,12 +363,7 @@ async fn tags_cached(rig: &Rig, target: &Target) -> usize {
 async fn a_429_mid_pass_keeps_data_and_the_next_pass_recovers() {
     let rig = rig(RegistryAuth::Anonymous, Duration::ZERO);
     let target = warmed(&rig, "limited").await;
-    let before = rig
-        .store
-        .head(&target.scope, &target.repository)
-        .await
-        .unwrap()
-        .unwrap();
+    let before = rig.head(&target).await;
     // A new tag arrives, and the registry starts rate limiting manifest requests.
     rig.registry
         .pusher()
@@ -380,24 +383,14 @@ async fn a_429_mid_pass_keeps_data_and_the_next_pass_recovers() {
     // The pass stopped at the 429 instead of trying every tag.
     assert!(rig.proxy.count("HEAD", Kind::Manifest) <= 8);
     assert_eq!(tags_cached(&rig, &target).await, 6, "previous data intact");
-    let head = rig
-        .store
-        .head(&target.scope, &target.repository)
-        .await
-        .unwrap()
-        .unwrap();
+    let head = rig.head(&target).await;
     assert!(head.last_error.as_deref().unwrap().contains("429"));
 
     tokio::time::sleep(limited.retry_after.unwrap()).await;
     let recovered = rig.warmer.warm_now(&target).await;
     ok(&recovered);
     assert_eq!(tags_cached(&rig, &target).await, 7);
-    let head = rig
-        .store
-        .head(&target.scope, &target.repository)
-        .await
-        .unwrap()
-        .unwrap();
+    let head = rig.head(&target).await;
     assert_eq!(head.last_error, None);
     assert!(head.last_update > before.last_update);
 }
@@ -406,12 +399,7 @@ async fn a_429_mid_pass_keeps_data_and_the_next_pass_recovers() {
 async fn registry_down_truncated_bodies_and_resets_fail_the_pass_without_losing_data() {
     let mut rig = rig(RegistryAuth::Anonymous, Duration::ZERO);
     let target = warmed(&rig, "faulty").await;
-    let before = rig
-        .store
-        .head(&target.scope, &target.repository)
-        .await
-        .unwrap()
-        .unwrap();
+    let before = rig.head(&target).await;
 
     let check_failed = |outcome: &Outcome, what: &str| {
         assert!(outcome.error.is_some(), "{what}: expected a failure");
@@ -451,12 +439,7 @@ async fn registry_down_truncated_bodies_and_resets_fail_the_pass_without_losing_
     let o = rig.warmer.warm_now(&target).await;
     check_failed(&o, "registry down");
     assert_eq!(tags_cached(&rig, &target).await, 6);
-    let head = rig
-        .store
-        .head(&target.scope, &target.repository)
-        .await
-        .unwrap()
-        .unwrap();
+    let head = rig.head(&target).await;
     assert!(head.last_error.is_some());
 
     rig.registry.restart();
