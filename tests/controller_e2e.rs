@@ -31,6 +31,21 @@ fn pull_secret(host: &str, password: &str) -> Value {
     })
 }
 
+/// Annotates the watch for a rescan and waits until the controller has handled it.
+async fn request_rescan(emulator: &Emulator, path: &str, value: &str) {
+    emulator
+        .merge_patch(
+            path,
+            json!({"metadata": {"annotations": {"regcache.io/requestedAt": value}}}),
+        )
+        .await;
+    emulator
+        .wait_for(path, Duration::from_secs(30), |w| {
+            w["status"]["lastHandledRequestedAt"] == value
+        })
+        .await;
+}
+
 fn ready(watch: &Value) -> Option<(String, String)> {
     let c = watch["status"]["conditions"]
         .as_array()?
@@ -169,17 +184,7 @@ async fn watch_with_pull_secret_warms_survives_rotation_and_does_not_loop() {
     );
 
     // A rescan on request.
-    emulator
-        .merge_patch(
-            &path,
-            json!({"metadata": {"annotations": {"regcache.io/requestedAt": "now-1"}}}),
-        )
-        .await;
-    emulator
-        .wait_for(&path, Duration::from_secs(30), |w| {
-            w["status"]["lastHandledRequestedAt"] == "now-1"
-        })
-        .await;
+    request_rescan(&emulator, &path, "now-1").await;
 
     // Events mark the transitions (Progressing → Succeeded → Unauthorized → Succeeded), not
     // every pass; and no credential shows in logs, status or events.
@@ -403,16 +408,6 @@ async fn one_leader_warms_and_another_takes_over() {
         )
         .await;
     // The new leader acts: a requested rescan is handled.
-    emulator
-        .merge_patch(
-            &path,
-            json!({"metadata": {"annotations": {"regcache.io/requestedAt": "after-failover"}}}),
-        )
-        .await;
-    emulator
-        .wait_for(&path, Duration::from_secs(30), |w| {
-            w["status"]["lastHandledRequestedAt"] == "after-failover"
-        })
-        .await;
+    request_rescan(&emulator, &path, "after-failover").await;
     assert!(second.logs().contains("became leader"));
 }
