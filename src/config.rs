@@ -94,6 +94,20 @@ pub struct StandaloneArgs {
     /// without one).
     #[arg(long, env = "REGCACHE_WEBHOOK_TOKEN", hide_env_values = true)]
     pub webhook_token: Option<String>,
+    /// Address `/metrics` (Prometheus, OpenMetrics text) listens on (not with `--once`).
+    #[arg(
+        long,
+        env = "REGCACHE_METRICS_BIND_ADDRESS",
+        default_value = "127.0.0.1:8081"
+    )]
+    pub metrics_bind_address: String,
+    /// Address `/healthz` and `/readyz` listen on (not with `--once`).
+    #[arg(
+        long,
+        env = "REGCACHE_HEALTH_PROBE_BIND_ADDRESS",
+        default_value = "127.0.0.1:8082"
+    )]
+    pub health_probe_bind_address: String,
     #[command(flatten)]
     pub cache: CacheArgs,
     #[command(flatten)]
@@ -153,6 +167,21 @@ pub struct ControllerArgs {
     /// This replica's name, for the Lease and Events (the pod name in a cluster).
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
+    /// Address `/metrics` (Prometheus, OpenMetrics text) listens on.
+    #[arg(
+        long,
+        env = "REGCACHE_METRICS_BIND_ADDRESS",
+        default_value = "0.0.0.0:8081"
+    )]
+    pub metrics_bind_address: String,
+    /// Address `/healthz` (alive) and `/readyz` (watches listed and cache answering)
+    /// listen on.
+    #[arg(
+        long,
+        env = "REGCACHE_HEALTH_PROBE_BIND_ADDRESS",
+        default_value = "0.0.0.0:8082"
+    )]
+    pub health_probe_bind_address: String,
     #[command(flatten)]
     pub api: ApiArgs,
     #[command(flatten)]

@@ -50,8 +50,10 @@ pub async fn run(
         return Err(StandaloneError::NoWatches(list.join(", ")));
     }
     let defaults = Defaults::from_flags(&args.default_platforms, args.default_interval)?;
-    let backend = crate::cache::open(&args.cache).await?;
-    let (store, warmer) = crate::warmer::build(backend, &args.limits, args.concurrent);
+    let metrics = Arc::new(crate::telemetry::Metrics::new());
+    let backend = crate::cache::open(&args.cache, &metrics).await?;
+    let (store, warmer) =
+        crate::warmer::build(backend, &args.limits, args.concurrent, metrics.clone());
     let planned = manifests.targets(&defaults);
     tracing::info!(
         watches = planned.len(),
@@ -81,13 +83,42 @@ pub async fn run(
         }
     }
     register(&warmer, &planned);
-    let listener = tokio::net::TcpListener::bind(&args.api_bind_address)
-        .await
-        .map_err(|e| StandaloneError::Bind {
-            address: args.api_bind_address.clone(),
-            reason: e.to_string(),
-        })?;
-    tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "read API listening");
+    let listen = |address: String, what: &'static str| async move {
+        crate::telemetry::listen(&address, what)
+            .await
+            .map_err(|e| StandaloneError::Bind {
+                address,
+                reason: e.to_string(),
+            })
+    };
+    let listener = listen(args.api_bind_address.clone(), "read API").await?;
+    let metrics_listener = listen(args.metrics_bind_address.clone(), "metrics").await?;
+    let probe_listener = listen(args.health_probe_bind_address.clone(), "health probes").await?;
+    // The watches come from files, listed already: readiness waits for the cache only.
+    let readiness = Arc::new(crate::telemetry::Readiness::default());
+    readiness.watches_synced();
+    let (stop_listeners, listeners_stopped) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let telemetry_tasks = [
+        tokio::spawn(crate::telemetry::serve(
+            metrics_listener,
+            crate::telemetry::metrics_router(metrics.clone()),
+            stopped(listeners_stopped.clone()),
+        )),
+        tokio::spawn(crate::telemetry::serve(
+            probe_listener,
+            crate::telemetry::probes_router(readiness.clone()),
+            stopped(listeners_stopped.clone()),
+        )),
+    ];
+    let pinger = {
+        let (store, readiness, metrics) = (store.clone(), readiness.clone(), metrics.clone());
+        tokio::spawn(async move {
+            crate::telemetry::watch_cache(store.backend(), &readiness, &metrics).await;
+        })
+    };
     let router = crate::api::router(crate::api::ApiState {
         store,
         directory: Arc::new(warmer.clone()),
@@ -98,10 +129,11 @@ pub async fn run(
             .clone()
             .map(crate::credentials::Secret::new),
     });
-    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
-    let api = tokio::spawn(crate::api::serve(listener, router, async move {
-        let _ = api_stopped.await;
-    }));
+    let api = tokio::spawn(crate::api::serve(
+        listener,
+        router,
+        stopped(listeners_stopped),
+    ));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let runner = tokio::spawn(warmer.clone().run(tx, async move {
@@ -118,9 +150,13 @@ pub async fn run(
     }
     tracing::info!("shutting down");
     let _ = stop.send(());
-    let _ = stop_api.send(());
+    let _ = stop_listeners.send(true);
+    pinger.abort();
     let _ = runner.await;
     let _ = api.await;
+    for t in telemetry_tasks {
+        let _ = t.await;
+    }
     Ok(std::process::ExitCode::SUCCESS)
 }
 

@@ -104,9 +104,30 @@ pub fn tag_chunk(scope: &Scope, repository: &Repository, generation: u64, chunk:
     )
 }
 
+/// The kind of item a key names (`image`, `repository_head`, `tag_chunk`), for metrics.
+pub fn kind_of(key: &str) -> &'static str {
+    let mut parts = key.splitn(3, ':');
+    match (parts.next(), parts.next()) {
+        (Some(PREFIX), Some("img")) => "image",
+        (Some(PREFIX), Some("repo")) => "repository_head",
+        (Some(PREFIX), Some("tags")) => "tag_chunk",
+        _ => "other",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_key_names_its_kind() {
+        let (s, r) = (Scope::public(), repo("ghcr.io/a/b"));
+        assert_eq!(kind_of(&image(&s, &Digest::sha256_of(b"x"))), "image");
+        assert_eq!(kind_of(&repository_head(&s, &r)), "repository_head");
+        assert_eq!(kind_of(&tag_chunk(&s, &r, 1, 0)), "tag_chunk");
+        assert_eq!(kind_of("rc2:img:pub:x"), "other");
+        assert_eq!(kind_of("img"), "other");
+    }
 
     fn repo(s: &str) -> Repository {
         Repository::parse(s).unwrap()

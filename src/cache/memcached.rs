@@ -208,6 +208,7 @@ pub struct Memcached {
     options: MemcachedOptions,
     ring: RwLock<Arc<Ring>>,
     stats: CacheStats,
+    metrics: Option<Arc<crate::telemetry::Metrics>>,
 }
 
 impl Memcached {
@@ -218,9 +219,17 @@ impl Memcached {
             options,
             ring: RwLock::new(Arc::new(Ring::new(Vec::new()))),
             stats: CacheStats::default(),
+            metrics: None,
         };
         m.set_servers(servers);
         m
+    }
+
+    /// Counts reads lost to a failing server (they become misses, so no caller sees the
+    /// error) in `regcache_cache_errors_total`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::telemetry::Metrics>) -> Memcached {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Replaces the server list, keeping the connections and health of servers that stay.
@@ -344,9 +353,12 @@ impl Memcached {
                 }
                 self.stats.miss(n - out.len() as u64);
             }
-            Err(_) => {
+            Err(e) => {
                 // A server that is down costs its own keys only: they miss.
                 self.stats.error();
+                if let Some(m) = &self.metrics {
+                    m.cache.error("get", e.metric_label());
+                }
                 self.stats.miss(n);
             }
         }

@@ -224,7 +224,10 @@ pub enum Backend {
 
 /// Opens the cache the flags name: memcached servers listed or discovered by DNS SRV
 /// (refreshed in the background), else an in-memory cache.
-pub async fn open(args: &crate::config::CacheArgs) -> Result<Backend, CacheError> {
+pub async fn open(
+    args: &crate::config::CacheArgs,
+    metrics: &std::sync::Arc<crate::telemetry::Metrics>,
+) -> Result<Backend, CacheError> {
     let options = memcached::MemcachedOptions {
         op_timeout: args.memcached_timeout,
         connect_timeout: args.memcached_timeout,
@@ -240,7 +243,9 @@ pub async fn open(args: &crate::config::CacheArgs) -> Result<Backend, CacheError
                 Vec::new()
             }
         };
-        let m = std::sync::Arc::new(memcached::Memcached::new(initial, options));
+        let m = std::sync::Arc::new(
+            memcached::Memcached::new(initial, options).with_metrics(metrics.clone()),
+        );
         tokio::spawn(discovery::refresh_servers(
             m.clone(),
             discovery,
@@ -251,7 +256,8 @@ pub async fn open(args: &crate::config::CacheArgs) -> Result<Backend, CacheError
     }
     if !args.memcached.is_empty() {
         return Ok(Backend::Memcached(std::sync::Arc::new(
-            memcached::Memcached::new(args.memcached.clone(), options),
+            memcached::Memcached::new(args.memcached.clone(), options)
+                .with_metrics(metrics.clone()),
         )));
     }
     Ok(Backend::Memory(memory::MemoryCache::default()))

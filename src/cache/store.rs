@@ -10,6 +10,7 @@
 //! the head and one chunk, even in a repository of 200,000 tags.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -21,6 +22,7 @@ use super::memcached::key_hash;
 use super::{CacheError, CacheWriter, Millis};
 use crate::image::{Digest, ImageRef, Platform, Reference, Repository};
 use crate::registry::{ImageMetadata, PlatformImage};
+use crate::telemetry::Metrics;
 
 /// One image (manifest or index) by digest, shared by every tag and repository of a scope
 /// that points at it.
@@ -205,6 +207,7 @@ pub struct MetadataStore<B> {
     backend: B,
     timestamp_labels: TimestampLabels,
     chunk_bytes: usize,
+    metrics: Arc<Metrics>,
 }
 
 impl<B: CacheWriter> MetadataStore<B> {
@@ -213,7 +216,61 @@ impl<B: CacheWriter> MetadataStore<B> {
             backend,
             timestamp_labels: TimestampLabels::default(),
             chunk_bytes: DEFAULT_CHUNK_BYTES,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Records `regcache_cache_*` into the process's metrics.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Every backend call goes through these four, which keep the cache metrics.
+    async fn get(&self, key: &str) -> Result<Option<super::Entry>, CacheError> {
+        let kind = keys::kind_of(key);
+        let result = self.backend.get(key).await;
+        match &result {
+            Ok(found) => {
+                let hit = u64::from(found.is_some());
+                self.metrics.cache.read(kind, hit, 1 - hit);
+            }
+            Err(e) => self.metrics.cache.error("get", e.metric_label()),
+        }
+        result
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<HashMap<String, super::Entry>, CacheError> {
+        let kind = keys.first().map_or("other", |k| keys::kind_of(k));
+        let result = self.backend.get_many(keys).await;
+        match &result {
+            Ok(found) => {
+                let hits = found.len() as u64;
+                self.metrics
+                    .cache
+                    .read(kind, hits, (keys.len() as u64).saturating_sub(hits));
+            }
+            Err(e) => self.metrics.cache.error("get", e.metric_label()),
+        }
+        result
+    }
+
+    async fn set(&self, key: &str, value: &[u8], deadline: Millis) -> Result<(), CacheError> {
+        let result = self.backend.set(key, value, deadline).await;
+        match &result {
+            Ok(()) => self.metrics.cache.write(keys::kind_of(key), value.len()),
+            Err(e) => self.metrics.cache.error("set", e.metric_label()),
+        }
+        result
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), CacheError> {
+        let result = self.backend.delete(key).await;
+        match &result {
+            Ok(()) => self.metrics.cache.delete(),
+            Err(e) => self.metrics.cache.error("delete", e.metric_label()),
+        }
+        result
     }
 
     /// Target chunk size; never more than the backend's item limit allows.
@@ -235,7 +292,7 @@ impl<B: CacheWriter> MetadataStore<B> {
         &self,
         key: &str,
     ) -> Result<Option<T>, CacheError> {
-        match self.backend.get(key).await? {
+        match self.get(key).await? {
             None => Ok(None),
             Some(e) => {
                 serde_json::from_slice(&e.value)
@@ -255,7 +312,7 @@ impl<B: CacheWriter> MetadataStore<B> {
         deadline: Millis,
     ) -> Result<(), CacheError> {
         let bytes = serde_json::to_vec(value).expect("schema types serialise");
-        self.backend.set(key, &bytes, deadline).await
+        self.set(key, &bytes, deadline).await
     }
 
     /// Stores an image's metadata under its digest.
@@ -284,7 +341,7 @@ impl<B: CacheWriter> MetadataStore<B> {
         digests: &[Digest],
     ) -> Result<HashMap<Digest, ImageRecord>, CacheError> {
         let keys: Vec<String> = digests.iter().map(|d| keys::image(scope, d)).collect();
-        let found = self.backend.get_many(&keys).await?;
+        let found = self.get_many(&keys).await?;
         let mut out = HashMap::with_capacity(found.len());
         for (d, k) in digests.iter().zip(&keys) {
             if let Some(e) = found.get(k)
@@ -391,7 +448,7 @@ impl<B: CacheWriter> MetadataStore<B> {
                 body.extend_from_slice(item);
             }
             body.extend_from_slice(b"]}");
-            async move { self.backend.set(&key, &body, deadline).await }
+            async move { self.set(&key, &body, deadline).await }
         });
         let results: Vec<Result<(), CacheError>> = futures::stream::iter(writes)
             .buffer_unordered(WRITE_CONCURRENCY)
@@ -434,7 +491,7 @@ impl<B: CacheWriter> MetadataStore<B> {
         let deletes = (0..chunks).map(|i| {
             let key = keys::tag_chunk(scope, repository, generation, i);
             async move {
-                let _ = self.backend.delete(&key).await;
+                let _ = self.delete(&key).await;
             }
         });
         futures::stream::iter(deletes)
@@ -503,7 +560,7 @@ impl<B: CacheWriter> MetadataStore<B> {
                 .iter()
                 .map(|i| keys::tag_chunk(scope, repository, head.generation, *i))
                 .collect();
-            let found = self.backend.get_many(&keys).await?;
+            let found = self.get_many(&keys).await?;
             let mut entries = Vec::new();
             let mut complete = true;
             for (i, key) in wanted.iter().zip(&keys) {

@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 
 use crate::cache::CacheWriter;
 use crate::crd::{ImageRepositoryWatch, ImageRepositoryWatchStatus, REQUESTED_AT_ANNOTATION};
+use crate::telemetry::Readiness;
 use crate::warmer::{Outcome, Priority, Warmer};
 use plan::{Defaults, desired_status, plan, target_id};
 
@@ -56,6 +57,8 @@ pub struct Context<B> {
     /// read API knows each watch's repository and scope.
     leading: std::sync::atomic::AtomicBool,
     failures: Mutex<HashMap<String, u32>>,
+    /// `/readyz`: set once the watches are listed (and the cache answers, see `serve`).
+    pub readiness: Arc<Readiness>,
 }
 
 impl<B> Context<B> {
@@ -75,6 +78,7 @@ impl<B> Context<B> {
             latest: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             leading: std::sync::atomic::AtomicBool::new(false),
+            readiness: Arc::default(),
         }
     }
 
@@ -99,8 +103,22 @@ impl<B> Context<B> {
     }
 }
 
-/// One reconcile of one watch.
+/// One reconcile of one watch, counted in `regcache_reconcile_*`.
 pub async fn reconcile<B: CacheWriter + 'static>(
+    watch: Arc<ImageRepositoryWatch>,
+    ctx: Arc<Context<B>>,
+) -> Result<Action, ControllerError> {
+    let started = std::time::Instant::now();
+    let metrics = ctx.warmer.metrics().clone();
+    let result = reconcile_watch(watch, ctx).await;
+    metrics.reconcile.reconciled(
+        result.as_ref().err().map(ControllerError::metric_label),
+        started.elapsed(),
+    );
+    result
+}
+
+async fn reconcile_watch<B: CacheWriter + 'static>(
     watch: Arc<ImageRepositoryWatch>,
     ctx: Arc<Context<B>>,
 ) -> Result<Action, ControllerError> {
@@ -305,6 +323,14 @@ pub async fn run<B: CacheWriter + 'static>(
 
     let controller = Controller::new(watches, watcher::Config::default());
     let store = controller.store();
+    let synced_store = store.clone();
+    let readiness = ctx.readiness.clone();
+    let synced_task = tokio::spawn(async move {
+        if synced_store.wait_until_ready().await.is_ok() {
+            tracing::info!("watches listed");
+            readiness.watches_synced();
+        }
+    });
     let outcome_ctx = ctx.clone();
     let outcome_store = store.clone();
     let outcomes_task = tokio::spawn(async move {
@@ -356,6 +382,7 @@ pub async fn run<B: CacheWriter + 'static>(
     let _ = stop_warmer.send(());
     let _ = warmer_task.await;
     outcomes_task.abort();
+    synced_task.abort();
 }
 
 fn tokio_stream_of<T: Send + 'static>(
@@ -379,22 +406,47 @@ pub enum ServeError {
     Bind { address: String, reason: String },
 }
 
-/// Stops the read API when the controller returns, whichever way it returns.
-struct ApiGuard(Option<tokio::sync::oneshot::Sender<()>>);
+/// Stops the listeners when the controller returns, whichever way it returns.
+struct ApiGuard(Option<tokio::sync::watch::Sender<bool>>);
 
 impl Drop for ApiGuard {
     fn drop(&mut self) {
         if let Some(tx) = self.0.take() {
-            let _ = tx.send(());
+            let _ = tx.send(true);
         }
     }
+}
+
+/// Resolves when `stop` turns true (or its sender is gone).
+async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Aborts a background task when the controller returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn listen(address: &str, what: &str) -> Result<tokio::net::TcpListener, ServeError> {
+    crate::telemetry::listen(address, what)
+        .await
+        .map_err(|e| ServeError::Bind {
+            address: address.to_string(),
+            reason: e.to_string(),
+        })
 }
 
 /// `regcache controller`: the operator process.
 pub async fn serve(args: &crate::config::ControllerArgs) -> Result<(), ServeError> {
     let client = Client::try_default().await.map_err(ServeError::Config)?;
-    let backend = crate::cache::open(&args.cache).await?;
-    let (store, warmer) = crate::warmer::build(backend, &args.limits, args.concurrent);
+    let metrics = Arc::new(crate::telemetry::Metrics::new());
+    let backend = crate::cache::open(&args.cache, &metrics).await?;
+    let (store, warmer) =
+        crate::warmer::build(backend, &args.limits, args.concurrent, metrics.clone());
     let defaults = Defaults::from_flags(&args.default_platforms, args.default_interval)?;
     let identity = args.pod_name.clone().unwrap_or_else(|| {
         std::env::var("HOSTNAME")
@@ -409,13 +461,29 @@ pub async fn serve(args: &crate::config::ControllerArgs) -> Result<(), ServeErro
         identity.clone(),
     ));
 
-    // Every replica serves reads.
-    let listener = tokio::net::TcpListener::bind(&args.api.api_bind_address)
-        .await
-        .map_err(|e| ServeError::Bind {
-            address: args.api.api_bind_address.clone(),
-            reason: e.to_string(),
-        })?;
+    // Every replica serves reads, metrics and probes.
+    let listener = listen(&args.api.api_bind_address, "read API").await?;
+    let metrics_listener = listen(&args.metrics_bind_address, "metrics").await?;
+    let probe_listener = listen(&args.health_probe_bind_address, "health probes").await?;
+    let (stop_listeners, listeners_stopped) = tokio::sync::watch::channel(false);
+    let _api_guard = ApiGuard(Some(stop_listeners));
+    tokio::spawn(crate::telemetry::serve(
+        metrics_listener,
+        crate::telemetry::metrics_router(metrics.clone()),
+        stopped(listeners_stopped.clone()),
+    ));
+    tokio::spawn(crate::telemetry::serve(
+        probe_listener,
+        crate::telemetry::probes_router(ctx.readiness.clone()),
+        stopped(listeners_stopped.clone()),
+    ));
+    let pinger = {
+        let (store, readiness, metrics) = (store.clone(), ctx.readiness.clone(), metrics.clone());
+        tokio::spawn(async move {
+            crate::telemetry::watch_cache(store.backend(), &readiness, &metrics).await;
+        })
+    };
+    let _pinger = AbortOnDrop(pinger);
     let router = crate::api::router(crate::api::ApiState {
         store,
         directory: Arc::new(ctx.warmer.clone()),
@@ -432,11 +500,11 @@ pub async fn serve(args: &crate::config::ControllerArgs) -> Result<(), ServeErro
             .clone()
             .map(crate::credentials::Secret::new),
     });
-    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(crate::api::serve(listener, router, async move {
-        let _ = api_stopped.await;
-    }));
-    let _api_guard = ApiGuard(Some(stop_api));
+    tokio::spawn(crate::api::serve(
+        listener,
+        router,
+        stopped(listeners_stopped),
+    ));
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let stop = async move {

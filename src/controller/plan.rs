@@ -325,6 +325,8 @@ mod tests {
             excluded: 1,
             missing: 0,
             images_updated: 2,
+            images: 3,
+            published: true,
             requests: Default::default(),
             changes: Vec::new(),
             error: error.map(str::to_string),

@@ -378,6 +378,7 @@ struct Inner {
     flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     tokens: TokenCache,
     stats: RequestStats,
+    metrics: Arc<crate::telemetry::Metrics>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -386,7 +387,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl RegistryClient {
+    /// A client recording into a metrics registry of its own (commands, tests).
     pub fn new(options: ClientOptions) -> Self {
+        Self::with_metrics(options, Arc::default())
+    }
+
+    /// A client recording `regcache_registry_*` into the process's metrics.
+    pub fn with_metrics(options: ClientOptions, metrics: Arc<crate::telemetry::Metrics>) -> Self {
         RegistryClient {
             inner: Arc::new(Inner {
                 options,
@@ -396,6 +403,7 @@ impl RegistryClient {
                 flights: Mutex::new(HashMap::new()),
                 tokens: TokenCache::default(),
                 stats: RequestStats::default(),
+                metrics,
             }),
         }
     }
@@ -453,6 +461,28 @@ impl Inner {
 
     fn known_challenge(&self, key: &str) -> Option<Challenge> {
         lock(&self.challenges).get(key).cloned()
+    }
+
+    /// A 429 from `host`: its limiter halves its rate and closes for the pause returned.
+    fn rate_limited(&self, host: &str, retry_after: Option<Duration>) -> Duration {
+        let limiter = self.limiter(host);
+        let pause = limiter.on_rate_limited(retry_after);
+        self.metrics.registry.backoff(host, limiter.rate());
+        pause
+    }
+
+    /// Records one request sent to `host` that ended with `status` (an HTTP code or an
+    /// error's metric label).
+    fn observe(
+        &self,
+        host: &str,
+        kind: RequestKind,
+        status: std::borrow::Cow<'static, str>,
+        started: std::time::Instant,
+    ) {
+        self.metrics
+            .registry
+            .request(host, kind.label(), status, started.elapsed());
     }
 
     fn limiter(&self, host: &str) -> Arc<HostLimiter> {
@@ -679,7 +709,9 @@ impl RepositoryClient {
                     detail: "401 without a usable WWW-Authenticate challenge".to_string(),
                 })?,
             StatusCode::TOO_MANY_REQUESTS => {
-                let pause = self.limiter().on_rate_limited(retry_after(&answer.headers));
+                let pause = self
+                    .inner
+                    .rate_limited(&self.host, retry_after(&answer.headers));
                 return Err(Error::RateLimited {
                     host: self.host.clone(),
                     retry_after: Some(pause),
@@ -701,10 +733,6 @@ impl RepositoryClient {
         };
         lock(&self.inner.challenges).insert(self.challenge_key(), challenge.clone());
         Ok(challenge)
-    }
-
-    fn limiter(&self) -> Arc<HostLimiter> {
-        self.inner.limiter(&self.host)
     }
 
     /// Sends one request (after the host limiter admits it) and reads the body within `cap`.
@@ -730,6 +758,10 @@ impl RepositoryClient {
             });
         }
         limiter.acquire().await;
+        self.inner
+            .metrics
+            .registry
+            .rate(&limiter_host, limiter.rate());
         let mut req = self.http.request(method.clone(), url.clone());
         if let Some(a) = accept {
             req = req.header(header::ACCEPT, a);
@@ -738,7 +770,16 @@ impl RepositoryClient {
             req = req.header(header::AUTHORIZATION, a.expose());
         }
         self.record(kind);
-        let resp = req.send().await.map_err(|e| self.classify(&url, &e))?;
+        let started = std::time::Instant::now();
+        let failed = |e: Error| {
+            self.inner
+                .observe(&limiter_host, kind, e.metric_label().into(), started);
+            e
+        };
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| failed(self.classify(&url, &e)))?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let cap = if status.is_success() {
@@ -749,8 +790,16 @@ impl RepositoryClient {
         let body = if method == Method::HEAD {
             Bytes::new()
         } else {
-            self.read_body(resp, cap, &url, kind).await?
+            self.read_body(resp, cap, &url, kind)
+                .await
+                .map_err(failed)?
         };
+        self.inner.observe(
+            &limiter_host,
+            kind,
+            status.as_str().to_string().into(),
+            started,
+        );
         Ok(Answer {
             status,
             headers,
@@ -880,8 +929,19 @@ impl RepositoryClient {
                     }
                     form.finish()
                 };
-                self.inner.limiter(&url_host(&url)).acquire().await;
+                let token_host = url_host(&url);
+                self.inner.limiter(&token_host).acquire().await;
                 self.record(RequestKind::Token);
+                let started = std::time::Instant::now();
+                let failed = |e: Error| {
+                    self.inner.observe(
+                        &token_host,
+                        RequestKind::Token,
+                        e.metric_label().into(),
+                        started,
+                    );
+                    e
+                };
                 let resp = self
                     .http
                     .post(url.clone())
@@ -889,7 +949,7 @@ impl RepositoryClient {
                     .body(body)
                     .send()
                     .await
-                    .map_err(|e| self.classify(&url, &e))?;
+                    .map_err(|e| failed(self.classify(&url, &e)))?;
                 let status = resp.status();
                 let headers = resp.headers().clone();
                 let body = self
@@ -899,7 +959,14 @@ impl RepositoryClient {
                         &url,
                         RequestKind::Token,
                     )
-                    .await?;
+                    .await
+                    .map_err(failed)?;
+                self.inner.observe(
+                    &token_host,
+                    RequestKind::Token,
+                    status.as_str().to_string().into(),
+                    started,
+                );
                 Answer {
                     status,
                     headers,
@@ -938,8 +1005,7 @@ impl RepositoryClient {
             StatusCode::TOO_MANY_REQUESTS => {
                 let pause = self
                     .inner
-                    .limiter(&url_host(&url))
-                    .on_rate_limited(retry_after(&answer.headers));
+                    .rate_limited(&url_host(&url), retry_after(&answer.headers));
                 return Err(Error::RateLimited {
                     host: url_host(&url),
                     retry_after: Some(pause),
@@ -1078,7 +1144,9 @@ impl RepositoryClient {
                     });
                 }
                 StatusCode::TOO_MANY_REQUESTS => {
-                    let pause = self.limiter().on_rate_limited(retry_after(&answer.headers));
+                    let pause = self
+                        .inner
+                        .rate_limited(&self.host, retry_after(&answer.headers));
                     tracing::warn!(host = %self.host, pause = ?pause, "registry rate limited us");
                     if pause <= options.max_rate_limit_wait && retry(&mut attempt) {
                         // The limiter is closed until the pause ends; acquire() waits.

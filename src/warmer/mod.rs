@@ -22,24 +22,28 @@ use crate::cache::store::MetadataStore;
 use crate::credentials::Credential;
 use crate::image::{Digest, Platform, Repository};
 use crate::registry::{Endpoint, RegistryClient, RequestKind};
+use crate::telemetry::{Metrics, PassReport};
 use filter::TagFilter;
 pub use pass::PassOptions;
 use schedule::jittered;
 
 /// The store and warmer over a cache backend, as `standalone` and `controller` run them.
+/// Every part records into `metrics`.
 pub fn build<B: CacheWriter + 'static>(
     backend: B,
     limits: &crate::config::RegistryLimits,
     concurrency: usize,
+    metrics: Arc<Metrics>,
 ) -> (Arc<MetadataStore<B>>, Warmer<B>) {
-    let store = Arc::new(MetadataStore::new(backend));
-    let warmer = Warmer::new(
-        RegistryClient::new(limits.client_options()),
+    let store = Arc::new(MetadataStore::new(backend).with_metrics(metrics.clone()));
+    let warmer = Warmer::with_metrics(
+        RegistryClient::with_metrics(limits.client_options(), metrics.clone()),
         store.clone(),
         WarmerOptions {
             concurrency: concurrency.max(1),
             ..Default::default()
         },
+        metrics,
     );
     (store, warmer)
 }
@@ -105,6 +109,18 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
+    /// A short stable name, for metrics labels.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            FailureKind::Unauthorized => "unauthorized",
+            FailureKind::RateLimited => "rate_limited",
+            FailureKind::RepositoryNotFound => "repository_not_found",
+            FailureKind::RegistryUnavailable => "registry_unavailable",
+            FailureKind::Cache => "cache",
+            FailureKind::Other => "other",
+        }
+    }
+
     pub fn of(e: &crate::registry::Error) -> FailureKind {
         use crate::registry::Error as E;
         match e {
@@ -138,6 +154,10 @@ pub struct Outcome {
     pub missing: usize,
     /// Image records fetched and cached in this pass.
     pub images_updated: usize,
+    /// Distinct images (digests) the published index points at.
+    pub images: usize,
+    /// Whether this pass published an index (`tags` and `images` describe the cache).
+    pub published: bool,
     pub requests: BTreeMap<RequestKind, u64>,
     pub changes: Vec<TagChange>,
     pub error: Option<String>,
@@ -161,6 +181,8 @@ impl Outcome {
             excluded: 0,
             missing: 0,
             images_updated: 0,
+            images: 0,
+            published: false,
             requests: BTreeMap::new(),
             changes: Vec::new(),
             error: None,
@@ -225,6 +247,7 @@ struct Slot {
 }
 
 struct Shared<B> {
+    metrics: Arc<Metrics>,
     registry: RegistryClient,
     store: Arc<MetadataStore<B>>,
     options: WarmerOptions,
@@ -247,13 +270,25 @@ impl<B> Clone for Warmer<B> {
 }
 
 impl<B: CacheWriter + 'static> Warmer<B> {
+    /// A warmer recording into a metrics registry of its own (tests, benchmarks).
     pub fn new(
         registry: RegistryClient,
         store: Arc<MetadataStore<B>>,
         options: WarmerOptions,
     ) -> Self {
+        Self::with_metrics(registry, store, options, Arc::default())
+    }
+
+    /// A warmer recording `regcache_warmer_*` into the process's metrics.
+    pub fn with_metrics(
+        registry: RegistryClient,
+        store: Arc<MetadataStore<B>>,
+        options: WarmerOptions,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Warmer {
             shared: Arc::new(Shared {
+                metrics,
                 registry,
                 store,
                 options,
@@ -266,6 +301,28 @@ impl<B: CacheWriter + 'static> Warmer<B> {
 
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<TargetId, Slot>> {
         self.shared.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    /// Records a finished pass. A pass whose target was removed or changed meanwhile
+    /// counts, but does not touch the repository's series.
+    fn record(&self, outcome: &Outcome, current: bool) {
+        let published = current && outcome.published;
+        self.shared.metrics.warmer.pass(&PassReport {
+            watch: &outcome.id,
+            repository: &outcome.repository,
+            failure: outcome
+                .error
+                .as_ref()
+                .map(|_| outcome.failure.unwrap_or(FailureKind::Other).metric_label()),
+            duration: outcome.duration,
+            tags: published.then_some(outcome.tags),
+            images: published.then_some(outcome.images),
+            last_update: outcome.last_update.filter(|_| current),
+        });
     }
 
     /// Adds a target, or replaces it. A new or changed target is due now; an unchanged one
@@ -298,15 +355,25 @@ impl<B: CacheWriter + 'static> Warmer<B> {
                 );
             }
         }
+        let n = slots.len();
         drop(slots);
+        self.shared.metrics.warmer.targets(n);
         self.shared.wake.notify_one();
     }
 
     /// Stops warming a target. A pass in flight finishes but its outcome is dropped.
     pub fn remove(&self, id: &str) -> bool {
-        let removed = self.slots().remove(id).is_some();
+        let mut slots = self.slots();
+        let removed = slots.remove(id);
+        let n = slots.len();
+        drop(slots);
+        if let Some(slot) = &removed {
+            let m = &self.shared.metrics.warmer;
+            m.targets(n);
+            m.forget(id, &slot.target.repository.canonical());
+        }
         self.shared.wake.notify_one();
-        removed
+        removed.is_some()
     }
 
     /// Asks for a pass of `id` ahead of the queue.
@@ -355,6 +422,7 @@ impl<B: CacheWriter + 'static> Warmer<B> {
             target,
         )
         .await;
+        self.record(&outcome, true);
         self.publish_changes(&outcome);
         outcome
     }
@@ -473,7 +541,9 @@ impl<B: CacheWriter + 'static> Warmer<B> {
                 Some(done) = running.join_next(), if !running.is_empty() => {
                     match done {
                         Ok((outcome, version)) => {
-                            if self.reschedule(&outcome, version) {
+                            let current = self.reschedule(&outcome, version);
+                            self.record(&outcome, current);
+                            if current {
                                 self.publish_changes(&outcome);
                                 let _ = outcomes.send(outcome);
                             }
@@ -495,7 +565,9 @@ impl<B: CacheWriter + 'static> Warmer<B> {
                 }
                 done = running.join_next() => match done {
                     Some(Ok((outcome, version))) => {
-                        if self.reschedule(&outcome, version) {
+                        let current = self.reschedule(&outcome, version);
+                        self.record(&outcome, current);
+                        if current {
                             let _ = outcomes.send(outcome);
                         }
                     }

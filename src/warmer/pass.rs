@@ -352,6 +352,11 @@ pub async fn run<B: CacheWriter>(
     outcome.failure = failures.first;
     outcome.tags = entries.len();
     outcome.missing = entries.iter().filter(|e| e.digest.is_none()).count();
+    outcome.images = entries
+        .iter()
+        .filter_map(|e| e.digest.as_ref())
+        .collect::<HashSet<_>>()
+        .len();
     outcome.requests = pass.stats.snapshot();
     let error = failures.summary();
     let freshness = Freshness {
@@ -367,6 +372,7 @@ pub async fn run<B: CacheWriter>(
         .await
     {
         Ok(head) => {
+            outcome.published = true;
             outcome.last_update = head.last_update;
             outcome.error = error;
         }
