@@ -522,6 +522,11 @@ impl Metrics {
             errors: Family::default(),
             duration: seconds_histogram(),
         };
+        // At zero from the start, so `increase()` sees the first failure. The Kubernetes
+        // API is the only way a reconcile fails (`ControllerError`).
+        reconcile
+            .errors
+            .get_or_create(&ReasonLabels { reason: "kube_api" });
         // The group's own counter, `regcache_reconcile_total`, sits above its sub-group.
         prometheus.register(
             "reconcile",

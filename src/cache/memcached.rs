@@ -334,7 +334,14 @@ impl Memcached {
         let n = keys.len() as u64;
         let result = self
             .with_client(server, "get", |mut c| async move {
-                let r = c.get_multi(keys.iter()).await;
+                let r = match c.get_multi(keys.iter()).await {
+                    // A multi-get that finds nothing is a bare `END`, which the crate
+                    // reports as NotFound: every key missed, nothing failed.
+                    Err(async_memcached::Error::Protocol(async_memcached::Status::NotFound)) => {
+                        Ok(Vec::new())
+                    }
+                    r => r,
+                };
                 (c, r)
             })
             .await;

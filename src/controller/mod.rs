@@ -326,9 +326,20 @@ pub async fn run<B: CacheWriter + 'static>(
     let synced_store = store.clone();
     let readiness = ctx.readiness.clone();
     let synced_task = tokio::spawn(async move {
-        if synced_store.wait_until_ready().await.is_ok() {
-            tracing::info!("watches listed");
-            readiness.watches_synced();
+        // The store's readiness future wakes only the task that polled it last (the
+        // controller's own runner waits on it too), so it is asked again every half second
+        // rather than awaited once.
+        loop {
+            let wait = synced_store.wait_until_ready();
+            match tokio::time::timeout(Duration::from_millis(500), wait).await {
+                Ok(Ok(())) => {
+                    tracing::info!("watches listed");
+                    readiness.watches_synced();
+                    break;
+                }
+                Ok(Err(_)) => break, // the controller stopped first
+                Err(_) => {}
+            }
         }
     });
     let outcome_ctx = ctx.clone();

@@ -161,8 +161,10 @@ impl ControllerProcess {
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_regcache"))
             .arg("controller")
-            // Parallel tests: any free port for the read API.
+            // Parallel tests: any free port for every listener (read from the log).
             .args(["--api-bind-address", "127.0.0.1:0"])
+            .args(["--metrics-bind-address", "127.0.0.1:0"])
+            .args(["--health-probe-bind-address", "127.0.0.1:0"])
             .args(args)
             .env("KUBECONFIG", kubeconfig)
             .env_remove("REGCACHE_LOG_LEVEL")
@@ -179,6 +181,11 @@ impl ControllerProcess {
 
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The address a listener (`read API`, `metrics`, `health probes`) bound, from the log.
+    pub async fn address(&self, what: &str) -> String {
+        super::wait_for_listener(&self.log, what).await
     }
 
     pub fn kill(&mut self) {

@@ -208,6 +208,32 @@ pub fn run_regcache(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// The address in regcache's `<what> listening address=HOST:PORT` log line, if logged.
+pub fn listening_address(logs: &str, what: &str) -> Option<String> {
+    let marker = format!("{what} listening");
+    logs.lines()
+        .filter(|l| l.contains(&marker))
+        .find_map(|l| l.split_once("address=").map(|(_, a)| a))
+        .and_then(|a| a.split_whitespace().next())
+        .map(str::to_string)
+}
+
+/// Polls a regcache log file until the listener `what` has logged its address.
+pub async fn wait_for_listener(log: &std::path::Path, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let logs = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(a) = listening_address(&logs, what) {
+            return a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no `{what} listening` in the log:\n{logs}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A benchmark setting from the environment, or its default.
 pub fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
