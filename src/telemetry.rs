@@ -526,7 +526,8 @@ impl Metrics {
         // API is the only way a reconcile fails (`ControllerError`).
         reconcile
             .errors
-            .get_or_create(&ReasonLabels { reason: "kube_api" });
+            .get_or_create(&ReasonLabels { reason: "kube_api" })
+            .inc_by(0);
         // The group's own counter, `regcache_reconcile_total`, sits above its sub-group.
         prometheus.register(
             "reconcile",
