@@ -334,6 +334,13 @@ impl<B: CacheWriter + 'static> Warmer<B> {
                 slot.target = Arc::new(target);
             }
             Some(slot) => {
+                if slot.target.repository != target.repository {
+                    // The watch now names another repository: the old one's series go.
+                    self.shared
+                        .metrics
+                        .warmer
+                        .forget(&target.id, &slot.target.repository.canonical());
+                }
                 slot.target = Arc::new(target);
                 slot.version += 1;
                 slot.next_due = Instant::now();
