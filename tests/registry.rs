@@ -915,3 +915,85 @@ fn canary_password_never_appears_in_logs_or_errors() {
         );
     }
 }
+
+/// `regcache_registry_requests_total` by `(kind, status)` for `host`, from a scrape.
+fn requests_by_status(text: &str, host: &str) -> std::collections::BTreeMap<(String, String), f64> {
+    let prefix = format!("regcache_registry_requests_total{{host=\"{host}\",");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|rest| {
+            let (labels, value) = rest.split_once("} ")?;
+            let (kind, status) = labels.split_once(",")?;
+            let unquote = |s: &str, key: &str| {
+                s.strip_prefix(key)
+                    .and_then(|v| v.strip_prefix("=\""))
+                    .and_then(|v| v.strip_suffix('"'))
+                    .map(str::to_string)
+            };
+            Some((
+                (unquote(kind, "kind")?, unquote(status, "status")?),
+                value.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_attempt_is_in_the_metrics_with_its_status_or_error() {
+    let (registry, proxy, _) = faulty(RegistryAuth::Anonymous).await;
+    let metrics = Arc::new(regcache::telemetry::Metrics::new());
+    let client = RegistryClient::with_metrics(
+        ClientOptions {
+            request_timeout: Duration::from_millis(500),
+            ..options()
+        },
+        metrics.clone(),
+    );
+    let rc = client
+        .repository(
+            &repo(&proxy.host(), "flaky"),
+            Credential::Anonymous,
+            &endpoint(&registry),
+        )
+        .unwrap();
+    let host = proxy.host();
+
+    // Two 503s, then the GET succeeds.
+    proxy.add_rule(
+        Rule::kind(Kind::Manifest, Fault::unavailable(None))
+            .method("GET")
+            .times(2),
+    );
+    rc.get_manifest(&tag("v1")).await.unwrap();
+    // A reset connection: no status, the error's name.
+    proxy.clear_rules();
+    proxy.add_rule(Rule::kind(Kind::Manifest, Fault::Reset).method("HEAD"));
+    rc.head_manifest(&tag("v1")).await.unwrap_err();
+    // Too slow: timed out.
+    proxy.clear_rules();
+    proxy.add_rule(Rule::kind(
+        Kind::TagList,
+        Fault::Delay(Duration::from_secs(3)),
+    ));
+    rc.list_tags().await.unwrap_err();
+
+    let by_status = requests_by_status(&metrics.encode(), &host);
+    let n = |kind: &str, status: &str| {
+        by_status
+            .get(&(kind.to_string(), status.to_string()))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    assert_eq!(n("manifest_get", "503"), 2.0, "{by_status:?}");
+    assert_eq!(n("manifest_get", "200"), 1.0, "{by_status:?}");
+    assert_eq!(
+        n("manifest_head", "transport"),
+        3.0,
+        "first try and two retries"
+    );
+    assert_eq!(n("tag_list", "timeout"), 3.0, "{by_status:?}");
+    assert_eq!(n("ping", "200"), 1.0);
+    // Every attempt the client counted is in the metrics exactly once.
+    let total: f64 = by_status.values().sum();
+    assert_eq!(total, client.stats().total() as f64, "{by_status:?}");
+}
