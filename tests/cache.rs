@@ -500,3 +500,91 @@ async fn servers_are_discovered_from_dns_srv_and_refreshed() {
     let err = missing.discover().await.unwrap_err();
     assert!(err.to_string().contains("_x._tcp.nowhere.invalid"), "{err}");
 }
+
+/// The value of one `regcache_cache_*` series in a scrape (0 when absent).
+fn series(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_hits_misses_sizes_and_reads_lost_to_a_stopped_server() {
+    let mut server = Server::start();
+    let metrics = Arc::new(regcache::telemetry::Metrics::new());
+    let store = MetadataStore::new(
+        Memcached::new(vec![server.addr()], options()).with_metrics(metrics.clone()),
+    )
+    .with_metrics(metrics.clone());
+    let scope = Scope::public();
+    let r = repo("registry.example/metrics/app");
+    let d = Digest::sha256_of(b"image");
+    let other = Digest::sha256_of(b"never cached");
+
+    assert_eq!(store.read_index(&scope, &r).await.unwrap(), None);
+    store.put_image(&scope, &record(&d), later()).await.unwrap();
+    let entries: Vec<TagEntry> = (0..3).map(|i| entry(format!("v{i}"), &d, 1)).collect();
+    store
+        .publish_index(&scope, &r, &entries, Utc::now(), later())
+        .await
+        .unwrap();
+    let found = store
+        .cached_images(&scope, &[d.clone(), other.clone()])
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    let text = metrics.encode();
+    assert_eq!(
+        series(&text, "regcache_cache_misses_total{kind=\"image\"}"),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        series(
+            &text,
+            "regcache_cache_misses_total{kind=\"repository_head\"}"
+        ) >= 1.0
+    );
+    assert!(
+        series(
+            &text,
+            "regcache_cache_operations_total{op=\"get\",result=\"hit\"}"
+        ) >= 1.0
+    );
+    let image_bytes = serde_json::to_vec(&record(&d)).unwrap().len() as f64;
+    assert_eq!(
+        series(&text, "regcache_cache_item_size_bytes_sum{kind=\"image\"}"),
+        image_bytes
+    );
+    assert_eq!(
+        series(
+            &text,
+            "regcache_cache_item_size_bytes_count{kind=\"tag_chunk\"}"
+        ),
+        1.0
+    );
+    assert!(
+        !text.contains("regcache_cache_errors_total{"),
+        "a read that finds nothing is a miss, not an error: {text}"
+    );
+
+    // The server goes away: reads miss (no caller sees an error), and are counted as errors.
+    server.stop();
+    let found = store.cached_images(&scope, &[d.clone()]).await.unwrap();
+    assert!(found.is_empty());
+    let err = store.put_image(&scope, &record(&other), later()).await;
+    assert!(err.is_err());
+    let text = metrics.encode();
+    let lost_reads = series(
+        &text,
+        "regcache_cache_errors_total{op=\"get\",reason=\"unavailable\"}",
+    );
+    assert_eq!(lost_reads, 1.0, "{text}");
+    assert!(
+        series(
+            &text,
+            "regcache_cache_operations_total{op=\"set\",result=\"error\"}"
+        ) >= 1.0,
+        "{text}"
+    );
+}
