@@ -570,7 +570,10 @@ async fn metrics_count_hits_misses_sizes_and_reads_lost_to_a_stopped_server() {
 
     // The server goes away: reads miss (no caller sees an error), and are counted as errors.
     server.stop();
-    let found = store.cached_images(&scope, &[d.clone()]).await.unwrap();
+    let found = store
+        .cached_images(&scope, std::slice::from_ref(&d))
+        .await
+        .unwrap();
     assert!(found.is_empty());
     let err = store.put_image(&scope, &record(&other), later()).await;
     assert!(err.is_err());
