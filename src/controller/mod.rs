@@ -390,9 +390,22 @@ impl Drop for ApiGuard {
     }
 }
 
+/// The API client, found as kube-rs does (`KUBECONFIG`, then in-cluster), naming itself
+/// `regcache/<version>` so audit logs and API server metrics show who made a call.
+async fn client() -> Result<Client, ServeError> {
+    let mut config = kube::Config::infer()
+        .await
+        .map_err(|e| ServeError::Config(kube::Error::InferConfig(e)))?;
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(concat!("regcache/", env!("CARGO_PKG_VERSION"))),
+    ));
+    Client::try_from(config).map_err(ServeError::Config)
+}
+
 /// `regcache controller`: the operator process.
 pub async fn serve(args: &crate::config::ControllerArgs) -> Result<(), ServeError> {
-    let client = Client::try_default().await.map_err(ServeError::Config)?;
+    let client = client().await?;
     let backend = crate::cache::open(&args.cache).await?;
     let (store, warmer) = crate::warmer::build(backend, &args.limits, args.concurrent);
     let defaults = Defaults::from_flags(&args.default_platforms, args.default_interval)?;
@@ -416,6 +429,7 @@ pub async fn serve(args: &crate::config::ControllerArgs) -> Result<(), ServeErro
             address: args.api.api_bind_address.clone(),
             reason: e.to_string(),
         })?;
+    tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "read API listening");
     let router = crate::api::router(crate::api::ApiState {
         store,
         directory: Arc::new(ctx.warmer.clone()),
