@@ -3,6 +3,7 @@ and check what each configuration must (and must not) contain."""
 from __future__ import annotations
 
 import json
+import re
 import pathlib
 import shutil
 import subprocess
@@ -559,3 +560,46 @@ def test_render_cli_fails_loudly():
         text=True,
     )
     assert out.returncode != 0 and "externalMemcached.servers" in out.stderr and out.stdout == ""
+
+
+# --- the chart agrees with the binary and its image -------------------------------------
+
+ROOT = HERE.parents[1]
+# Flags being added to `regcache controller` on a parallel branch (issue 7's metrics and
+# health listeners); drop this once src/config.rs has them.
+PENDING_FLAGS = {"metrics-bind-address", "health-probe-bind-address"}
+
+
+def config_flags_and_envs() -> tuple[set[str], set[str]]:
+    source = (ROOT / "src" / "config.rs").read_text()
+    fields = {f.replace("_", "-") for f in re.findall(r"pub (\w+):", source)}
+    longs = set(re.findall(r'long\s*=\s*"([\w-]+)"', source))
+    envs = set(re.findall(r'env\s*=\s*"(\w+)"', source))
+    return fields | longs, envs
+
+
+def test_every_rendered_flag_and_env_var_exists_in_the_binary():
+    flags, envs = config_flags_and_envs()
+    assert {"leader-elect", "memcached-service", "api-auth"} <= flags  # the parser works
+    for scenario in SCENARIOS.values():
+        c = container(render(scenario))
+        assert c["args"][0] == "controller"
+        for arg in c["args"][1:]:
+            name = arg.removeprefix("--").split("=", 1)[0]
+            if arg in EVERYTHING["extraArgs"]:
+                continue
+            assert name in flags | PENDING_FLAGS, f"regcache controller has no flag --{name}"
+        for env in c["env"]:
+            if env not in EVERYTHING["extraEnv"]:
+                assert env["name"] in envs, f"regcache reads no {env['name']}"
+
+
+def test_chart_matches_the_image_and_the_crate():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    user = re.search(r"^USER (\d+)", dockerfile, re.M).group(1)
+    objects = render(DEFAULT)
+    assert one(objects, "Deployment")["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == int(user)
+    assert re.search(r"^EXPOSE 8080$", dockerfile, re.M)
+    cargo = (ROOT / "Cargo.toml").read_text()
+    version = re.search(r'^version = "([^"]+)"', cargo, re.M).group(1)
+    assert helm.Chart.load(str(CHART)).metadata["appVersion"] == version
