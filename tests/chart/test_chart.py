@@ -603,3 +603,12 @@ def test_chart_matches_the_image_and_the_crate():
     cargo = (ROOT / "Cargo.toml").read_text()
     version = re.search(r'^version = "([^"]+)"', cargo, re.M).group(1)
     assert helm.Chart.load(str(CHART)).metadata["appVersion"] == version
+
+
+def test_a_chart_upgrade_alone_does_not_restart_memcached():
+    # memcached's pod template must not carry anything that changes with the chart's
+    # version: a new template restarts every server, and a restarted server is empty.
+    template = json.dumps(one(render(DEFAULT), "StatefulSet")["spec"]["template"])
+    chart = helm.Chart.load(str(CHART)).metadata
+    assert chart["version"] not in template and chart["appVersion"] not in template
+    assert "helm.sh/chart" not in template
