@@ -213,7 +213,8 @@ def access_key(request: kmock.Request) -> str:
     watch = str(request.params.get("watch", "")).lower() in ("1", "true")
     verb = rbac_verb(request.method.value, request.name is not None, watch)
     resource = f"{r.group or ''}/{r.plural}" + (f"/{request.subresource}" if request.subresource else "")
-    return f"{verb} {resource} {request.namespace or '*'}"
+    key = f"{verb} {resource} {request.namespace or '*'}"
+    return f"{key} {request.name}" if request.name is not None else key
 
 
 @attrs.define(kw_only=True)
@@ -229,8 +230,9 @@ class Counters:
     watches_started: collections.Counter[str] = attrs.field(factory=collections.Counter)
     lists: collections.Counter[str] = attrs.field(factory=collections.Counter)
     # Every Kubernetes API request as the RBAC check an API server would make, per client
-    # (the User-Agent's product, e.g. "kube-rs"): "verb group/resource[/subresource] namespace"
-    # ("*" for cluster-wide requests, "" for the core group). The RBAC test compares the
+    # (the User-Agent's product, e.g. "regcache"): "verb group/resource[/subresource] namespace
+    # [name]" ("*" for cluster-wide requests, "" for the core group, the name when the URL has
+    # one, as RBAC's resourceNames match it). The RBAC test compares the
     # controller's with the rules the Helm chart grants; the tests' own requests stay apart.
     access: collections.defaultdict[str, collections.Counter[str]] = attrs.field(
         factory=lambda: collections.defaultdict(collections.Counter))

@@ -332,10 +332,10 @@ def test_access_records_each_request_as_an_rbac_check(kube):
     access = kube.counters()["access"]["python-requests"]
     assert access == {
         f"create regcache.io/imagerepositorywatches {NS}": 1,
-        f"get regcache.io/imagerepositorywatches {NS}": 1,
+        f"get regcache.io/imagerepositorywatches {NS} w1": 1,
         "list regcache.io/imagerepositorywatches *": 1,
         f"list regcache.io/imagerepositorywatches {NS}": 1,
-        f"patch regcache.io/imagerepositorywatches/status {NS}": 1,
+        f"patch regcache.io/imagerepositorywatches/status {NS} w1": 1,
         f"watch regcache.io/imagerepositorywatches {NS}": 1,
     }
 
