@@ -1,7 +1,8 @@
 //! Cache throughput and read latency on a 10,000-tag repository in real memcached, beside a
 //! raw memcached read of the same items (same keys, same bytes) measured in the same run.
 //!
-//! `cargo bench --bench cache` (env `BENCH_TAGS`, `BENCH_DIGESTS`, `BENCH_READS`).
+//! `cargo bench --bench cache` (env `BENCH_TAGS`, `BENCH_DIGESTS`, `BENCH_READS`,
+//! `BENCH_PLATFORMS`).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -34,7 +35,9 @@ fn summary(name: &str, mut samples: Vec<Duration>) -> (Duration, Duration) {
     (p50, p99)
 }
 
-fn record(i: usize) -> ImageRecord {
+/// An image like those of public repositories: three OCI labels and `platforms` platform
+/// manifests (an index when more than one).
+fn record(i: usize, platforms: usize) -> ImageRecord {
     let digest = Digest::sha256_of(format!("image {i}").as_bytes());
     let labels: BTreeMap<String, String> = [
         ("org.opencontainers.image.created", "2024-03-02T00:00:00Z"),
@@ -55,16 +58,27 @@ fn record(i: usize) -> ImageRecord {
         media_type: "application/vnd.oci.image.manifest.v1+json".to_string(),
         created: Some(Utc::now()),
         labels: labels.clone(),
-        platforms: vec![PlatformImage {
-            platform: Some(Platform::parse("linux/amd64").unwrap()),
+        platforms: [
+            "linux/amd64",
+            "linux/arm64/v8",
+            "linux/arm/v7",
+            "linux/s390x",
+        ]
+        .iter()
+        .cycle()
+        .take(platforms)
+        .enumerate()
+        .map(|(p, platform)| PlatformImage {
+            platform: Some(Platform::parse(platform).unwrap()),
             os_version: None,
-            digest,
+            digest: Digest::sha256_of(format!("image {i} platform {p}").as_bytes()),
             media_type: "application/vnd.oci.image.manifest.v1+json".to_string(),
-            config_digest: Some(Digest::sha256_of(format!("config {i}").as_bytes())),
+            config_digest: Some(Digest::sha256_of(format!("config {i} {p}").as_bytes())),
             created: Some(Utc::now()),
-            labels,
+            labels: labels.clone(),
             config_missing: false,
-        }],
+        })
+        .collect(),
         available_platforms: Vec::new(),
     }
 }
@@ -74,6 +88,7 @@ async fn main() {
     let tags = support::env_usize("BENCH_TAGS", 10_000);
     let distinct = support::env_usize("BENCH_DIGESTS", 10_000);
     let reads = support::env_usize("BENCH_READS", 50);
+    let platforms = support::env_usize("BENCH_PLATFORMS", 1);
     let server = support::Memcached::start_with_args(&["-m", "1024"]);
     let store = MetadataStore::new(Memcached::new(
         vec![server.addr()],
@@ -82,15 +97,18 @@ async fn main() {
     let scope = Scope::public();
     let repo = Repository::parse("ghcr.io/example/app").unwrap();
     let deadline = Millis::now().plus(Duration::from_secs(3600));
-    println!("dataset: {tags} tags over {distinct} distinct images, one memcached");
+    println!(
+        "dataset: {tags} tags over {distinct} distinct images of {platforms} platform(s), one memcached"
+    );
 
     // Writes.
-    let records: Vec<ImageRecord> = (0..distinct).map(record).collect();
+    let records: Vec<ImageRecord> = (0..distinct).map(|i| record(i, platforms)).collect();
     let t = Instant::now();
     for r in &records {
         store.put_image(&scope, r, deadline).await.unwrap();
     }
     let put_secs = t.elapsed().as_secs_f64();
+    let image_bytes = CacheStats::load(&store.backend().stats().bytes_written);
     let entries: Vec<TagEntry> = (0..tags)
         .map(|i| TagEntry {
             tag: format!("1.{}.{}", i / 100, i % 100),
@@ -107,6 +125,13 @@ async fn main() {
         .unwrap();
     let publish = t.elapsed();
     let written = CacheStats::load(&store.backend().stats().bytes_written);
+    let memcached_stats = server.stats();
+    let stat = |name: &str| -> f64 {
+        memcached_stats
+            .get(name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
     println!("writes:");
     println!(
         "  put_image: {:.0} images/s ({} sequential sets)",
@@ -118,6 +143,27 @@ async fn main() {
         publish.as_secs_f64() * 1e3,
         head.chunks,
         written as f64 / 1e6
+    );
+    // What sizing memcached needs (docs/operations.md): bytes per image and per tag, and
+    // what memcached itself holds for them (its per-item overhead included).
+    println!("memory:");
+    println!(
+        "  values: {:.0} bytes per image record, {:.0} bytes per tag in the index",
+        image_bytes as f64 / distinct as f64,
+        (written - image_bytes) as f64 / tags as f64
+    );
+    println!(
+        "  memcached: {:.1} MB in {} items (stats bytes), {:.0} bytes per item; {:.1} MB of slab pages",
+        stat("bytes") / 1e6,
+        stat("curr_items"),
+        stat("bytes") / stat("curr_items"),
+        server
+            .raw("stats slabs\r\n")
+            .lines()
+            .find_map(|l| l.strip_prefix("STAT total_malloced "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+            / 1e6
     );
 
     // The exact items a full repository read fetches.

@@ -3,8 +3,9 @@
 #
 # Installs what the tests need when it is missing (memcached and the CNCF distribution
 # registry are started by the test harness as real processes; openssl makes the test CA and
-# token-signing keys; a Python venv holds the Kubernetes API emulator), then runs the whole
-# suite: the emulator's self-tests, then every Rust test with cargo-nextest (or cargo test).
+# token-signing keys; a Python venv holds the Kubernetes API emulator and the chart's
+# tools), then runs the whole suite: the emulator's self-tests, the Helm chart's tests, then
+# every Rust test with cargo-nextest (or cargo test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +27,9 @@ bash tests/e2e/setup.sh
 
 # The emulator's own tests first: the controller's end-to-end tests rely on it.
 tests/e2e/.venv/bin/python -m pytest -q tests/e2e
+# The Helm chart and examples/ (helm-python-sdk, kubernetes-validate, check-jsonschema and
+# yamllint come from the same venv).
+tests/e2e/.venv/bin/python -m pytest -q tests/chart
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --no-fail-fast "$@"

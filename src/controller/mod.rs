@@ -451,9 +451,22 @@ async fn listen(address: &str, what: &str) -> Result<tokio::net::TcpListener, Se
         })
 }
 
+/// The API client, found as kube-rs does (`KUBECONFIG`, then in-cluster), naming itself
+/// `regcache/<version>` so audit logs and API server metrics show who made a call.
+async fn client() -> Result<Client, ServeError> {
+    let mut config = kube::Config::infer()
+        .await
+        .map_err(|e| ServeError::Config(kube::Error::InferConfig(e)))?;
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(concat!("regcache/", env!("CARGO_PKG_VERSION"))),
+    ));
+    Client::try_from(config).map_err(ServeError::Config)
+}
+
 /// `regcache controller`: the operator process.
 pub async fn serve(args: &crate::config::ControllerArgs) -> Result<(), ServeError> {
-    let client = Client::try_default().await.map_err(ServeError::Config)?;
+    let client = client().await?;
     let metrics = Arc::new(crate::telemetry::Metrics::new());
     let backend = crate::cache::open(&args.cache, &metrics).await?;
     let (store, warmer) =

@@ -198,6 +198,25 @@ def _selector_matches(terms: list[tuple[str, str, str | None]], values: dict[str
     return True
 
 
+def rbac_verb(method: str, named: bool, watch: bool) -> str:
+    """The RBAC verb an API server checks for a request (the authorization attributes)."""
+    method = method.upper()
+    if method == "GET":
+        return "watch" if watch else ("get" if named else "list")
+    if method == "DELETE":
+        return "delete" if named else "deletecollection"
+    return {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(method, method.lower())
+
+
+def access_key(request: kmock.Request) -> str:
+    r = request.resource
+    watch = str(request.params.get("watch", "")).lower() in ("1", "true")
+    verb = rbac_verb(request.method.value, request.name is not None, watch)
+    resource = f"{r.group or ''}/{r.plural}" + (f"/{request.subresource}" if request.subresource else "")
+    key = f"{verb} {resource} {request.namespace or '*'}"
+    return f"{key} {request.name}" if request.name is not None else key
+
+
 @attrs.define(kw_only=True)
 class Counters:
     """What tests assert on: every write request, what it did, and the watch traffic."""
@@ -210,9 +229,17 @@ class Counters:
     watch_bookmarks: collections.Counter[str] = attrs.field(factory=collections.Counter)
     watches_started: collections.Counter[str] = attrs.field(factory=collections.Counter)
     lists: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    # Every Kubernetes API request as the RBAC check an API server would make, per client
+    # (the User-Agent's product, e.g. "regcache"): "verb group/resource[/subresource] namespace
+    # [name]" ("*" for cluster-wide requests, "" for the core group, the name when the URL has
+    # one, as RBAC's resourceNames match it). The RBAC test compares the
+    # controller's with the rules the Helm chart grants; the tests' own requests stay apart.
+    access: collections.defaultdict[str, collections.Counter[str]] = attrs.field(
+        factory=lambda: collections.defaultdict(collections.Counter))
 
     def as_dict(self) -> dict[str, Any]:
         result = {field.name: dict(getattr(self, field.name)) for field in attrs.fields(type(self))}
+        result["access"] = {agent: dict(keys) for agent, keys in self.access.items()}
         result["watch_events_total"] = sum(self.watch_events.values())
         result["writes_total"] = sum(self.writes.values())
         return result
@@ -268,6 +295,9 @@ class RegcacheEmulator(KubernetesEmulator):
     # ----- plumbing ---------------------------------------------------------------------------
 
     async def _handle(self, request: kmock.Request) -> Any:
+        if request.resource is not None and request.resource.plural:
+            agent = (request.headers.get("User-Agent") or "unknown").split("/")[0]
+            self.counters.access[agent][access_key(request)] += 1
         # Skip KubernetesEmulator._handle: it mutates the store (merging every write) before the
         # handlers run. Here the serving handlers below make the changes themselves.
         return await KubernetesScaffold._handle(self, request)

@@ -322,6 +322,24 @@ def test_counters_count_writes_and_watch_events(kube):
     assert kube.counters()["writes_total"] == 0
 
 
+def test_access_records_each_request_as_an_rbac_check(kube):
+    kube.create(irw())
+    kube.get("irw", NS, "w1")
+    kube.list("irw")
+    kube.list("irw", NS)
+    kube.patch("irw", NS, "w1", {"status": {"phase": "A"}}, subresource="status")
+    watch(kube, "irw", NS, resource_version=0)
+    access = kube.counters()["access"]["python-requests"]
+    assert access == {
+        f"create regcache.io/imagerepositorywatches {NS}": 1,
+        f"get regcache.io/imagerepositorywatches {NS} w1": 1,
+        "list regcache.io/imagerepositorywatches *": 1,
+        f"list regcache.io/imagerepositorywatches {NS}": 1,
+        f"patch regcache.io/imagerepositorywatches/status {NS} w1": 1,
+        f"watch regcache.io/imagerepositorywatches {NS}": 1,
+    }
+
+
 # ----- deletion, finalizers, other resources ------------------------------------------------------
 
 

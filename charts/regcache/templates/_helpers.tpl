@@ -1,0 +1,91 @@
+{{/* Names, labels and the decisions several templates share. */}}
+
+{{- define "regcache.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "regcache.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The memcached objects' name; short enough that pod hostnames stay valid DNS labels. */}}
+{{- define "regcache.memcachedName" -}}
+{{- printf "%s-memcached" (include "regcache.fullname" .) | trunc 52 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "regcache.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/name: {{ include "regcache.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: regcache
+{{- end -}}
+
+{{/* Selects the regcache controller pods. */}}
+{{- define "regcache.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "regcache.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: controller
+{{- end -}}
+
+{{/* Selects the memcached pods. */}}
+{{- define "regcache.memcachedSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "regcache.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: memcached
+{{- end -}}
+
+{{- define "regcache.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "regcache.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "true" when leader election is on: always with several replicas, or when asked for. */}}
+{{- define "regcache.leaderElect" -}}
+{{- if or (gt (int .Values.replicas) 1) .Values.leaderElection.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{- define "regcache.leaseName" -}}
+{{- default (printf "%s-leader" (include "regcache.fullname" .)) .Values.leaderElection.id -}}
+{{- end -}}
+
+{{- define "regcache.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The DNS SRV name of the in-chart memcached's headless Service (port name memcache). */}}
+{{- define "regcache.memcachedSrv" -}}
+{{- printf "_memcache._tcp.%s.%s.svc.%s" (include "regcache.memcachedName" .) .Release.Namespace .Values.clusterDomain -}}
+{{- end -}}
+
+{{/*
+Topology spread constraints: the user's list, each given the pods' selector when it names
+none. Call with (dict "constraints" LIST "selector" LABELS-YAML).
+*/}}
+{{- define "regcache.topologySpread" -}}
+{{- $selector := fromYaml .selector -}}
+{{- range .constraints }}
+{{- $c := deepCopy . }}
+{{- if not (hasKey $c "labelSelector") }}
+{{- $_ := set $c "labelSelector" (dict "matchLabels" $selector) }}
+{{- end }}
+- {{ toYaml $c | nindent 2 | trim }}
+{{- end }}
+{{- end -}}
