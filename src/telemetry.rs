@@ -511,7 +511,7 @@ impl Metrics {
             );
             r.register(
                 "targets",
-                "Repositories (watches) being warmed",
+                "Watches planned into warm targets (every replica plans; only the leader warms)",
                 warmer.targets.clone(),
             );
             r.register_collector(Box::new(DataAgeCollector(updated)));
