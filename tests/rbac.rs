@@ -209,7 +209,7 @@ async fn record_access(extra_args: &[String]) -> BTreeSet<Access> {
         let response = support::http_client(None)
             .get(format!(
                 "http://{}/api/v1/repositories/{host}/e2e/app",
-                controller.api_address()
+                controller.address("read API").await
             ))
             .bearer_auth("reader-token")
             .send()

@@ -188,27 +188,6 @@ impl ControllerProcess {
         super::wait_for_listener(&self.log, what).await
     }
 
-    /// The read API's address, from the "read API listening" log line (waits for it).
-    pub fn api_address(&self) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let logs = self.logs();
-            if let Some(address) = logs
-                .lines()
-                .filter(|l| l.contains("read API listening"))
-                .find_map(|l| l.split("address=").nth(1))
-                .and_then(|rest| rest.split_whitespace().next())
-            {
-                return address.trim_matches('"').to_string();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no read API address in the controller's log:\n{logs}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             kill_and_wait(&mut c);
