@@ -12,24 +12,12 @@ use regcache::cache::store::MetadataStore;
 use regcache::credentials::Credential;
 use regcache::image::Repository;
 use serde_json::{Value, json};
-use support::kube::{ControllerProcess, Emulator};
+use support::kube::{ControllerProcess, Emulator, pull_secret, ready_is};
 use support::{CANARY_PASSWORD, ImageSpec, ManifestKind, Registry, RegistryAuth, TEST_USER};
 
 const NS: &str = "team";
 const WATCHES: &str = "/apis/regcache.io/v1alpha1/namespaces/team/imagerepositorywatches";
 const SECRETS: &str = "/api/v1/namespaces/team/secrets";
-
-fn pull_secret(host: &str, password: &str) -> Value {
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{TEST_USER}:{password}"));
-    let config = json!({"auths": {host: {"auth": auth}}}).to_string();
-    json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "regcred", "namespace": NS},
-        "type": "kubernetes.io/dockerconfigjson",
-        "data": {".dockerconfigjson": base64::engine::general_purpose::STANDARD.encode(config)},
-    })
-}
 
 /// Annotates the watch for a rescan and waits until the controller has handled it.
 async fn request_rescan(emulator: &Emulator, path: &str, value: &str) {
@@ -44,22 +32,6 @@ async fn request_rescan(emulator: &Emulator, path: &str, value: &str) {
             w["status"]["lastHandledRequestedAt"] == value
         })
         .await;
-}
-
-fn ready(watch: &Value) -> Option<(String, String)> {
-    let c = watch["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == "Ready")?;
-    Some((
-        c["status"].as_str()?.to_string(),
-        c["reason"].as_str()?.to_string(),
-    ))
-}
-
-fn is(status: &str, reason: &str) -> impl Fn(&Value) -> bool {
-    let (status, reason) = (status.to_string(), reason.to_string());
-    move |w| ready(w) == Some((status.clone(), reason.clone()))
 }
 
 /// Status writes the emulator received (no-ops included) and the changes they made.
@@ -89,7 +61,7 @@ async fn watch_with_pull_secret_warms_survives_rotation_and_does_not_loop() {
     let emulator = Emulator::start();
     let host = registry.host();
     emulator
-        .create(SECRETS, pull_secret(&host, CANARY_PASSWORD))
+        .create(SECRETS, pull_secret(NS, "regcred", &host, CANARY_PASSWORD))
         .await;
     emulator
         .create(
@@ -111,7 +83,11 @@ async fn watch_with_pull_secret_warms_survives_rotation_and_does_not_loop() {
     );
     let path = format!("{WATCHES}/app");
     let watch = emulator
-        .wait_for(&path, Duration::from_secs(60), is("True", "Succeeded"))
+        .wait_for(
+            &path,
+            Duration::from_secs(60),
+            ready_is("True", "Succeeded"),
+        )
         .await;
     assert_eq!(watch["status"]["tagCount"], 3, "{watch:#}");
     assert!(watch["status"]["lastUpdate"].is_string());
@@ -129,11 +105,15 @@ async fn watch_with_pull_secret_warms_survives_rotation_and_does_not_loop() {
     emulator
         .merge_patch(
             &format!("{SECRETS}/regcred"),
-            json!({"data": pull_secret(&host, "wrong-password")["data"]}),
+            json!({"data": pull_secret(NS, "regcred", &host, "wrong-password")["data"]}),
         )
         .await;
     let failed = emulator
-        .wait_for(&path, Duration::from_secs(60), is("False", "Unauthorized"))
+        .wait_for(
+            &path,
+            Duration::from_secs(60),
+            ready_is("False", "Unauthorized"),
+        )
         .await;
     let error = failed["status"]["lastError"].as_str().unwrap();
     assert!(error.contains(&host) && error.contains("401"), "{error}");
@@ -161,11 +141,15 @@ async fn watch_with_pull_secret_warms_survives_rotation_and_does_not_loop() {
     emulator
         .merge_patch(
             &format!("{SECRETS}/regcred"),
-            json!({"data": pull_secret(&host, CANARY_PASSWORD)["data"]}),
+            json!({"data": pull_secret(NS, "regcred", &host, CANARY_PASSWORD)["data"]}),
         )
         .await;
     let recovered = emulator
-        .wait_for(&path, Duration::from_secs(60), is("True", "Succeeded"))
+        .wait_for(
+            &path,
+            Duration::from_secs(60),
+            ready_is("True", "Succeeded"),
+        )
         .await;
     assert!(
         recovered["status"].get("lastError").is_none(),
@@ -276,7 +260,7 @@ async fn bad_input_gets_a_clear_condition_and_resumes_when_fixed() {
         .wait_for(
             &format!("{WATCHES}/bad-image"),
             Duration::from_secs(60),
-            is("False", "InvalidImage"),
+            ready_is("False", "InvalidImage"),
         )
         .await;
     let msg = bad["status"]["conditions"][0]["message"].as_str().unwrap();
@@ -288,7 +272,7 @@ async fn bad_input_gets_a_clear_condition_and_resumes_when_fixed() {
         .wait_for(
             &format!("{WATCHES}/wrong-type"),
             Duration::from_secs(60),
-            is("False", "InvalidSecret"),
+            ready_is("False", "InvalidSecret"),
         )
         .await;
     let msg = wrong["status"]["conditions"][0]["message"]
@@ -304,16 +288,20 @@ async fn bad_input_gets_a_clear_condition_and_resumes_when_fixed() {
         .wait_for(
             &missing,
             Duration::from_secs(60),
-            is("False", "SecretNotFound"),
+            ready_is("False", "SecretNotFound"),
         )
         .await;
 
     // The secret appears: warming resumes by itself.
-    let mut secret = pull_secret(&host, CANARY_PASSWORD);
+    let mut secret = pull_secret(NS, "regcred", &host, CANARY_PASSWORD);
     secret["metadata"]["name"] = json!("later");
     emulator.create(SECRETS, secret).await;
     let ok = emulator
-        .wait_for(&missing, Duration::from_secs(60), is("True", "Succeeded"))
+        .wait_for(
+            &missing,
+            Duration::from_secs(60),
+            ready_is("True", "Succeeded"),
+        )
         .await;
     assert_eq!(ok["status"]["tagCount"], 1);
 
@@ -388,7 +376,11 @@ async fn one_leader_warms_and_another_takes_over() {
     let mut second = start("replica-b");
     let path = format!("{WATCHES}/ha");
     emulator
-        .wait_for(&path, Duration::from_secs(60), is("True", "Succeeded"))
+        .wait_for(
+            &path,
+            Duration::from_secs(60),
+            ready_is("True", "Succeeded"),
+        )
         .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(first.logs().contains("became leader"));

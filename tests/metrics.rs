@@ -10,11 +10,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use serde_json::{Value, json};
-use support::kube::{ControllerProcess, Emulator};
+use support::kube::{ControllerProcess, Emulator, pull_secret, ready_is};
 use support::{
-    CANARY_PASSWORD, Fault, ImageSpec, Kind, ManifestKind, Registry, RegistryAuth, Rule, TEST_USER,
+    CANARY_PASSWORD, Fault, ImageSpec, Kind, ManifestKind, Registry, RegistryAuth, Rule,
 };
 
 const NS: &str = "metrics";
@@ -185,18 +184,6 @@ async fn scrape_until(
     }
 }
 
-fn pull_secret(name: &str, host: &str, password: &str) -> Value {
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{TEST_USER}:{password}"));
-    let config = json!({"auths": {host: {"auth": auth}}}).to_string();
-    json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "namespace": NS},
-        "type": "kubernetes.io/dockerconfigjson",
-        "data": {".dockerconfigjson": base64::engine::general_purpose::STANDARD.encode(config)},
-    })
-}
-
 fn watch(name: &str, image: &str, secret: &str) -> Value {
     json!({
         "apiVersion": "regcache.io/v1alpha1",
@@ -204,21 +191,6 @@ fn watch(name: &str, image: &str, secret: &str) -> Value {
         "metadata": {"name": name, "namespace": NS},
         "spec": {"image": image, "pullSecrets": [secret], "insecure": true, "interval": "1h"},
     })
-}
-
-fn ready_reason(watch: &Value) -> Option<(String, String)> {
-    let c = watch["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == "Ready")?;
-    Some((
-        c["status"].as_str()?.to_string(),
-        c["reason"].as_str()?.to_string(),
-    ))
-}
-
-fn is(status: &'static str, reason: &'static str) -> impl Fn(&Value) -> bool {
-    move |w| ready_reason(w) == Some((status.to_string(), reason.to_string()))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -246,10 +218,10 @@ async fn controller_scrape_after_a_warm_pass_has_every_documented_metric() {
     let memcached = support::Memcached::start();
     let emulator = Emulator::start();
     emulator
-        .create(SECRETS, pull_secret("regcred", &host, CANARY_PASSWORD))
+        .create(SECRETS, pull_secret(NS, "regcred", &host, CANARY_PASSWORD))
         .await;
     emulator
-        .create(SECRETS, pull_secret("badcred", &host, WRONG_PASSWORD))
+        .create(SECRETS, pull_secret(NS, "badcred", &host, WRONG_PASSWORD))
         .await;
     emulator
         .create(WATCHES, watch("app", &image, "regcred"))
@@ -270,14 +242,14 @@ async fn controller_scrape_after_a_warm_pass_has_every_documented_metric() {
         .wait_for(
             &format!("{WATCHES}/app"),
             Duration::from_secs(90),
-            is("True", "Succeeded"),
+            ready_is("True", "Succeeded"),
         )
         .await;
     emulator
         .wait_for(
             &format!("{WATCHES}/bad"),
             Duration::from_secs(90),
-            is("False", "Unauthorized"),
+            ready_is("False", "Unauthorized"),
         )
         .await;
 

@@ -15,10 +15,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use base64::Engine as _;
 use serde_json::{Value, json};
-use support::kube::{ControllerProcess, Emulator};
-use support::{CANARY_PASSWORD, ImageSpec, ManifestKind, Registry, RegistryAuth, TEST_USER};
+use support::kube::{ControllerProcess, Emulator, pull_secret, ready_is};
+use support::{CANARY_PASSWORD, ImageSpec, ManifestKind, Registry, RegistryAuth};
 
 const NS: &str = "team";
 const RELEASE_NS: &str = "regcache-system";
@@ -88,28 +87,6 @@ fn allows(grant: &Grant, access: &Access) -> bool {
             .is_none_or(|names| access.name.as_ref().is_some_and(|n| names.contains(n)))
 }
 
-fn pull_secret(host: &str, password: &str) -> Value {
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{TEST_USER}:{password}"));
-    let config = json!({"auths": {host: {"auth": auth}}}).to_string();
-    json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "regcred", "namespace": NS},
-        "type": "kubernetes.io/dockerconfigjson",
-        "data": {".dockerconfigjson": base64::engine::general_purpose::STANDARD.encode(config)},
-    })
-}
-
-fn ready_is(status: &str, reason: &str) -> impl Fn(&Value) -> bool {
-    let (status, reason) = (status.to_string(), reason.to_string());
-    move |w| {
-        w["status"]["conditions"].as_array().is_some_and(|cs| {
-            cs.iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == *status && c["reason"] == *reason)
-        })
-    }
-}
-
 /// Runs the controller through every API-touching path and returns what it asked for.
 async fn record_access(extra_args: &[String]) -> BTreeSet<Access> {
     let registry = Registry::start(RegistryAuth::Basic);
@@ -121,7 +98,7 @@ async fn record_access(extra_args: &[String]) -> BTreeSet<Access> {
     let memcached = support::Memcached::start();
     let emulator = Emulator::start();
     emulator
-        .create(SECRETS, pull_secret(&host, CANARY_PASSWORD))
+        .create(SECRETS, pull_secret(NS, "regcred", &host, CANARY_PASSWORD))
         .await;
     emulator
         .create(
@@ -195,7 +172,7 @@ async fn record_access(extra_args: &[String]) -> BTreeSet<Access> {
         emulator
             .merge_patch(
                 &secret,
-                json!({"data": pull_secret(&host, password)["data"]}),
+                json!({"data": pull_secret(NS, "regcred", &host, password)["data"]}),
             )
             .await;
         for path in &paths {

@@ -206,3 +206,37 @@ impl Drop for ControllerProcess {
         self.kill();
     }
 }
+
+/// A `kubernetes.io/dockerconfigjson` Secret holding [`super::TEST_USER`] and `password`
+/// for `host`.
+pub fn pull_secret(namespace: &str, name: &str, host: &str, password: &str) -> Value {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let auth = b64(&format!("{}:{password}", super::TEST_USER));
+    let config = serde_json::json!({"auths": {host: {"auth": auth}}}).to_string();
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": b64(&config)},
+    })
+}
+
+/// The `Ready` condition's (status, reason) of a watch, when it has one.
+pub fn ready(watch: &Value) -> Option<(String, String)> {
+    let c = watch["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")?;
+    Some((
+        c["status"].as_str()?.to_string(),
+        c["reason"].as_str()?.to_string(),
+    ))
+}
+
+/// A check for [`Emulator::wait_for`]: the watch is `Ready` with this status and reason.
+pub fn ready_is(status: &str, reason: &str) -> impl Fn(&Value) -> bool + use<> {
+    let expected = Some((status.to_string(), reason.to_string()));
+    move |w| ready(w) == expected
+}
