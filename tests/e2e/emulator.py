@@ -268,6 +268,9 @@ class RegcacheEmulator(KubernetesEmulator):
     tokens: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     # What SubjectAccessReview answers.
     access_allowed: bool = True
+    # Users whose SubjectAccessReviews are allowed only in these namespaces (username -> list);
+    # users not named here get `access_allowed`.
+    access_namespaces: dict[str, list[str]] = attrs.field(factory=dict)
     # Seconds between BOOKMARK events on watches that allow them (0 disables periodic ones).
     bookmark_interval: float = 5.0
 
@@ -579,8 +582,12 @@ class RegcacheEmulator(KubernetesEmulator):
             body["status"] = ({"authenticated": True, "user": user, "audiences": (body.get("spec") or {}).get("audiences", [])}
                               if user is not None else {"authenticated": False, "error": "invalid bearer token"})
         else:
-            body["status"] = {"allowed": bool(self.access_allowed)}
-            if not self.access_allowed:
+            spec = body.get("spec") or {}
+            namespaces = self.access_namespaces.get(spec.get("user", ""))
+            allowed = self.access_allowed and (
+                namespaces is None or (spec.get("resourceAttributes") or {}).get("namespace") in namespaces)
+            body["status"] = {"allowed": allowed}
+            if not allowed:
                 body["status"]["reason"] = "denied by the emulator"
         return body
 
@@ -845,7 +852,10 @@ class RegcacheEmulator(KubernetesEmulator):
             self.access_allowed = bool(body["access_allowed"])
         if "bookmark_interval" in body:
             self.bookmark_interval = float(body["bookmark_interval"])
-        return {"access_allowed": self.access_allowed, "bookmark_interval": self.bookmark_interval}
+        if "access_namespaces" in body:
+            self.access_namespaces = {u: list(ns) for u, ns in (body["access_namespaces"] or {}).items()}
+        return {"access_allowed": self.access_allowed, "bookmark_interval": self.bookmark_interval,
+                "access_namespaces": self.access_namespaces}
 
     async def _admin_state(self) -> Any:
         return {"resourceVersion": str(self._rv), "events": len(self._log),

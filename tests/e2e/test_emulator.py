@@ -369,6 +369,21 @@ def test_reviews_are_create_only(kube):
         kube.request("GET", kube.path("tokenreviews"))
 
 
+def test_access_can_be_limited_to_namespaces_per_user(kube):
+    kube.configure(access_namespaces={"reader": ["team"]})
+
+    def allowed(user: str, namespace: str) -> bool:
+        sar = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+               "spec": {"user": user, "resourceAttributes": {"namespace": namespace, "verb": "get",
+                                                             "group": "regcache.io",
+                                                             "resource": "imagerepositorywatches"}}}
+        return kube.request("POST", kube.path("subjectaccessreviews"), json=sar)["status"]["allowed"]
+
+    assert allowed("reader", "team") is True
+    assert allowed("reader", "other") is False
+    assert allowed("someone-else", "other") is True
+
+
 def test_events_and_service_accounts(kube):
     ev = kube.create({"apiVersion": "events.k8s.io/v1", "kind": "Event",
                       "metadata": {"generateName": "w1.", "namespace": NS},
