@@ -181,6 +181,11 @@ impl ControllerProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The process id while it runs (benchmarks read its memory from /proc).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The read API's address, from the "read API listening" log line (waits for it).
     pub fn api_address(&self) -> String {
         let deadline = Instant::now() + Duration::from_secs(60);
