@@ -188,6 +188,11 @@ impl ControllerProcess {
         super::wait_for_listener(&self.log, what).await
     }
 
+    /// The process id while it runs (benchmarks read its memory from /proc).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             kill_and_wait(&mut c);

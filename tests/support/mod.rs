@@ -33,6 +33,7 @@ pub mod process;
 pub mod proxy;
 pub mod pusher;
 pub mod registry;
+pub mod seed;
 pub mod server;
 pub mod token;
 pub mod webhook;
