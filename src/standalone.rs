@@ -101,18 +101,13 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let telemetry_tasks = [
-        tokio::spawn(crate::telemetry::serve(
-            metrics_listener,
-            crate::telemetry::metrics_router(metrics.clone()),
-            stopped(listeners_stopped.clone()),
-        )),
-        tokio::spawn(crate::telemetry::serve(
-            probe_listener,
-            crate::telemetry::probes_router(readiness.clone()),
-            stopped(listeners_stopped.clone()),
-        )),
-    ];
+    let telemetry_tasks = crate::telemetry::spawn_listeners(
+        metrics_listener,
+        probe_listener,
+        metrics.clone(),
+        readiness.clone(),
+        listeners_stopped.clone(),
+    );
     let pinger = {
         let (store, readiness, metrics) = (store.clone(), readiness.clone(), metrics.clone());
         tokio::spawn(async move {

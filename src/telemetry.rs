@@ -666,6 +666,31 @@ pub fn probes_router(readiness: Arc<Readiness>) -> axum::Router {
 
 /// Serves `router` until `shutdown` resolves; failures are logged (a probe listener that
 /// dies must not take the warmer down with it).
+/// Serves `/metrics` and the probes on their listeners until `stop` turns true.
+pub fn spawn_listeners(
+    metrics_listener: tokio::net::TcpListener,
+    probe_listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> [tokio::task::JoinHandle<()>; 2] {
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    [
+        tokio::spawn(serve(
+            metrics_listener,
+            metrics_router(metrics),
+            stopped(stop.clone()),
+        )),
+        tokio::spawn(serve(
+            probe_listener,
+            probes_router(readiness),
+            stopped(stop),
+        )),
+    ]
+}
+
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: axum::Router,

@@ -491,16 +491,13 @@ pub async fn serve(args: &crate::config::ControllerArgs) -> Result<(), ServeErro
     let probe_listener = listen(&args.health_probe_bind_address, "health probes").await?;
     let (stop_listeners, listeners_stopped) = tokio::sync::watch::channel(false);
     let _api_guard = ApiGuard(Some(stop_listeners));
-    tokio::spawn(crate::telemetry::serve(
+    crate::telemetry::spawn_listeners(
         metrics_listener,
-        crate::telemetry::metrics_router(metrics.clone()),
-        stopped(listeners_stopped.clone()),
-    ));
-    tokio::spawn(crate::telemetry::serve(
         probe_listener,
-        crate::telemetry::probes_router(ctx.readiness.clone()),
-        stopped(listeners_stopped.clone()),
-    ));
+        metrics.clone(),
+        ctx.readiness.clone(),
+        listeners_stopped.clone(),
+    );
     let pinger = {
         let (store, readiness, metrics) = (store.clone(), ctx.readiness.clone(), metrics.clone());
         tokio::spawn(async move {
