@@ -349,9 +349,11 @@ pub fn docker_config(data: &[u8]) {
     let mut marked = plain.clone();
     if let Value::Object(top) = &mut marked {
         for (key, value) in top.iter_mut() {
-            match (key.as_str(), value) {
-                ("auths", Value::Object(hosts)) => hosts.values_mut().for_each(mark_entry),
-                (_, entry) => mark_entry(entry),
+            // Every top-level value is an entry to `.dockercfg`, even one under "auths"; to
+            // `config.json`, "auths" holds the entries. Mark secrets for both readings.
+            mark_entry(value);
+            if let ("auths", Value::Object(hosts)) = (key.as_str(), value) {
+                hosts.values_mut().for_each(mark_entry);
             }
         }
     }
