@@ -408,8 +408,14 @@ impl<B: CacheWriter> MetadataStore<B> {
         // A head that cannot be read is treated as absent: the new generation is newer
         // than any we could have written (it is the current time in ms).
         let previous = self.get_head(&head_key).await.unwrap_or(None);
-        let generation =
-            (Millis::now().0.max(0) as u64).max(previous.as_ref().map_or(0, |h| h.generation + 1));
+        // Never the maximum, which readers refuse: after a (foreign) head one below it,
+        // numbering restarts from the clock. A valid head is below the maximum, so no overflow.
+        let after_previous = previous
+            .as_ref()
+            .map(|h| h.generation + 1)
+            .filter(|g| *g < u64::MAX)
+            .unwrap_or(0);
+        let generation = (Millis::now().0.max(0) as u64).max(after_previous);
         let mut sorted: Vec<TagEntry> = entries.to_vec();
         sorted.sort_by(|a, b| a.tag.cmp(&b.tag));
         let chunks = self.partition(&sorted);
@@ -901,7 +907,15 @@ mod tests {
         let scope = Scope::public();
         let key = keys::repository_head(&scope, &repo());
         let d = Digest::sha256_of(b"x");
-        for (generation, chunks) in [(1, u32::MAX), (u64::MAX, 1), (7, MAX_CHUNKS + 1)] {
+        let cases = [
+            (1, u32::MAX, true),
+            (u64::MAX, 1, true),
+            (7, MAX_CHUNKS + 1, true),
+            // Valid, but the next generation would be the maximum (found by cargo-fuzz once
+            // the maximum was refused).
+            (u64::MAX - 1, 1, false),
+        ];
+        for (generation, chunks, corrupt) in cases {
             let store = MetadataStore::new(MemoryCache::default());
             let head = format!(
                 r#"{{"canonicalName":"ghcr.io/org/app","generation":{generation},"chunks":{chunks},"tagCount":1,"lastUpdate":"2024-05-01T14:00:00Z"}}"#
@@ -913,12 +927,17 @@ mod tests {
                 .unwrap();
 
             let read = store.read_index(&scope, &repo()).await;
-            assert!(matches!(read, Err(CacheError::Corrupt { .. })), "{read:?}");
+            assert_eq!(
+                matches!(read, Err(CacheError::Corrupt { .. })),
+                corrupt,
+                "{generation}/{chunks}: {read:?}"
+            );
             let by_tag = ImageRef::parse("ghcr.io/org/app:v1").unwrap();
             let image = store.get_image(&scope, &by_tag).await;
-            assert!(
+            assert_eq!(
                 matches!(image, Err(ReadError::Cache(CacheError::Corrupt { .. }))),
-                "{image:?}"
+                corrupt,
+                "{generation}/{chunks}: {image:?}"
             );
 
             let entries = vec![entry("v1", &d)];
