@@ -5,7 +5,7 @@
 # registry are started by the test harness as real processes; openssl makes the test CA and
 # token-signing keys; a Python venv holds the Kubernetes API emulator and the chart's
 # tools), then runs the whole suite: the emulator's self-tests, the Helm chart's tests, then
-# every Rust test with cargo-nextest (or cargo test).
+# every Rust test with cargo-nextest (or cargo test), the fuzz properties among them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,8 +31,20 @@ tests/e2e/.venv/bin/python -m pytest -q tests/e2e
 # yamllint come from the same venv).
 tests/e2e/.venv/bin/python -m pytest -q tests/chart
 
+# tests/fuzz.rs runs every fuzz property (src/fuzzing.rs) over the checked-in corpus and this
+# many seeded mutations per target, on stable: the bounded fuzz run of CI (about half a
+# minute). docs/fuzzing.md has the longer cargo-fuzz runs.
+export REGCACHE_FUZZ_CASES="${REGCACHE_FUZZ_CASES:-20000}"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --no-fail-fast "$@"
 else
   cargo test --no-fail-fast "$@"
+fi
+
+# The coverage-guided cargo-fuzz targets too, REGCACHE_FUZZ_SECONDS per target. Off by
+# default: from cold, installing cargo-fuzz and building the instrumented targets takes far
+# longer than the fuzzing itself (figures in docs/fuzzing.md).
+fuzz_seconds="${REGCACHE_FUZZ_SECONDS:-0}"
+if [ "$fuzz_seconds" != 0 ]; then
+  scripts/fuzz.sh "$fuzz_seconds"
 fi

@@ -10,6 +10,8 @@ pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod credentials;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod image;
 pub mod registry;
 pub mod standalone;

@@ -111,6 +111,23 @@ pub struct RepositoryHead {
     pub last_error_at: Option<DateTime<Utc>>,
 }
 
+impl RepositoryHead {
+    /// Why a decoded head cannot be one regcache wrote, if it cannot.
+    fn invalid(&self) -> Option<String> {
+        if self.chunks > MAX_CHUNKS {
+            return Some(format!(
+                "the head names {} chunks, more than the {MAX_CHUNKS} regcache writes",
+                self.chunks
+            ));
+        }
+        // A writer publishes `generation + 1` at least; nothing can follow the maximum.
+        if self.generation == u64::MAX {
+            return Some("the head's generation is at its maximum".to_string());
+        }
+        None
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct TagChunk {
     generation: u64,
@@ -201,6 +218,11 @@ pub const DEFAULT_CHUNK_BYTES: usize = 128 << 10;
 const WRITE_CONCURRENCY: usize = 8;
 /// How often a reader goes back to the head when a generation changes under it.
 const READ_ATTEMPTS: usize = 4;
+/// Most chunks a head may name; a head naming more is corrupt. Readers size their multi-get
+/// by the head, so without a bound a foreign head claiming 4 billion chunks makes one read
+/// build 4 billion keys. regcache never writes near it: at the default chunk size it is
+/// 8 GiB of tag index, ~50 million tags (a 200,000-tag repository takes ~40 chunks).
+pub const MAX_CHUNKS: u32 = 1 << 16;
 
 /// regcache's view of a cache backend.
 pub struct MetadataStore<B> {
@@ -358,8 +380,22 @@ impl<B: CacheWriter> MetadataStore<B> {
         scope: &Scope,
         repository: &Repository,
     ) -> Result<Option<RepositoryHead>, CacheError> {
-        self.get_json(&keys::repository_head(scope, repository))
+        self.get_head(&keys::repository_head(scope, repository))
             .await
+    }
+
+    /// A head, checked: one that decodes but names an impossible index is corrupt too.
+    async fn get_head(&self, key: &str) -> Result<Option<RepositoryHead>, CacheError> {
+        match self.get_json::<RepositoryHead>(key).await? {
+            Some(head) => match head.invalid() {
+                Some(detail) => Err(CacheError::Corrupt {
+                    key: key.to_string(),
+                    detail,
+                }),
+                None => Ok(Some(head)),
+            },
+            None => Ok(None),
+        }
     }
 
     /// Splits entries over chunks by tag hash, each chunk within the item limit.
@@ -428,9 +464,15 @@ impl<B: CacheWriter> MetadataStore<B> {
         let head_key = keys::repository_head(scope, repository);
         // A head that cannot be read is treated as absent: the new generation is newer
         // than any we could have written (it is the current time in ms).
-        let previous: Option<RepositoryHead> = self.get_json(&head_key).await.unwrap_or(None);
-        let generation =
-            (Millis::now().0.max(0) as u64).max(previous.as_ref().map_or(0, |h| h.generation + 1));
+        let previous = self.get_head(&head_key).await.unwrap_or(None);
+        // Never the maximum, which readers refuse: after a (foreign) head one below it,
+        // numbering restarts from the clock. A valid head is below the maximum, so no overflow.
+        let after_previous = previous
+            .as_ref()
+            .map(|h| h.generation + 1)
+            .filter(|g| *g < u64::MAX)
+            .unwrap_or(0);
+        let generation = (Millis::now().0.max(0) as u64).max(after_previous);
         let mut sorted: Vec<TagEntry> = entries.to_vec();
         sorted.sort_by(|a, b| a.tag.cmp(&b.tag));
         let chunks = self.partition(&sorted);
@@ -510,7 +552,7 @@ impl<B: CacheWriter> MetadataStore<B> {
     ) -> Result<RepositoryHead, CacheError> {
         let head_key = keys::repository_head(scope, repository);
         let mut head: RepositoryHead =
-            self.get_json(&head_key)
+            self.get_head(&head_key)
                 .await?
                 .unwrap_or_else(|| RepositoryHead {
                     canonical_name: repository.canonical(),
@@ -910,6 +952,59 @@ mod tests {
             let by_digest = ImageRef::parse(&format!("ghcr.io/org/app@{d}")).unwrap();
             let info = store.get_image(&scope, &by_digest).await.unwrap();
             assert_eq!(info.created.unwrap().to_rfc3339(), want, "{patterns:?}");
+        }
+    }
+
+    /// A foreign or corrupt head naming 4 billion chunks (or the last generation) used to make
+    /// a read build a key per chunk, gigabytes for one lookup, and a publish over it delete
+    /// chunk by chunk, or overflow the generation. Such a head is now corrupt: reads report
+    /// it at once, and the next publish replaces it.
+    #[tokio::test]
+    async fn a_head_naming_an_impossible_index_is_corrupt() {
+        let scope = Scope::public();
+        let key = keys::repository_head(&scope, &repo());
+        let d = Digest::sha256_of(b"x");
+        let cases = [
+            (1, u32::MAX, true),
+            (u64::MAX, 1, true),
+            (7, MAX_CHUNKS + 1, true),
+            // Valid, but the next generation would be the maximum (found by cargo-fuzz once
+            // the maximum was refused).
+            (u64::MAX - 1, 1, false),
+        ];
+        for (generation, chunks, corrupt) in cases {
+            let store = MetadataStore::new(MemoryCache::default());
+            let head = format!(
+                r#"{{"canonicalName":"ghcr.io/org/app","generation":{generation},"chunks":{chunks},"tagCount":1,"lastUpdate":"2024-05-01T14:00:00Z"}}"#
+            );
+            store
+                .backend()
+                .set(&key, head.as_bytes(), later())
+                .await
+                .unwrap();
+
+            let read = store.read_index(&scope, &repo()).await;
+            assert_eq!(
+                matches!(read, Err(CacheError::Corrupt { .. })),
+                corrupt,
+                "{generation}/{chunks}: {read:?}"
+            );
+            let by_tag = ImageRef::parse("ghcr.io/org/app:v1").unwrap();
+            let image = store.get_image(&scope, &by_tag).await;
+            assert_eq!(
+                matches!(image, Err(ReadError::Cache(CacheError::Corrupt { .. }))),
+                corrupt,
+                "{generation}/{chunks}: {image:?}"
+            );
+
+            let entries = vec![entry("v1", &d)];
+            let published = store
+                .publish_index(&scope, &repo(), &entries, Utc::now(), later())
+                .await
+                .unwrap();
+            assert!(published.generation < u64::MAX && published.chunks == 1);
+            let (head, read) = store.read_index(&scope, &repo()).await.unwrap().unwrap();
+            assert_eq!((head, read), (published, entries));
         }
     }
 }

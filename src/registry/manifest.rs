@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike as _, Utc};
 use oci_spec::image::{ImageIndex, ImageManifest};
 use serde::Deserialize;
 
@@ -305,10 +305,16 @@ impl ImageConfig {
 
 /// RFC 3339 timestamps as found in configs and labels; `None` for anything else
 /// (build dates in the wild are sometimes free text, which must not fail a pass).
+///
+/// The time must also be writable as RFC 3339 once in UTC, i.e. fall in years 0000..=9999:
+/// `0000-01-01T00:00:00+01:00` is year -1 in UTC, which serde writes as `-0001-12-31T23:00:00Z`.
+/// That is not RFC 3339, and clients of the read API that parse it strictly (Go's
+/// `time.Time`) would refuse the whole response.
 pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(s.trim())
         .ok()
         .map(|t| t.with_timezone(&Utc))
+        .filter(|t| (0..=9999).contains(&t.year()))
 }
 
 /// One entry of an index, as regcache sees it.
@@ -559,6 +565,31 @@ mod tests {
             Platform::parse("linux/amd64").unwrap()
         );
         assert_eq!(c.created.unwrap().to_rfc3339(), "2016-01-02T03:04:05+00:00");
+    }
+
+    /// Found by the `image_config` fuzz property: a created time whose UTC form falls outside
+    /// years 0000..=9999 was accepted, and then shown by the read API as `-0001-…` or
+    /// `+10000-…`, which is not RFC 3339.
+    #[test]
+    fn created_times_outside_rfc3339_years_are_unknown() {
+        for time in [
+            "0000-01-01T00:00:00+23:59",
+            "0000-01-01T00:00:00+00:01",
+            "9999-12-31T23:59:59-00:01",
+        ] {
+            assert_eq!(parse_time(time), None, "{time}");
+            let config = format!(r#"{{"created":"{time}","os":"linux","architecture":"amd64"}}"#);
+            assert_eq!(ImageConfig::parse(config.as_bytes()).unwrap().created, None);
+        }
+        for time in [
+            "0000-01-01T00:00:00Z",
+            "9999-12-31T23:59:59Z",
+            "1970-01-01T00:00:00-00:00",
+        ] {
+            let parsed = parse_time(time).unwrap_or_else(|| panic!("{time} refused"));
+            let shown = serde_json::to_value(parsed).unwrap();
+            assert_eq!(parse_time(shown.as_str().unwrap()), Some(parsed), "{shown}");
+        }
     }
 
     proptest::proptest! {
