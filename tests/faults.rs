@@ -84,8 +84,8 @@ struct Rig {
 }
 
 fn pull_secret(hosts: &[String]) -> Value {
-    let auth = base64::engine::general_purpose::STANDARD
-        .encode(format!("{TEST_USER}:{CANARY_PASSWORD}"));
+    let auth =
+        base64::engine::general_purpose::STANDARD.encode(format!("{TEST_USER}:{CANARY_PASSWORD}"));
     let auths: serde_json::Map<String, Value> = hosts
         .iter()
         .map(|h| (h.clone(), json!({"auth": auth})))
@@ -169,11 +169,16 @@ impl Rig {
         bystander_images.insert(
             "v1".to_string(),
             pusher
-                .push_image(BYSTANDER, "v1", &ImageSpec::new(ManifestKind::Oci).seed(100))
+                .push_image(
+                    BYSTANDER,
+                    "v1",
+                    &ImageSpec::new(ManifestKind::Oci).seed(100),
+                )
                 .await,
         );
-        let mut memcached: Vec<Memcached> =
-            (0..options.memcached.max(1)).map(|_| Memcached::start()).collect();
+        let mut memcached: Vec<Memcached> = (0..options.memcached.max(1))
+            .map(|_| Memcached::start())
+            .collect();
         if options.memcached_down_at_start {
             for m in &mut memcached {
                 m.stop();
@@ -352,7 +357,10 @@ impl Rig {
             .send()
             .await
             .expect("probes answer");
-        (resp.status().as_u16(), resp.text().await.unwrap_or_default())
+        (
+            resp.status().as_u16(),
+            resp.text().await.unwrap_or_default(),
+        )
     }
 }
 
@@ -477,9 +485,8 @@ async fn server_error_502_on_manifest_get() {
     registry_fault_row(
         true,
         |rig, new| {
-            rig.proxy.add_rule(
-                Rule::new(&manifest_of(new.unwrap()), Fault::status(502)).method("GET"),
-            )
+            rig.proxy
+                .add_rule(Rule::new(&manifest_of(new.unwrap()), Fault::status(502)).method("GET"))
         },
         |e| e.contains("502") && e.contains("v3"),
     )
@@ -508,9 +515,8 @@ async fn connection_reset_on_manifest_head() {
     registry_fault_row(
         true,
         |rig, _| {
-            rig.proxy.add_rule(
-                Rule::new(&affected_path("manifests/v3"), Fault::Reset).method("HEAD"),
-            )
+            rig.proxy
+                .add_rule(Rule::new(&affected_path("manifests/v3"), Fault::Reset).method("HEAD"))
         },
         |e| e.contains("v3") && e.contains("failed mid-request"),
     )
@@ -565,7 +571,11 @@ async fn slow_body_within_the_timeout_is_not_an_error() {
         .method("GET"),
     );
     rig.pass_succeeds(&rig.affected, &before).await;
-    assert_eq!(rig.proxy.rule_hits(), [1], "the slow manifest was fetched once");
+    assert_eq!(
+        rig.proxy.rule_hits(),
+        [1],
+        "the slow manifest was fetched once"
+    );
     rig.affected.images.insert("v3".into(), new);
     rig.assert_running();
     rig.assert_serves(&rig.affected, &rig.affected.digests())
@@ -658,7 +668,10 @@ async fn unknown_content_type_falls_back_to_the_body_media_type() {
         Fault::ContentType("application/vnd.example.unknown+json".into()),
     ));
     rig.pass_succeeds(&rig.affected, &before).await;
-    assert!(rig.proxy.rule_hits()[0] >= 2, "HEAD and GET of v3 rewritten");
+    assert!(
+        rig.proxy.rule_hits()[0] >= 2,
+        "HEAD and GET of v3 rewritten"
+    );
     let (_, body) = rig.read(&rig.affected).await;
     assert_eq!(
         body["images"]["v3"]["mediaType"],
@@ -725,7 +738,11 @@ async fn blob_redirect_to_another_host_is_followed_without_credentials() {
     );
     rig.proxy.reset_counts();
     rig.pass_succeeds(&rig.affected, &before).await;
-    assert_eq!(rig.proxy.rule_hits(), [1], "v3's config blob was redirected");
+    assert_eq!(
+        rig.proxy.rule_hits(),
+        [1],
+        "v3's config blob was redirected"
+    );
     let at_blob_host = blob_host.seen();
     assert_eq!(at_blob_host.len(), 1, "{at_blob_host:?}");
     assert!(
@@ -744,6 +761,323 @@ async fn blob_redirect_to_another_host_is_followed_without_credentials() {
         "the registry itself got credentials"
     );
     rig.affected.images.insert("v3".into(), new);
+    rig.assert_running();
+    rig.assert_serves(&rig.affected, &rig.affected.digests())
+        .await;
+    rig.assert_bystander_clean().await;
+}
+
+// ----- memcached ----------------------------------------------------------------------------
+
+/// Polls `/readyz` until its status is `want` and its body starts with `body`.
+async fn wait_readyz(rig: &Rig, want: u16, body_start: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, body) = rig.readyz().await;
+        if status == want && body.starts_with(body_start) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz stayed {status} {body}\n{}",
+            rig.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memcached_down_at_start() {
+    // Affected: every watch (nothing can be cached); the process must wait for the cache.
+    let mut rig = Rig::start(Options {
+        memcached: 1,
+        memcached_down_at_start: true,
+    })
+    .await;
+    let mut failed = Vec::new();
+    for w in rig.watches() {
+        let v = rig.wait(w, |v| last_error(v).is_some()).await;
+        let error = last_error(&v).unwrap();
+        assert!(error.contains("caching"), "{error}");
+        assert_eq!(
+            ready(&v).unwrap(),
+            ("False".into(), "CacheUnavailable".into()),
+            "{v:#}"
+        );
+        let (status, body) = rig.read(w).await;
+        assert_eq!(
+            (status, body["reason"].as_str()),
+            (404, Some("NotCached")),
+            "nothing cached, nothing served: {body:#}"
+        );
+        failed.push(v);
+    }
+    wait_readyz(&rig, 503, "cache unreachable").await;
+    rig.assert_running();
+
+    rig.memcached[0].restart();
+    wait_readyz(&rig, 200, "ok").await;
+    for (w, before) in rig.watches().into_iter().zip(&failed) {
+        rig.pass_succeeds(w, before).await;
+        rig.assert_serves(w, &w.digests()).await;
+    }
+    rig.assert_running();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memcached_restart_mid_pass() {
+    // Affected: every watch (the restart empties the cache).
+    let mut rig = Rig::start(Options::default()).await;
+    let before = rig.get(&rig.affected).await;
+    let new = rig.push_affected("v3", 3).await;
+    // Hold the pass at v3's HEAD while memcached restarts underneath it.
+    rig.proxy.add_rule(
+        Rule::new(
+            &affected_path("manifests/v3"),
+            Fault::Delay(Duration::from_secs(2)),
+        )
+        .method("HEAD")
+        .times(1),
+    );
+    rig.rescan(&rig.affected).await;
+    let deadline = Instant::now() + WAIT;
+    while rig.proxy.rule_hits()[0] == 0 {
+        assert!(Instant::now() < deadline, "the pass never reached v3");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    rig.memcached[0].restart();
+    // The pass goes on into the restarted (empty) memcached and succeeds: it writes v3's
+    // image and the whole index; v1's and v2's images were lost with the restart.
+    let straddled = rig
+        .wait(&rig.affected, succeeded_after(last_update(&before)))
+        .await;
+    rig.assert_running();
+    let only_v3: BTreeMap<String, String> = [("v3".to_string(), new.digest.clone())].into();
+    rig.assert_serves(&rig.affected, &only_v3).await;
+    let (status, body) = rig.read(&rig.bystander).await;
+    assert_eq!(
+        status, 404,
+        "the bystander's data went with the restart: {body:#}"
+    );
+    assert_eq!(body["reason"], "NotCached");
+
+    // The next pass restores what the restart lost, by digest: no HEADs, one GET per
+    // lost manifest and config.
+    rig.proxy.reset_counts();
+    rig.pass_succeeds(&rig.affected, &straddled).await;
+    let mut gets: Vec<String> = rig
+        .proxy
+        .seen()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.kind == Kind::Manifest)
+        .map(|r| r.path_and_query)
+        .collect();
+    gets.sort();
+    let mut lost: Vec<String> = ["v1", "v2"]
+        .iter()
+        .map(|t| {
+            format!(
+                "/v2/{AFFECTED}/manifests/{}",
+                rig.affected.images[*t].digest
+            )
+        })
+        .collect();
+    lost.sort();
+    assert_eq!(gets, lost);
+    assert_eq!(rig.proxy.count("HEAD", Kind::Manifest), 0);
+    assert_eq!(rig.proxy.count("GET", Kind::Blob), 2);
+    rig.affected.images.insert("v3".into(), new);
+    rig.assert_serves(&rig.affected, &rig.affected.digests())
+        .await;
+    let bystander = rig.get(&rig.bystander).await;
+    rig.pass_succeeds(&rig.bystander, &bystander).await;
+    rig.assert_serves(&rig.bystander, &rig.bystander.digests())
+        .await;
+    rig.assert_running();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memcached_flush_all() {
+    // Affected: every watch; an emptied cache is not an error, it is re-warmed.
+    let mut rig = Rig::start(Options::default()).await;
+    let before: Vec<Value> = vec![rig.get(&rig.affected).await, rig.get(&rig.bystander).await];
+    rig.memcached[0].flush();
+    for w in rig.watches() {
+        let (status, body) = rig.read(w).await;
+        assert_eq!(
+            (status, body["reason"].as_str()),
+            (404, Some("NotCached")),
+            "a flushed cache serves nothing: {body:#}"
+        );
+    }
+    rig.proxy.reset_counts();
+    for (w, b) in rig.watches().into_iter().zip(&before) {
+        rig.pass_succeeds(w, b).await;
+        rig.assert_serves(w, &w.digests()).await;
+    }
+    // Re-warmed with the minimum: one HEAD per tag, one GET per manifest and config.
+    let counts = rig.proxy.counts();
+    assert_eq!(counts.get("HEAD", Kind::Manifest), 3, "{counts:?}");
+    assert_eq!(counts.get("GET", Kind::Manifest), 3, "{counts:?}");
+    assert_eq!(counts.get("GET", Kind::Blob), 3, "{counts:?}");
+    rig.assert_running();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_of_three_memcached_servers_down() {
+    use regcache::cache::keys;
+    use regcache::cache::memcached::server_for;
+    use regcache::credentials::Credential;
+    use regcache::image::Repository;
+
+    let mut rig = Rig::start(Options {
+        memcached: 3,
+        memcached_down_at_start: false,
+    })
+    .await;
+    let servers: Vec<String> = rig.memcached.iter().map(|m| m.addr()).collect();
+    let scope =
+        keys::Scope::for_credential(&rig.proxy.host(), NS, &Credential::basic(TEST_USER, "any"));
+    let head_of = |w: &Watch| {
+        let repository = Repository::parse(&w.repository).unwrap();
+        server_for(&servers, &keys::repository_head(&scope, &repository)).unwrap()
+    };
+    // Affected: the watch whose tag index head lives on the server that goes down.
+    let down = head_of(&rig.affected);
+    let before = rig.get(&rig.affected).await;
+    let index = servers.iter().position(|s| *s == down).unwrap();
+    wait_readyz(&rig, 200, "ok").await;
+    rig.memcached[index].stop();
+
+    // One answering server is enough to stay ready.
+    let (status, body) = rig.readyz().await;
+    assert_eq!(status, 200, "{body}");
+    let failed = rig.pass_fails(&rig.affected).await;
+    let error = last_error(&failed).unwrap();
+    assert!(
+        error.contains("caching") && error.contains(&down),
+        "names the server: {error}"
+    );
+    assert_eq!(ready(&failed).unwrap().1, "CacheUnavailable");
+    assert_eq!(
+        failed["status"]["lastUpdate"], before["status"]["lastUpdate"],
+        "lastUpdate does not move"
+    );
+    // Its index lives on the stopped server: nothing to serve for it until it is back.
+    let (status, body) = rig.read(&rig.affected).await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (404, Some("NotCached")),
+        "{body:#}"
+    );
+    // The bystander is served from the live servers, or (when one of its keys lived on the
+    // stopped one) not at all; never wrongly.
+    let (status, body) = rig.read(&rig.bystander).await;
+    match status {
+        200 => {
+            let served = served(&body);
+            for (tag, digest) in &served {
+                assert_eq!(Some(digest), rig.bystander.digests().get(tag), "{body:#}");
+            }
+        }
+        404 => assert_eq!(body["reason"], "NotCached", "{body:#}"),
+        _ => panic!("bystander read: {status} {body:#}"),
+    }
+    rig.assert_running();
+    let (status, _) = rig.readyz().await;
+    assert_eq!(status, 200);
+
+    rig.memcached[index].restart();
+    rig.pass_succeeds(&rig.affected, &failed).await;
+    rig.assert_serves(&rig.affected, &rig.affected.digests())
+        .await;
+    let bystander = rig.get(&rig.bystander).await;
+    rig.pass_succeeds(&rig.bystander, &bystander).await;
+    rig.assert_serves(&rig.bystander, &rig.bystander.digests())
+        .await;
+    rig.assert_running();
+}
+
+// ----- Kubernetes API -----------------------------------------------------------------------
+
+const IRW: &str = "regcache.io/v1alpha1/imagerepositorywatches";
+
+async fn admin(rig: &Rig, method: reqwest::Method, path: &str, body: Value) -> Value {
+    let resp = rig
+        .http
+        .request(method, rig.emulator.url(path))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("emulator admin API");
+    assert!(resp.status().is_success(), "{path}: {}", resp.status());
+    serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap()
+}
+
+async fn counter(rig: &Rig, family: &str, key: &str) -> u64 {
+    rig.emulator.counters().await[family][key]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn api_watch_dropped_and_expired() {
+    // Affected: the controller's view of every watch; no status may show an error.
+    let mut rig = Rig::start(Options::default()).await;
+    for expire in [false, true] {
+        let started = counter(&rig, "watches_started", IRW).await;
+        let lists = counter(&rig, "lists", IRW).await;
+        admin(
+            &rig,
+            reqwest::Method::POST,
+            "/_emulator/watches/drop",
+            json!({ "expire": expire }),
+        )
+        .await;
+        // Watches again (after a 410 Gone, lists first) ...
+        let deadline = Instant::now() + WAIT;
+        while counter(&rig, "watches_started", IRW).await <= started
+            || (expire && counter(&rig, "lists", IRW).await <= lists)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no new watch (expire={expire})\n{}",
+                rig.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // ... and still reacts to a change made afterwards.
+        let before = rig.get(&rig.affected).await;
+        rig.pass_succeeds(&rig.affected, &before).await;
+        rig.assert_running();
+    }
+    for w in rig.watches() {
+        assert!(last_error(&rig.get(w).await).is_none());
+        rig.assert_serves(w, &w.digests()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_patch_conflicts_are_retried() {
+    let mut rig = Rig::start(Options::default()).await;
+    let key = format!("{IRW}/status");
+    let conflicts = counter(&rig, "conflicts", &key).await;
+    let config = admin(
+        &rig,
+        reqwest::Method::PUT,
+        "/_emulator/config",
+        json!({"status_conflicts": 3}),
+    )
+    .await;
+    assert_eq!(config["status_conflicts"], 3);
+    let before = rig.get(&rig.affected).await;
+    rig.pass_succeeds(&rig.affected, &before).await;
+    assert_eq!(
+        counter(&rig, "conflicts", &key).await - conflicts,
+        3,
+        "three status writes were refused, then one landed"
+    );
     rig.assert_running();
     rig.assert_serves(&rig.affected, &rig.affected.digests())
         .await;
