@@ -371,6 +371,7 @@ impl Rig {
 /// everything, the new tag included.
 async fn registry_fault_row(
     new_tag: bool,
+    reason: &str,
     inject: impl FnOnce(&Rig, Option<&PushedImage>),
     expect_error: impl Fn(&str) -> bool,
 ) -> Rig {
@@ -387,7 +388,11 @@ async fn registry_fault_row(
     let error = last_error(&failed).unwrap();
     assert!(expect_error(&error), "unexpected lastError: {error}");
     assert!(!error.contains(CANARY_PASSWORD));
-    assert_eq!(ready(&failed).unwrap().0, "False", "{failed:#}");
+    assert_eq!(
+        ready(&failed).unwrap(),
+        ("False".to_string(), reason.to_string()),
+        "{failed:#}"
+    );
     assert_eq!(
         failed["status"]["lastUpdate"], before["status"]["lastUpdate"],
         "lastUpdate does not move on a failed pass"
@@ -455,6 +460,7 @@ async fn rate_limited_with_short_retry_after_is_waited_out() {
 async fn rate_limited_without_retry_after_fails_the_pass_and_recovers() {
     registry_fault_row(
         false,
+        "RateLimited",
         |rig, _| {
             rig.proxy.add_rule(
                 Rule::new(&affected_path("tags/list"), Fault::too_many(None)).method("GET"),
@@ -471,6 +477,7 @@ async fn rate_limited_without_retry_after_fails_the_pass_and_recovers() {
 async fn server_error_500_on_tag_list() {
     registry_fault_row(
         false,
+        "RegistryUnavailable",
         |rig, _| {
             rig.proxy
                 .add_rule(Rule::new(&affected_path("tags/list"), Fault::status(500)))
@@ -484,6 +491,7 @@ async fn server_error_500_on_tag_list() {
 async fn server_error_502_on_manifest_get() {
     registry_fault_row(
         true,
+        "RegistryUnavailable",
         |rig, new| {
             rig.proxy
                 .add_rule(Rule::new(&manifest_of(new.unwrap()), Fault::status(502)).method("GET"))
@@ -497,6 +505,7 @@ async fn server_error_502_on_manifest_get() {
 async fn server_error_503_on_config_blob() {
     registry_fault_row(
         true,
+        "RegistryUnavailable",
         |rig, new| {
             rig.proxy.add_rule(Rule::new(
                 &blob_of(&new.unwrap().config_digest),
@@ -514,6 +523,7 @@ async fn server_error_503_on_config_blob() {
 async fn connection_reset_on_manifest_head() {
     registry_fault_row(
         true,
+        "RegistryUnavailable",
         |rig, _| {
             rig.proxy
                 .add_rule(Rule::new(&affected_path("manifests/v3"), Fault::Reset).method("HEAD"))
@@ -527,6 +537,7 @@ async fn connection_reset_on_manifest_head() {
 async fn timeout_on_tag_list() {
     registry_fault_row(
         false,
+        "RegistryUnavailable",
         |rig, _| {
             rig.proxy.add_rule(Rule::new(
                 &affected_path("tags/list"),
@@ -542,6 +553,7 @@ async fn timeout_on_tag_list() {
 async fn truncated_manifest_body() {
     registry_fault_row(
         true,
+        "RegistryUnavailable",
         |rig, new| {
             rig.proxy.add_rule(
                 Rule::new(&manifest_of(new.unwrap()), Fault::TruncateBody { keep: 10 })
@@ -589,6 +601,7 @@ async fn slow_body_within_the_timeout_is_not_an_error() {
 async fn oversized_manifest_body_is_cut_at_the_cap() {
     registry_fault_row(
         true,
+        "WarmFailed",
         |rig, new| {
             // 6 MiB streamed without a Content-Length: the 4 MiB manifest cap must stop it.
             rig.proxy.add_rule(
@@ -611,6 +624,7 @@ async fn oversized_manifest_body_is_cut_at_the_cap() {
 async fn wrong_digest_manifest_is_refused() {
     let rig = registry_fault_row(
         true,
+        "WarmFailed",
         |rig, new| {
             // Another (valid) manifest under v3's digest.
             let other = &rig.affected.images["v1"];
@@ -641,6 +655,7 @@ async fn wrong_digest_manifest_is_refused() {
 async fn malformed_tag_list_json() {
     registry_fault_row(
         false,
+        "WarmFailed",
         |rig, _| {
             rig.proxy.add_rule(
                 Rule::new(
@@ -653,7 +668,7 @@ async fn malformed_tag_list_json() {
                 .method("GET"),
             )
         },
-        |e| e.contains("invalid") && e.contains("tag"),
+        |e| e.contains("invalid tag list"),
     )
     .await;
 }
