@@ -282,6 +282,41 @@ async fn one_server_down_costs_only_its_keys_and_is_used_again() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn pooled_connections_survive_a_memcached_restart() {
+    // A restart closes every idle pooled connection. The first operations afterwards must
+    // not fail (nor mark the server down) just because they drew a dead connection.
+    let mut server = Server::start();
+    let cache = client(&[&server]);
+    // Several operations at once, so the pool holds several idle connections.
+    let writes = (0..8).map(|i| {
+        let cache = &cache;
+        async move { cache.set(&format!("rc1:k:{i}"), b"v", later()).await }
+    });
+    for r in futures::future::join_all(writes).await {
+        r.unwrap();
+    }
+    server.restart();
+    for i in 0..8 {
+        cache
+            .set(&format!("rc1:k:{i}"), b"again", later())
+            .await
+            .unwrap_or_else(|e| panic!("write {i} after the restart: {e}"));
+    }
+    assert_eq!(
+        cache.get("rc1:k:0").await.unwrap().unwrap().value.as_ref(),
+        b"again"
+    );
+    assert_eq!(
+        cache
+            .get_many(&["rc1:k:1".to_string()])
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn flush_all_gives_readers_a_clean_not_cached() {
     let servers = [Server::start(), Server::start(), Server::start()];
     let store = MetadataStore::new(client(&servers.iter().collect::<Vec<_>>()));

@@ -106,11 +106,16 @@ impl Server {
         tracing::warn!(server = %self.addr, error = why, retry_in = ?backoff, "memcached server unavailable");
     }
 
-    async fn connect(&self, options: &MemcachedOptions) -> Result<Client, CacheError> {
+    /// An idle pooled connection (`true`) or a new one (`false`).
+    async fn connect(&self, options: &MemcachedOptions) -> Result<(Client, bool), CacheError> {
         let idle = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
         if let Some(c) = idle {
-            return Ok(c);
+            return Ok((c, true));
         }
+        self.connect_new(options).await.map(|c| (c, false))
+    }
+
+    async fn connect_new(&self, options: &MemcachedOptions) -> Result<Client, CacheError> {
         let unavailable = |detail: String| CacheError::Unavailable {
             server: self.addr.clone(),
             detail,
@@ -276,7 +281,7 @@ impl Memcached {
         op: F,
     ) -> Result<T, CacheError>
     where
-        F: FnOnce(Client) -> Fut,
+        F: Fn(Client) -> Fut,
         Fut: std::future::Future<Output = (Client, Result<T, async_memcached::Error>)>,
     {
         if server.is_down() {
@@ -286,9 +291,22 @@ impl Memcached {
             });
         }
         let result = tokio::time::timeout(self.options.op_timeout, async {
-            let client = server.connect(&self.options).await?;
+            let (client, pooled) = server.connect(&self.options).await?;
             let (client, result) = op(client).await;
-            Ok::<_, CacheError>((client, result))
+            match result {
+                // An idle connection the server has closed since (a memcached restart, an
+                // idle timeout) fails on first use; that says nothing about the server
+                // now. Its pool mates are as stale: drop them and try once on a new
+                // connection (every operation here is idempotent) before marking it down.
+                Err(e) if pooled && !matches!(e, async_memcached::Error::Protocol(_)) => {
+                    tracing::debug!(server = %server.addr, error = %e, "idle memcached connection failed; reconnecting");
+                    drop(client);
+                    server.pool.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                    let client = server.connect_new(&self.options).await?;
+                    Ok::<_, CacheError>(op(client).await)
+                }
+                result => Ok((client, result)),
+            }
         })
         .await;
         match result {
@@ -332,6 +350,7 @@ impl Memcached {
 
     async fn get_batch(&self, server: &Server, keys: Vec<String>) -> HashMap<String, Entry> {
         let n = keys.len() as u64;
+        let keys = &keys;
         let result = self
             .with_client(server, "get", |mut c| async move {
                 let r = match c.get_multi(keys.iter()).await {
@@ -457,6 +476,7 @@ impl CacheWriter for Memcached {
         let server = ring.locate(key).ok_or(CacheError::NoServers)?.clone();
         let ttl = ttl_for(deadline, Millis::now()).as_secs() as i64;
         let len = framed.len();
+        let framed = &framed;
         let result = self
             .with_client(&server, "set", |mut c| async move {
                 let r = c.set(key, framed.as_ref(), Some(ttl), None).await;

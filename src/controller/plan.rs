@@ -258,7 +258,17 @@ pub fn desired_status(
             generation,
         ),
         (Ok(_), Some(o)) => {
-            status.last_update = o.last_update.map(|t| t.to_rfc3339());
+            // A failed pass reports the last update its cache still knows, and the cache
+            // may have lost it (restart, flush_all, the server holding the index down).
+            // The status already reported a complete update of this repository: it never
+            // moves back or vanishes because the cache forgot it.
+            let reported = current
+                .last_update
+                .as_deref()
+                .filter(|_| current.canonical_image_name.as_deref() == Some(&o.repository))
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.to_utc());
+            status.last_update = o.last_update.max(reported).map(|t| t.to_rfc3339());
             status.last_error = o.error.clone();
             status.tag_count = Some(o.tags as u64);
             status.latest_tags = o.latest_tags.clone();
@@ -480,6 +490,34 @@ mod tests {
         );
         assert!(failed.last_error.is_some());
         assert_eq!(failed.last_update, ok.last_update, "kept from the outcome");
+
+        // The cache lost the index (and with it the last update) and the pass failed:
+        // the status keeps the update it reported.
+        let mut forgotten = outcome(
+            Some("caching the tag index: memcached server m:11211 is unavailable"),
+            Some(FailureKind::Cache),
+        );
+        forgotten.last_update = None;
+        let kept = desired_status(&w2, &planned, Some(&forgotten), None);
+        assert_eq!(kept.last_update, ok.last_update, "not forgotten");
+        assert!(kept.last_error.is_some());
+        // ... but not across a change of repository.
+        let mut moved = w2.clone();
+        moved.status.as_mut().unwrap().canonical_image_name =
+            Some("docker.io/library/redis".into());
+        let other = desired_status(&moved, &planned, Some(&forgotten), None);
+        assert_eq!(other.last_update, None);
+        // A newer update from the pass wins.
+        let mut newer = outcome(None, None);
+        newer.last_update = chrono::DateTime::parse_from_rfc3339("2026-02-01T00:00:00Z")
+            .ok()
+            .map(|t| t.to_utc());
+        assert_eq!(
+            desired_status(&w2, &planned, Some(&newer), None)
+                .last_update
+                .as_deref(),
+            Some("2026-02-01T00:00:00+00:00")
+        );
 
         let bad = watch(spec("nginx:1.25"));
         let s = desired_status(

@@ -28,7 +28,10 @@ controller relies on:
 - finalizers and deletionTimestamp; label and field selectors (equality forms);
 - create-only TokenReview and SubjectAccessReview;
 - counters (writes per resource and subresource, changes, no-ops, conflicts, watch events
-  sent) and a small admin API under ``/_emulator/`` for out-of-process tests.
+  sent) and a small admin API under ``/_emulator/`` for out-of-process tests, including
+  faults: ending every open watch stream (optionally expiring their resourceVersions, so
+  re-watches get 410 Gone and clients must list again) and answering the next N
+  ``/status`` writes with 409 Conflict.
 
 Everything runs on kmock's single asyncio loop; state changes happen in synchronous code
 between awaits, so no lock is needed around them.
@@ -273,12 +276,16 @@ class RegcacheEmulator(KubernetesEmulator):
     access_namespaces: dict[str, list[str]] = attrs.field(factory=dict)
     # Seconds between BOOKMARK events on watches that allow them (0 disables periodic ones).
     bookmark_interval: float = 5.0
+    # Fault: the next this-many writes to any /status subresource are answered 409 Conflict.
+    status_conflicts: int = 0
 
     _rv: int = attrs.field(default=1000, init=False)
     _log: collections.deque[_Event] = attrs.field(factory=lambda: collections.deque(maxlen=EVENT_LOG_SIZE), init=False)
     _oldest_rv: int = attrs.field(default=1000, init=False)  # every change after this one is in the log
     _changed: asyncio.Condition | None = attrs.field(default=None, init=False)
     _closing: bool = attrs.field(default=False, init=False)
+    # Bumped to end the watch streams open at that moment (a dropped connection).
+    _watch_epoch: int = attrs.field(default=0, init=False)
     # Server-side apply memory: (object, subresource, field manager) -> the leaf paths it applied.
     _applied: dict[tuple[ObjKey, str, str], set[tuple[str, ...]]] = attrs.field(factory=dict, init=False)
 
@@ -292,6 +299,7 @@ class RegcacheEmulator(KubernetesEmulator):
         self.fallback["post /_emulator/tokens"] << self._admin_token
         self.fallback["put /_emulator/config"] << self._admin_config
         self.fallback["get /_emulator/state"] << self._admin_state
+        self.fallback["post /_emulator/watches/drop"] << self._admin_drop_watches
         # PUT is no Kubernetes "action" for kmock (it would answer 404): serve it here.
         self.fallback["put"] << self._serve_replace
 
@@ -332,6 +340,21 @@ class RegcacheEmulator(KubernetesEmulator):
         """End all watch streams (used before the server stops)."""
         self._closing = True
         await self._notify()
+
+    async def drop_watches(self, expire: bool = False) -> int:
+        """
+        Ends every watch stream open now, as a dropped connection or an API server restart
+        would. With ``expire``, the change log is also forgotten, so a client that watches
+        again from a resourceVersion it saw gets 410 Gone and has to list again.
+        Returns the resourceVersion from which watches are served again.
+        """
+        self._watch_epoch += 1
+        if expire:
+            self._log.clear()
+            self._rv += 1  # nothing happened at this version: lists and watches start here
+            self._oldest_rv = self._rv
+        await self._notify()
+        return self._rv
 
     @property
     def resource_version(self) -> int:
@@ -474,6 +497,9 @@ class RegcacheEmulator(KubernetesEmulator):
         ckey = self._count_write(res, sub, ns, name)
         if sub not in (None, _STATUS) or (sub == _STATUS and not self._has_status(res)):
             raise status_error(404, "NotFound", f"the server could not find the requested resource ({sub})")
+        if sub == _STATUS and self.status_conflicts > 0:
+            self.status_conflicts -= 1
+            raise self._conflict(ckey, res, name)
         key: ObjKey = (res, ns, name)
         old = self._stored(key)
         if old is None and not (create_if_missing and sub is None):
@@ -731,6 +757,7 @@ class RegcacheEmulator(KubernetesEmulator):
         deadline = loop.time() + float(timeout) if timeout else None
         since = request.params.get("resourceVersion") or ""
         self.counters.watches_started[rname] += 1
+        epoch = self._watch_epoch  # a drop from now on ends this stream
         av, kind = self._gvk(res)
 
         # Build the start under no await: the snapshot and the log position are consistent.
@@ -754,7 +781,7 @@ class RegcacheEmulator(KubernetesEmulator):
             yield event
 
         last_bookmark = loop.time()
-        while not self._closing:
+        while not self._closing and epoch == self._watch_epoch:
             pending = [e for e in self._log if e.rv > cursor] if self._log and self._log[-1].rv > cursor else []
             for e in pending:
                 cursor = e.rv
@@ -771,12 +798,13 @@ class RegcacheEmulator(KubernetesEmulator):
                                                       "metadata": {"resourceVersion": str(max(cursor, self._rv))}}}
             wait = 1.0 if deadline is None else max(0.0, min(1.0, deadline - now))
             async with self._cond():
-                if not self._closing and (not self._log or self._log[-1].rv <= cursor):
+                if (not self._closing and epoch == self._watch_epoch
+                        and (not self._log or self._log[-1].rv <= cursor)):
                     try:
                         await asyncio.wait_for(self._cond().wait(), timeout=wait)
                     except asyncio.TimeoutError:
                         pass
-        if bookmarks and not self._closing:
+        if bookmarks and not self._closing and epoch == self._watch_epoch:
             self.counters.watch_bookmarks[rname] += 1
             yield {"type": "BOOKMARK", "object": {"apiVersion": av, "kind": kind,
                                                   "metadata": {"resourceVersion": str(max(cursor, self._rv))}}}
@@ -854,8 +882,15 @@ class RegcacheEmulator(KubernetesEmulator):
             self.bookmark_interval = float(body["bookmark_interval"])
         if "access_namespaces" in body:
             self.access_namespaces = {u: list(ns) for u, ns in (body["access_namespaces"] or {}).items()}
+        if "status_conflicts" in body:
+            self.status_conflicts = int(body["status_conflicts"])
         return {"access_allowed": self.access_allowed, "bookmark_interval": self.bookmark_interval,
-                "access_namespaces": self.access_namespaces}
+                "access_namespaces": self.access_namespaces, "status_conflicts": self.status_conflicts}
+
+    async def _admin_drop_watches(self, request: kmock.Request) -> Any:
+        body = self._body(request) or {}
+        rv = await self.drop_watches(expire=bool(body.get("expire", False)))
+        return {"resourceVersion": str(rv)}
 
     async def _admin_state(self) -> Any:
         return {"resourceVersion": str(self._rv), "events": len(self._log),

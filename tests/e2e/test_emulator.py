@@ -286,6 +286,52 @@ def test_watch_from_a_compacted_resource_version_is_410(kube, server):
     assert events[0]["type"] == "ERROR" and events[0]["object"]["code"] == 410
 
 
+def test_dropping_watches_ends_open_streams(kube):
+    start = kube.list("irw")["metadata"]["resourceVersion"]
+    live = LiveWatch(kube, "irw", resourceVersion=start)
+    try:
+        kube.create(irw("before"))
+        wait_for(lambda: len(live.events) >= 1, timeout=5)
+        answer = kube.request("POST", "/_emulator/watches/drop", json={})
+        assert int(answer["resourceVersion"]) >= int(start)
+        live._thread.join(timeout=5)
+        assert not live._thread.is_alive(), "the stream ended"
+        kube.create(irw("after"))
+        time.sleep(0.2)
+        assert [e["object"]["metadata"]["name"] for e in live.events] == ["before"]
+    finally:
+        live.close()
+    # Without expiry, watching again from the last seen version misses nothing.
+    seen = live.events[-1]["object"]["metadata"]["resourceVersion"]
+    again = watch(kube, "irw", NS, resource_version=seen)
+    assert [e["object"]["metadata"]["name"] for e in again] == ["after"]
+
+
+def test_expiring_watches_makes_old_versions_410_and_new_lists_watchable(kube):
+    kube.create(irw("before"))
+    old = kube.list("irw")["metadata"]["resourceVersion"]
+    answer = kube.request("POST", "/_emulator/watches/drop", json={"expire": True})
+    events = watch(kube, "irw", NS, resource_version=old)
+    assert events[0]["type"] == "ERROR" and events[0]["object"]["code"] == 410
+    fresh = kube.list("irw")["metadata"]["resourceVersion"]
+    assert fresh == answer["resourceVersion"]
+    kube.create(irw("after"))
+    assert [e["object"]["metadata"]["name"] for e in watch(kube, "irw", NS, resource_version=fresh)] == ["after"]
+
+
+def test_status_conflicts_answer_the_next_status_writes_409(kube):
+    kube.create(irw())
+    assert kube.configure(status_conflicts=2)["status_conflicts"] == 2
+    for _ in range(2):
+        with pytest.raises(ApiError) as info:
+            kube.patch("irw", NS, "w1", {"status": {"phase": "Ready"}}, subresource="status")
+        assert info.value.status == 409
+    kube.patch("irw", NS, "w1", {"spec": {"image": "other"}})  # main resource: unaffected
+    done = kube.patch("irw", NS, "w1", {"status": {"phase": "Ready"}}, subresource="status")
+    assert done["status"] == {"phase": "Ready"}
+    assert kube.counters()["conflicts"][IRW_STATUS] == 2
+
+
 # ----- no-op writes ---------------------------------------------------------------------------
 
 

@@ -77,6 +77,14 @@ pub enum Fault {
     },
     /// Forward, but send the body in `chunk`-byte pieces with `pause` between them.
     SlowBody { chunk: usize, pause: Duration },
+    /// Forward, but answer with a body of `bytes` spaces instead, with a matching
+    /// `Content-Length` when `declare_length`, else streamed (chunked) without one.
+    OversizedBody { bytes: usize, declare_length: bool },
+    /// Answer `status` with `Location: {base}{path and query}` (not forwarded), as
+    /// registries that serve blobs from object storage do.
+    Redirect { status: u16, base: String },
+    /// Forward, but replace the response's `Content-Type`.
+    ContentType(String),
 }
 
 impl Fault {
@@ -208,6 +216,8 @@ pub struct SeenRequest {
     pub path_and_query: String,
     pub kind: Kind,
     pub fault: Option<String>,
+    /// Whether the request carried an `Authorization` header (its value is not kept).
+    pub authorized: bool,
 }
 
 struct State {
@@ -218,6 +228,9 @@ struct State {
     counts: Mutex<Counts>,
     seen: Mutex<Vec<SeenRequest>>,
     paginate: Mutex<Option<(usize, LinkStyle)>>,
+    /// Sent upstream instead of the client's `Authorization` (a blob host with its own
+    /// access to the storage, like a pre-signed URL).
+    upstream_authorization: Option<String>,
 }
 
 type Body = BoxBody<Bytes, std::io::Error>;
@@ -242,6 +255,29 @@ impl FaultProxy {
     /// Proxy to `upstream_base_url` (e.g. `registry.base_url()`), trusting
     /// `upstream_ca_pem` for an HTTPS upstream. Sync; usable from any test.
     pub fn start(upstream_base_url: &str, upstream_ca_pem: Option<&[u8]>) -> FaultProxy {
+        Self::start_inner(upstream_base_url, upstream_ca_pem, None)
+    }
+
+    /// Like [`Self::start`], but every forwarded request carries `authorization` upstream
+    /// instead of the client's: a separate blob host that needs no registry credentials
+    /// from the client. [`SeenRequest::authorized`] tells whether a client sent any.
+    pub fn start_authorizing(
+        upstream_base_url: &str,
+        upstream_ca_pem: Option<&[u8]>,
+        authorization: &str,
+    ) -> FaultProxy {
+        Self::start_inner(
+            upstream_base_url,
+            upstream_ca_pem,
+            Some(authorization.to_string()),
+        )
+    }
+
+    fn start_inner(
+        upstream_base_url: &str,
+        upstream_ca_pem: Option<&[u8]>,
+        upstream_authorization: Option<String>,
+    ) -> FaultProxy {
         let (listener, port) = bind_loopback("proxy");
         let client = super::http_client_builder(upstream_ca_pem)
             .pool_max_idle_per_host(64)
@@ -255,6 +291,7 @@ impl FaultProxy {
             counts: Mutex::new(Counts::default()),
             seen: Mutex::new(Vec::new()),
             paginate: Mutex::new(None),
+            upstream_authorization,
         });
         let st = state.clone();
         let server = BackgroundServer::builder("fault-proxy")
@@ -399,6 +436,7 @@ async fn handle(
         path_and_query: pq.clone(),
         kind,
         fault: fault.as_ref().map(|f| format!("{f:?}")),
+        authorized: req.headers().contains_key("authorization"),
     });
 
     match &fault {
@@ -420,6 +458,15 @@ async fn handle(
             return Ok(b.body(full(body)).unwrap());
         }
         Some(Fault::Reset) => return Err(ResetConnection),
+        Some(Fault::Redirect { status, base }) => {
+            let location = format!("{}{pq}", base.trim_end_matches('/'));
+            return Ok(Response::builder()
+                .status(*status)
+                .header("location", location)
+                .header("docker-distribution-api-version", "registry/2.0")
+                .body(full(Bytes::new()))
+                .unwrap());
+        }
         Some(Fault::Delay(d)) => tokio::time::sleep(*d).await,
         _ => {}
     }
@@ -453,6 +500,14 @@ async fn handle(
             let i = v.len() / 2;
             v[i] ^= 0x01;
             body = Bytes::from(v);
+        }
+        Some(Fault::ContentType(ct)) => {
+            up.headers
+                .insert("content-type", ct.parse().expect("content type"));
+        }
+        Some(Fault::OversizedBody { .. }) if method != "HEAD" => {
+            up.headers.remove("content-length");
+            body = Bytes::new();
         }
         Some(Fault::ReplaceBody {
             body: new,
@@ -513,6 +568,29 @@ async fn handle(
             });
             channel_body(rx)
         }
+        Some(Fault::OversizedBody {
+            bytes,
+            declare_length,
+        }) if !is_head => {
+            if *declare_length {
+                resp = resp.header("content-length", *bytes as u64);
+            }
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            let total = *bytes;
+            tokio::spawn(async move {
+                let piece = Bytes::from(vec![b' '; 64 * 1024]);
+                let mut sent = 0;
+                while sent < total {
+                    let n = piece.len().min(total - sent);
+                    // The client hanging up at its cap ends the stream.
+                    if tx.send(Ok(piece.slice(..n))).await.is_err() {
+                        return;
+                    }
+                    sent += n;
+                }
+            });
+            channel_body(rx)
+        }
         _ => full(body),
     };
     Ok(resp.body(out).unwrap())
@@ -532,7 +610,13 @@ async fn forward(
         if HOP_BY_HOP.contains(&name) || name == "host" || name == "content-length" {
             continue;
         }
+        if name == "authorization" && st.upstream_authorization.is_some() {
+            continue;
+        }
         rb = rb.header(k, v);
+    }
+    if let Some(a) = &st.upstream_authorization {
+        rb = rb.header("authorization", a);
     }
     if !body.is_empty() || matches!(*method, http::Method::PUT | http::Method::POST) {
         rb = rb.body(body);

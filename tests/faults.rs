@@ -1,0 +1,1098 @@
+//! The fault matrix: the real `regcache controller` binary against the Kubernetes API
+//! emulator, a real basic-auth registry behind the fault proxy and real memcached. Each test
+//! is one row of `docs/reliability.md`: it warms two watches (the one the fault is aimed
+//! at and a bystander on the same registry host, whose paths the fault does not match),
+//! injects the fault, triggers a pass, checks what the status shows and what the read API
+//! serves meanwhile, clears the fault and checks that the next pass recovers everything.
+//!
+//! Passes are triggered with the `regcache.io/requestedAt` annotation (the watches' interval
+//! is an hour), and every wait polls with a generous deadline: nothing here depends on
+//! timing.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use support::kube::{ControllerProcess, Emulator};
+use support::{
+    CANARY_PASSWORD, Fault, FaultProxy, ImageSpec, Kind, ManifestKind, Memcached, PushedImage,
+    Registry, RegistryAuth, Rule, TEST_USER,
+};
+
+const NS: &str = "team";
+const WATCHES: &str = "/apis/regcache.io/v1alpha1/namespaces/team/imagerepositorywatches";
+const SECRETS: &str = "/api/v1/namespaces/team/secrets";
+/// The repository every fault is aimed at, and the bystander on the same host.
+const AFFECTED: &str = "faulty/app";
+const BYSTANDER: &str = "steady/app";
+/// Long enough for a pass on a busy two-core machine; the tests never wait on it unless
+/// something is wrong.
+const WAIT: Duration = Duration::from_secs(90);
+/// The controller's per-request registry timeout in these tests.
+const REQUEST_TIMEOUT: &str = "3s";
+
+/// Regex matching request paths of the affected repository only.
+fn affected_path(rest: &str) -> String {
+    format!("^/v2/{AFFECTED}/{rest}")
+}
+
+#[derive(Clone, Default)]
+struct Options {
+    /// memcached servers to start (default 1).
+    memcached: usize,
+    /// Stop memcached before the controller starts (and do not wait for the first warm).
+    memcached_down_at_start: bool,
+}
+
+/// One watch: its name, the repository it covers (as the read API names it), and the
+/// images the test pushed, by tag.
+#[derive(Clone)]
+struct Watch {
+    name: &'static str,
+    repository: String,
+    images: BTreeMap<String, PushedImage>,
+}
+
+impl Watch {
+    fn path(&self) -> String {
+        format!("{WATCHES}/{}", self.name)
+    }
+    fn digests(&self) -> BTreeMap<String, String> {
+        self.images
+            .iter()
+            .map(|(t, i)| (t.clone(), i.digest.clone()))
+            .collect()
+    }
+}
+
+struct Rig {
+    registry: Registry,
+    proxy: FaultProxy,
+    memcached: Vec<Memcached>,
+    emulator: Emulator,
+    controller: ControllerProcess,
+    api: String,
+    probes: String,
+    http: reqwest::Client,
+    affected: Watch,
+    bystander: Watch,
+    rescans: std::sync::atomic::AtomicUsize,
+    _dir: tempfile::TempDir,
+}
+
+fn pull_secret(host: &str) -> Value {
+    let auth =
+        base64::engine::general_purpose::STANDARD.encode(format!("{TEST_USER}:{CANARY_PASSWORD}"));
+    let auths = json!({ host: {"auth": auth} });
+    let config = json!({ "auths": auths }).to_string();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "regcred", "namespace": NS},
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": base64::engine::general_purpose::STANDARD.encode(config)},
+    })
+}
+
+fn watch_object(name: &str, image: &str) -> Value {
+    json!({
+        "apiVersion": "regcache.io/v1alpha1",
+        "kind": "ImageRepositoryWatch",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"image": image, "pullSecrets": ["regcred"], "insecure": true, "interval": "1h"},
+    })
+}
+
+fn ready(watch: &Value) -> Option<(String, String)> {
+    let c = watch["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")?;
+    Some((
+        c["status"].as_str()?.to_string(),
+        c["reason"].as_str()?.to_string(),
+    ))
+}
+
+fn last_update(watch: &Value) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+    chrono::DateTime::parse_from_rfc3339(watch["status"]["lastUpdate"].as_str()?).ok()
+}
+
+fn last_error(watch: &Value) -> Option<String> {
+    watch["status"]["lastError"].as_str().map(str::to_string)
+}
+
+/// Ready=True, no lastError, and lastUpdate later than `after` (when given).
+fn succeeded_after(
+    after: Option<chrono::DateTime<chrono::FixedOffset>>,
+) -> impl Fn(&Value) -> bool {
+    move |w| {
+        ready(w).is_some_and(|(s, _)| s == "True")
+            && last_error(w).is_none()
+            && last_update(w).is_some_and(|t| after.is_none_or(|a| t > a))
+    }
+}
+
+/// The tags and digests a read API answer holds.
+fn served(answer: &Value) -> BTreeMap<String, String> {
+    answer["images"]
+        .as_object()
+        .map(|images| {
+            images
+                .iter()
+                .map(|(t, i)| (t.clone(), i["digest"].as_str().unwrap_or("").to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Rig {
+    async fn start(options: Options) -> Rig {
+        let registry = Registry::start(RegistryAuth::Basic);
+        let proxy = registry.fault_proxy();
+        let pusher = registry.pusher();
+        let mut affected_images = BTreeMap::new();
+        for (seed, tag) in [(1, "v1"), (2, "v2")] {
+            let image = ImageSpec::new(ManifestKind::Oci).seed(seed);
+            affected_images.insert(
+                tag.to_string(),
+                pusher.push_image(AFFECTED, tag, &image).await,
+            );
+        }
+        let mut bystander_images = BTreeMap::new();
+        bystander_images.insert(
+            "v1".to_string(),
+            pusher
+                .push_image(
+                    BYSTANDER,
+                    "v1",
+                    &ImageSpec::new(ManifestKind::Oci).seed(100),
+                )
+                .await,
+        );
+        let mut memcached: Vec<Memcached> = (0..options.memcached.max(1))
+            .map(|_| Memcached::start())
+            .collect();
+        if options.memcached_down_at_start {
+            for m in &mut memcached {
+                m.stop();
+            }
+        }
+        let emulator = Emulator::start();
+        let host = proxy.host();
+        emulator.create(SECRETS, pull_secret(&host)).await;
+        let affected = Watch {
+            name: "affected",
+            repository: format!("{host}/{AFFECTED}"),
+            images: affected_images,
+        };
+        let bystander = Watch {
+            name: "bystander",
+            repository: format!("{host}/{BYSTANDER}"),
+            images: bystander_images,
+        };
+        for w in [&affected, &bystander] {
+            emulator
+                .create(WATCHES, watch_object(w.name, &w.repository))
+                .await;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut args: Vec<String> = vec![
+            "--api-auth".into(),
+            "none".into(),
+            "--request-timeout".into(),
+            REQUEST_TIMEOUT.into(),
+            "--log-level".into(),
+            "regcache=debug,info".into(),
+        ];
+        for m in &memcached {
+            args.push("--memcached".into());
+            args.push(m.addr());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let controller = ControllerProcess::start(
+            &emulator.kubeconfig,
+            &args,
+            dir.path().join("controller.log"),
+        );
+        let api = controller.address("read API").await;
+        let probes = controller.address("health probes").await;
+        let rig = Rig {
+            registry,
+            proxy,
+            memcached,
+            emulator,
+            controller,
+            api,
+            probes,
+            http: support::http_client(None),
+            affected,
+            bystander,
+            rescans: Default::default(),
+            _dir: dir,
+        };
+        if !options.memcached_down_at_start {
+            for w in [&rig.affected, &rig.bystander] {
+                rig.wait(w, succeeded_after(None)).await;
+                rig.assert_serves(w, &w.digests()).await;
+            }
+        }
+        rig
+    }
+
+    fn watches(&self) -> [&Watch; 2] {
+        [&self.affected, &self.bystander]
+    }
+
+    async fn get(&self, w: &Watch) -> Value {
+        self.emulator.get(&w.path()).await.expect("watch exists")
+    }
+
+    /// Polls the watch until `check` holds.
+    async fn wait(&self, w: &Watch, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let v = self.get(w).await;
+            if check(&v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting on watch {}; last seen: {v:#}\n--- controller log (tail) ---\n{}",
+                w.name,
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let logs = self.controller.logs();
+        let lines: Vec<&str> = logs.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+
+    /// Asks for a pass of `w` now and waits until the controller took the request in.
+    async fn rescan(&self, w: &Watch) {
+        let n = self
+            .rescans
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let value = format!("rescan-{n}");
+        self.emulator
+            .merge_patch(
+                &w.path(),
+                json!({"metadata": {"annotations": {"regcache.io/requestedAt": value}}}),
+            )
+            .await;
+        self.wait(w, |v| v["status"]["lastHandledRequestedAt"] == value)
+            .await;
+    }
+
+    /// Triggers a pass of `w` and returns the status once a pass failed (lastError set).
+    async fn pass_fails(&self, w: &Watch) -> Value {
+        self.rescan(w).await;
+        self.wait(w, |v| last_error(v).is_some()).await
+    }
+
+    /// Triggers a pass of `w` and returns the status once a pass succeeded after `before`.
+    async fn pass_succeeds(&self, w: &Watch, before: &Value) -> Value {
+        let after = last_update(before);
+        self.rescan(w).await;
+        self.wait(w, succeeded_after(after)).await
+    }
+
+    /// The read API's answer for the watch's repository: status code and body.
+    async fn read(&self, w: &Watch) -> (u16, Value) {
+        let url = format!("http://{}/api/v1/repositories/{}", self.api, w.repository);
+        let resp = self.http.get(url).send().await.expect("read API answers");
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.unwrap_or_default();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    /// The read API serves exactly these tags with these digests.
+    async fn assert_serves(&self, w: &Watch, expected: &BTreeMap<String, String>) {
+        let (status, body) = self.read(w).await;
+        assert_eq!(status, 200, "read API for {}: {body:#}", w.repository);
+        assert_eq!(&served(&body), expected, "served for {}", w.repository);
+    }
+
+    fn assert_running(&mut self) {
+        assert!(
+            self.controller.is_running(),
+            "the controller exited:\n{}",
+            self.log_tail()
+        );
+    }
+
+    /// The bystander's passes keep succeeding while the fault is active.
+    async fn assert_bystander_clean(&self) {
+        let before = self.get(&self.bystander).await;
+        let after = self.pass_succeeds(&self.bystander, &before).await;
+        assert_eq!(ready(&after).unwrap().0, "True");
+        self.assert_serves(&self.bystander, &self.bystander.digests())
+            .await;
+    }
+
+    /// Pushes a new tag to the affected repository (the next pass must resolve and fetch
+    /// it), returning the pushed image; `self.affected.images` is not changed.
+    async fn push_affected(&self, tag: &str, seed: u64) -> PushedImage {
+        self.registry
+            .pusher()
+            .push_image(AFFECTED, tag, &ImageSpec::new(ManifestKind::Oci).seed(seed))
+            .await
+    }
+
+    async fn readyz(&self) -> (u16, String) {
+        let resp = self
+            .http
+            .get(format!("http://{}/readyz", self.probes))
+            .send()
+            .await
+            .expect("probes answer");
+        (
+            resp.status().as_u16(),
+            resp.text().await.unwrap_or_default(),
+        )
+    }
+}
+
+/// The common shape of a registry fault aimed at the affected repository:
+/// `inject` adds the proxy rules (and may push a new tag, returned); then a pass fails
+/// (`expect_error` must accept its lastError), the bystander stays clean, the affected
+/// watch keeps serving its previous data; the rules are cleared and the next pass serves
+/// everything, the new tag included.
+async fn registry_fault_row(
+    new_tag: bool,
+    reason: &str,
+    inject: impl FnOnce(&Rig, Option<&PushedImage>),
+    expect_error: impl Fn(&str) -> bool,
+) -> Rig {
+    let mut rig = Rig::start(Options::default()).await;
+    let before = rig.get(&rig.affected).await;
+    let new = if new_tag {
+        Some(rig.push_affected("v3", 3).await)
+    } else {
+        None
+    };
+    inject(&rig, new.as_ref());
+
+    let failed = rig.pass_fails(&rig.affected).await;
+    let error = last_error(&failed).unwrap();
+    assert!(expect_error(&error), "unexpected lastError: {error}");
+    assert!(!error.contains(CANARY_PASSWORD));
+    assert_eq!(
+        ready(&failed).unwrap(),
+        ("False".to_string(), reason.to_string()),
+        "{failed:#}"
+    );
+    assert_eq!(
+        failed["status"]["lastUpdate"], before["status"]["lastUpdate"],
+        "lastUpdate does not move on a failed pass"
+    );
+    assert!(
+        rig.proxy.rule_hits().iter().any(|n| *n > 0),
+        "the fault fired"
+    );
+    rig.assert_running();
+    // Previously cached data is still served, with the error beside it.
+    rig.assert_serves(&rig.affected, &rig.affected.digests())
+        .await;
+    let (_, body) = rig.read(&rig.affected).await;
+    assert_eq!(body["lastError"].as_str(), Some(error.as_str()), "{body:#}");
+    rig.assert_bystander_clean().await;
+
+    rig.proxy.clear_rules();
+    rig.pass_succeeds(&rig.affected, &failed).await;
+    rig.assert_running();
+    if let Some(img) = new {
+        rig.affected.images.insert("v3".to_string(), img);
+    }
+    rig.assert_serves(&rig.affected, &rig.affected.digests())
+        .await;
+    rig
+}
+
+/// A path regex for a manifest GET by digest of `image` in the affected repository.
+fn manifest_of(image: &PushedImage) -> String {
+    affected_path(&format!("manifests/{}", regex::escape(&image.digest)))
+}
+
+fn blob_of(digest: &str) -> String {
+    affected_path(&format!("blobs/{}", regex::escape(digest)))
+}
+
+// ----- rate limits --------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limited_with_short_retry_after_is_waited_out() {
+    let mut rig = Rig::start(Options::default()).await;
+    let before = rig.get(&rig.affected).await;
+    rig.proxy.add_rule(
+        Rule::new(&affected_path("tags/list"), Fault::too_many(Some("1")))
+            .method("GET")
+            .times(2),
+    );
+    rig.proxy.reset_counts();
+    rig.pass_succeeds(&rig.affected, &before).await;
+    assert_eq!(rig.proxy.rule_hits(), [2], "both 429s were answered");
+    let lists = rig
+        .proxy
+        .seen()
+        .into_iter()
+        .filter(|r| r.kind == Kind::TagList && r.path_and_query.contains(AFFECTED))
+        .count();
+    assert_eq!(lists, 3, "two 429s, then the list that succeeded");
+    rig.assert_running();
+    rig.assert_serves(&rig.affected, &rig.affected.digests())
+        .await;
+    rig.assert_bystander_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limited_without_retry_after_fails_the_pass_and_recovers() {
+    registry_fault_row(
+        false,
+        "RateLimited",
+        |rig, _| {
+            rig.proxy.add_rule(
+                Rule::new(&affected_path("tags/list"), Fault::too_many(None)).method("GET"),
+            )
+        },
+        |e| e.contains("429") && e.contains("rate limiting"),
+    )
+    .await;
+}
+
+// ----- server errors ------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_error_500_on_tag_list() {
+    registry_fault_row(
+        false,
+        "RegistryUnavailable",
+        |rig, _| {
+            rig.proxy
+                .add_rule(Rule::new(&affected_path("tags/list"), Fault::status(500)))
+        },
+        |e| e.contains("500"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_error_502_on_manifest_get() {
+    registry_fault_row(
+        true,
+        "RegistryUnavailable",
+        |rig, new| {
+            rig.proxy
+                .add_rule(Rule::new(&manifest_of(new.unwrap()), Fault::status(502)).method("GET"))
+        },
+        |e| e.contains("502") && e.contains("v3"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_error_503_on_config_blob() {
+    registry_fault_row(
+        true,
+        "RegistryUnavailable",
+        |rig, new| {
+            rig.proxy.add_rule(Rule::new(
+                &blob_of(&new.unwrap().config_digest),
+                Fault::unavailable(None),
+            ))
+        },
+        |e| e.contains("503") && e.contains("v3"),
+    )
+    .await;
+}
+
+// ----- broken connections -------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_reset_on_manifest_head() {
+    registry_fault_row(
+        true,
+        "RegistryUnavailable",
+        |rig, _| {
+            rig.proxy
+                .add_rule(Rule::new(&affected_path("manifests/v3"), Fault::Reset).method("HEAD"))
+        },
+        |e| e.contains("v3") && e.contains("failed mid-request"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn timeout_on_tag_list() {
+    registry_fault_row(
+        false,
+        "RegistryUnavailable",
+        |rig, _| {
+            rig.proxy.add_rule(Rule::new(
+                &affected_path("tags/list"),
+                Fault::Delay(Duration::from_secs(10)),
+            ))
+        },
+        |e| e.contains("timed out"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn truncated_manifest_body() {
+    registry_fault_row(
+        true,
+        "RegistryUnavailable",
+        |rig, new| {
+            rig.proxy.add_rule(
+                Rule::new(&manifest_of(new.unwrap()), Fault::TruncateBody { keep: 10 })
+                    .method("GET"),
+            )
+        },
+        |e| e.contains("v3") && e.contains("failed mid-request"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_body_within_the_timeout_is_not_an_error() {
+    let mut rig = Rig::start(Options::default()).await;
+    let before = rig.get(&rig.affected).await;
+    let new = rig.push_affected("v3", 3).await;
+    // A few hundred bytes in 64-byte pieces, 100 ms apart: about a second, under the 3 s
+    // request timeout.
+    rig.proxy.add_rule(
+        Rule::new(
+            &manifest_of(&new),
+            Fault::SlowBody {
+                chunk: 64,
+                pause: Duration::from_millis(100),
+            },
+        )
+        .method("GET"),
+    );
+    rig.pass_succeeds(&rig.affected, &before).await;
+    assert_eq!(
+        rig.proxy.rule_hits(),
+        [1],
+        "the slow manifest was fetched once"
+    );
+    rig.affected.images.insert("v3".into(), new);
+    rig.assert_running();
+    rig.assert_serves(&rig.affected, &rig.affected.digests())
+        .await;
+    rig.assert_bystander_clean().await;
+}
+
+// ----- bad bodies ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_manifest_body_is_cut_at_the_cap() {
+    registry_fault_row(
+        true,
+        "WarmFailed",
+        |rig, new| {
+            // 6 MiB streamed without a Content-Length: the 4 MiB manifest cap must stop it.
+            rig.proxy.add_rule(
+                Rule::new(
+                    &manifest_of(new.unwrap()),
+                    Fault::OversizedBody {
+                        bytes: 6 << 20,
+                        declare_length: false,
+                    },
+                )
+                .method("GET"),
+            )
+        },
+        |e| e.contains("v3") && e.contains("larger than the 4194304-byte limit"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_digest_manifest_is_refused() {
+    let rig = registry_fault_row(
+        true,
+        "WarmFailed",
+        |rig, new| {
+            // Another (valid) manifest under v3's digest.
+            let other = &rig.affected.images["v1"];
+            rig.proxy.add_rule(
+                Rule::new(
+                    &manifest_of(new.unwrap()),
+                    Fault::ReplaceBody {
+                        body: other.manifest_bytes.clone(),
+                        content_type: Some(other.media_type.clone()),
+                    },
+                )
+                .method("GET"),
+            )
+        },
+        |e| e.contains("v3") && e.contains("does not match its digest"),
+    )
+    .await;
+    // v1's metadata never got stored under v3's digest.
+    let (_, body) = rig.read(&rig.affected).await;
+    assert_eq!(
+        body["images"]["v3"]["platforms"][0]["configDigest"],
+        rig.affected.images["v3"].config_digest.as_str(),
+        "{body:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_tag_list_json() {
+    registry_fault_row(
+        false,
+        "WarmFailed",
+        |rig, _| {
+            rig.proxy.add_rule(
+                Rule::new(
+                    &affected_path("tags/list"),
+                    Fault::ReplaceBody {
+                        body: format!("{{\"name\":\"{AFFECTED}\",\"tags\":[\"v1\",").into_bytes(),
+                        content_type: Some("application/json".into()),
+                    },
+                )
+                .method("GET"),
+            )
+        },
+        |e| e.contains("invalid tag list"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_content_type_falls_back_to_the_body_media_type() {
+    let mut rig = Rig::start(Options::default()).await;
+    let before = rig.get(&rig.affected).await;
+    let new = rig.push_affected("v3", 3).await;
+    rig.proxy.add_rule(Rule::new(
+        &affected_path("manifests/"),
+        Fault::ContentType("application/vnd.example.unknown+json".into()),
+    ));
+    rig.pass_succeeds(&rig.affected, &before).await;
+    assert!(
+        rig.proxy.rule_hits()[0] >= 2,
+        "HEAD and GET of v3 rewritten"
+    );
+    let (_, body) = rig.read(&rig.affected).await;
+    assert_eq!(
+        body["images"]["v3"]["mediaType"],
+        support::OCI_MANIFEST,
+        "{body:#}"
+    );
+    rig.affected.images.insert("v3".into(), new);
+    rig.assert_running();
+    rig.assert_serves(&rig.affected, &rig.affected.digests())
+        .await;
+    rig.assert_bystander_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_digest_header_falls_back_to_one_get() {
+    let mut rig = Rig::start(Options::default()).await;
+    let before = rig.get(&rig.affected).await;
+    let new = rig.push_affected("v3", 3).await;
+    rig.proxy.add_rule(
+        Rule::new(&affected_path("manifests/v3"), Fault::DropDigestHeader).method("HEAD"),
+    );
+    rig.proxy.reset_counts();
+    rig.pass_succeeds(&rig.affected, &before).await;
+    let gets: Vec<String> = rig
+        .proxy
+        .seen()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.kind == Kind::Manifest)
+        .map(|r| r.path_and_query)
+        .collect();
+    assert_eq!(
+        gets,
+        [format!("/v2/{AFFECTED}/manifests/v3")],
+        "one GET by tag replaces the HEAD; the manifest is not fetched again by digest"
+    );
+    rig.affected.images.insert("v3".into(), new);
+    rig.assert_running();
+    rig.assert_serves(&rig.affected, &rig.affected.digests())
+        .await;
+    rig.assert_bystander_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn blob_redirect_to_another_host_is_followed_without_credentials() {
+    let mut rig = Rig::start(Options::default()).await;
+    let before = rig.get(&rig.affected).await;
+    let new = rig.push_affected("v3", 3).await;
+    // The blob host has its own access to the storage (like a pre-signed URL); the
+    // registry's credentials must not be sent there.
+    let blob_host = FaultProxy::start_authorizing(
+        &rig.registry.base_url(),
+        None,
+        &support::basic_auth_header(TEST_USER, CANARY_PASSWORD),
+    );
+    rig.proxy.add_rule(
+        Rule::new(
+            &affected_path("blobs/sha256:"),
+            Fault::Redirect {
+                status: 307,
+                base: blob_host.base_url().replace("127.0.0.1", "localhost"),
+            },
+        )
+        .method("GET"),
+    );
+    rig.proxy.reset_counts();
+    rig.pass_succeeds(&rig.affected, &before).await;
+    assert_eq!(
+        rig.proxy.rule_hits(),
+        [1],
+        "v3's config blob was redirected"
+    );
+    let at_blob_host = blob_host.seen();
+    assert_eq!(at_blob_host.len(), 1, "{at_blob_host:?}");
+    assert!(
+        at_blob_host[0].path_and_query.ends_with(&new.config_digest),
+        "{at_blob_host:?}"
+    );
+    assert!(
+        !at_blob_host[0].authorized,
+        "registry credentials were sent to the blob host"
+    );
+    assert!(
+        rig.proxy
+            .seen()
+            .iter()
+            .any(|r| r.kind == Kind::Blob && r.authorized),
+        "the registry itself got credentials"
+    );
+    rig.affected.images.insert("v3".into(), new);
+    rig.assert_running();
+    rig.assert_serves(&rig.affected, &rig.affected.digests())
+        .await;
+    rig.assert_bystander_clean().await;
+}
+
+// ----- memcached ----------------------------------------------------------------------------
+
+/// Polls `/readyz` until its status is `want` and its body starts with `body`.
+async fn wait_readyz(rig: &Rig, want: u16, body_start: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, body) = rig.readyz().await;
+        if status == want && body.starts_with(body_start) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz stayed {status} {body}\n{}",
+            rig.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memcached_down_at_start() {
+    // Affected: every watch (nothing can be cached); the process must wait for the cache.
+    let mut rig = Rig::start(Options {
+        memcached: 1,
+        memcached_down_at_start: true,
+    })
+    .await;
+    let mut failed = Vec::new();
+    for w in rig.watches() {
+        let v = rig.wait(w, |v| last_error(v).is_some()).await;
+        let error = last_error(&v).unwrap();
+        assert!(error.contains("caching"), "{error}");
+        assert_eq!(
+            ready(&v).unwrap(),
+            ("False".into(), "CacheUnavailable".into()),
+            "{v:#}"
+        );
+        let (status, body) = rig.read(w).await;
+        assert_eq!(
+            (status, body["reason"].as_str()),
+            (404, Some("NotCached")),
+            "nothing cached, nothing served: {body:#}"
+        );
+        failed.push(v);
+    }
+    wait_readyz(&rig, 503, "cache unreachable").await;
+    rig.assert_running();
+
+    rig.memcached[0].restart();
+    wait_readyz(&rig, 200, "ok").await;
+    for (w, before) in rig.watches().into_iter().zip(&failed) {
+        rig.pass_succeeds(w, before).await;
+        rig.assert_serves(w, &w.digests()).await;
+    }
+    rig.assert_running();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memcached_restart_mid_pass() {
+    // Affected: every watch (the restart empties the cache).
+    let mut rig = Rig::start(Options::default()).await;
+    let before = rig.get(&rig.affected).await;
+    let new = rig.push_affected("v3", 3).await;
+    // Hold the pass at v3's HEAD while memcached restarts underneath it (the restart
+    // takes milliseconds; the margin is for a busy machine).
+    rig.proxy.add_rule(
+        Rule::new(
+            &affected_path("manifests/v3"),
+            Fault::Delay(Duration::from_secs(5)),
+        )
+        .method("HEAD")
+        .times(1),
+    );
+    rig.rescan(&rig.affected).await;
+    let deadline = Instant::now() + WAIT;
+    while rig.proxy.rule_hits()[0] == 0 {
+        assert!(Instant::now() < deadline, "the pass never reached v3");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    rig.memcached[0].restart();
+    // The pass goes on into the restarted (empty) memcached and succeeds: it writes v3's
+    // image and the whole index; v1's and v2's images were lost with the restart.
+    let straddled = rig
+        .wait(&rig.affected, succeeded_after(last_update(&before)))
+        .await;
+    rig.assert_running();
+    let only_v3: BTreeMap<String, String> = [("v3".to_string(), new.digest.clone())].into();
+    rig.assert_serves(&rig.affected, &only_v3).await;
+    let (status, body) = rig.read(&rig.bystander).await;
+    assert_eq!(
+        status, 404,
+        "the bystander's data went with the restart: {body:#}"
+    );
+    assert_eq!(body["reason"], "NotCached");
+
+    // The next pass restores what the restart lost, by digest: no HEADs, one GET per
+    // lost manifest and config.
+    rig.proxy.reset_counts();
+    rig.pass_succeeds(&rig.affected, &straddled).await;
+    let mut gets: Vec<String> = rig
+        .proxy
+        .seen()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.kind == Kind::Manifest)
+        .map(|r| r.path_and_query)
+        .collect();
+    gets.sort();
+    let mut lost: Vec<String> = ["v1", "v2"]
+        .iter()
+        .map(|t| {
+            format!(
+                "/v2/{AFFECTED}/manifests/{}",
+                rig.affected.images[*t].digest
+            )
+        })
+        .collect();
+    lost.sort();
+    assert_eq!(gets, lost);
+    assert_eq!(rig.proxy.count("HEAD", Kind::Manifest), 0);
+    assert_eq!(rig.proxy.count("GET", Kind::Blob), 2);
+    rig.affected.images.insert("v3".into(), new);
+    rig.assert_serves(&rig.affected, &rig.affected.digests())
+        .await;
+    let bystander = rig.get(&rig.bystander).await;
+    rig.pass_succeeds(&rig.bystander, &bystander).await;
+    rig.assert_serves(&rig.bystander, &rig.bystander.digests())
+        .await;
+    rig.assert_running();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memcached_flush_all() {
+    // Affected: every watch; an emptied cache is not an error, it is re-warmed.
+    let mut rig = Rig::start(Options::default()).await;
+    let before: Vec<Value> = vec![rig.get(&rig.affected).await, rig.get(&rig.bystander).await];
+    rig.memcached[0].flush();
+    for w in rig.watches() {
+        let (status, body) = rig.read(w).await;
+        assert_eq!(
+            (status, body["reason"].as_str()),
+            (404, Some("NotCached")),
+            "a flushed cache serves nothing: {body:#}"
+        );
+    }
+    rig.proxy.reset_counts();
+    for (w, b) in rig.watches().into_iter().zip(&before) {
+        rig.pass_succeeds(w, b).await;
+        rig.assert_serves(w, &w.digests()).await;
+    }
+    // Re-warmed with the minimum: one HEAD per tag, one GET per manifest and config.
+    let counts = rig.proxy.counts();
+    assert_eq!(counts.get("HEAD", Kind::Manifest), 3, "{counts:?}");
+    assert_eq!(counts.get("GET", Kind::Manifest), 3, "{counts:?}");
+    assert_eq!(counts.get("GET", Kind::Blob), 3, "{counts:?}");
+    rig.assert_running();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_of_three_memcached_servers_down() {
+    use regcache::cache::keys;
+    use regcache::cache::memcached::server_for;
+    use regcache::credentials::Credential;
+    use regcache::image::Repository;
+
+    let mut rig = Rig::start(Options {
+        memcached: 3,
+        memcached_down_at_start: false,
+    })
+    .await;
+    let servers: Vec<String> = rig.memcached.iter().map(|m| m.addr()).collect();
+    let scope =
+        keys::Scope::for_credential(&rig.proxy.host(), NS, &Credential::basic(TEST_USER, "any"));
+    let head_of = |w: &Watch| {
+        let repository = Repository::parse(&w.repository).unwrap();
+        server_for(&servers, &keys::repository_head(&scope, &repository)).unwrap()
+    };
+    // Affected: the watch whose tag index head lives on the server that goes down.
+    let down = head_of(&rig.affected);
+    let before = rig.get(&rig.affected).await;
+    let index = servers.iter().position(|s| *s == down).unwrap();
+    wait_readyz(&rig, 200, "ok").await;
+    rig.memcached[index].stop();
+
+    // One answering server is enough to stay ready.
+    let (status, body) = rig.readyz().await;
+    assert_eq!(status, 200, "{body}");
+    let failed = rig.pass_fails(&rig.affected).await;
+    let error = last_error(&failed).unwrap();
+    assert!(
+        error.contains("caching") && error.contains(&down),
+        "names the server: {error}"
+    );
+    assert_eq!(ready(&failed).unwrap().1, "CacheUnavailable");
+    assert_eq!(
+        failed["status"]["lastUpdate"], before["status"]["lastUpdate"],
+        "lastUpdate does not move"
+    );
+    // Its index lives on the stopped server: nothing to serve for it until it is back.
+    let (status, body) = rig.read(&rig.affected).await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (404, Some("NotCached")),
+        "{body:#}"
+    );
+    // The bystander is served from the live servers, or (when one of its keys lived on the
+    // stopped one) not at all; never wrongly.
+    let (status, body) = rig.read(&rig.bystander).await;
+    match status {
+        200 => {
+            let served = served(&body);
+            for (tag, digest) in &served {
+                assert_eq!(Some(digest), rig.bystander.digests().get(tag), "{body:#}");
+            }
+        }
+        404 => assert_eq!(body["reason"], "NotCached", "{body:#}"),
+        _ => panic!("bystander read: {status} {body:#}"),
+    }
+    rig.assert_running();
+    let (status, _) = rig.readyz().await;
+    assert_eq!(status, 200);
+
+    rig.memcached[index].restart();
+    rig.pass_succeeds(&rig.affected, &failed).await;
+    rig.assert_serves(&rig.affected, &rig.affected.digests())
+        .await;
+    let bystander = rig.get(&rig.bystander).await;
+    rig.pass_succeeds(&rig.bystander, &bystander).await;
+    rig.assert_serves(&rig.bystander, &rig.bystander.digests())
+        .await;
+    rig.assert_running();
+}
+
+// ----- Kubernetes API -----------------------------------------------------------------------
+
+const IRW: &str = "regcache.io/v1alpha1/imagerepositorywatches";
+
+async fn admin(rig: &Rig, method: reqwest::Method, path: &str, body: Value) -> Value {
+    let resp = rig
+        .http
+        .request(method, rig.emulator.url(path))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("emulator admin API");
+    assert!(resp.status().is_success(), "{path}: {}", resp.status());
+    serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap()
+}
+
+async fn counter(rig: &Rig, family: &str, key: &str) -> u64 {
+    rig.emulator.counters().await[family][key]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn api_watch_dropped_and_expired() {
+    // Affected: the controller's view of every watch; no status may show an error.
+    let mut rig = Rig::start(Options::default()).await;
+    for expire in [false, true] {
+        let started = counter(&rig, "watches_started", IRW).await;
+        let lists = counter(&rig, "lists", IRW).await;
+        admin(
+            &rig,
+            reqwest::Method::POST,
+            "/_emulator/watches/drop",
+            json!({ "expire": expire }),
+        )
+        .await;
+        // Watches again (after a 410 Gone, lists first) ...
+        let deadline = Instant::now() + WAIT;
+        while counter(&rig, "watches_started", IRW).await <= started
+            || (expire && counter(&rig, "lists", IRW).await <= lists)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no new watch (expire={expire})\n{}",
+                rig.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // ... and still reacts to a change made afterwards.
+        let before = rig.get(&rig.affected).await;
+        rig.pass_succeeds(&rig.affected, &before).await;
+        rig.assert_running();
+    }
+    for w in rig.watches() {
+        assert!(last_error(&rig.get(w).await).is_none());
+        rig.assert_serves(w, &w.digests()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_patch_conflicts_are_retried() {
+    let mut rig = Rig::start(Options::default()).await;
+    let key = format!("{IRW}/status");
+    let conflicts = counter(&rig, "conflicts", &key).await;
+    let config = admin(
+        &rig,
+        reqwest::Method::PUT,
+        "/_emulator/config",
+        json!({"status_conflicts": 3}),
+    )
+    .await;
+    assert_eq!(config["status_conflicts"], 3);
+    let before = rig.get(&rig.affected).await;
+    rig.pass_succeeds(&rig.affected, &before).await;
+    assert_eq!(
+        counter(&rig, "conflicts", &key).await - conflicts,
+        3,
+        "three status writes were refused, then one landed"
+    );
+    rig.assert_running();
+    rig.assert_serves(&rig.affected, &rig.affected.digests())
+        .await;
+    rig.assert_bystander_clean().await;
+}
