@@ -321,6 +321,24 @@ impl Rig {
         assert_eq!(&served(&body), expected, "served for {}", w.repository);
     }
 
+    /// The registry password shows nowhere: controller log, statuses, read API answers.
+    async fn assert_no_secrets(&self) {
+        let mut texts = vec![("controller log".to_string(), self.controller.logs())];
+        for w in self.watches() {
+            texts.push((format!("watch {}", w.name), self.get(w).await.to_string()));
+            texts.push((
+                format!("read API {}", w.name),
+                self.read(w).await.1.to_string(),
+            ));
+        }
+        for (what, text) in texts {
+            assert!(
+                !text.contains(CANARY_PASSWORD),
+                "the password is in the {what}"
+            );
+        }
+    }
+
     fn assert_running(&mut self) {
         assert!(
             self.controller.is_running(),
@@ -414,6 +432,7 @@ async fn registry_fault_row(
     }
     rig.assert_serves(&rig.affected, &rig.affected.digests())
         .await;
+    rig.assert_no_secrets().await;
     rig
 }
 
@@ -772,6 +791,7 @@ async fn blob_redirect_to_another_host_is_followed_without_credentials() {
             .any(|r| r.kind == Kind::Blob && r.authorized),
         "the registry itself got credentials"
     );
+    rig.assert_no_secrets().await;
     rig.affected.images.insert("v3".into(), new);
     rig.assert_running();
     rig.assert_serves(&rig.affected, &rig.affected.digests())
