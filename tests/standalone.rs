@@ -301,13 +301,7 @@ async fn a_registry_push_notification_warms_the_new_tag_at_once() {
     let tags = |http: reqwest::Client, url: String| async move {
         let resp = http.get(&url).send().await.ok()?;
         let v: Value = serde_json::from_slice(&resp.bytes().await.ok()?).ok()?;
-        Some(
-            v["tags"]
-                .as_array()?
-                .iter()
-                .filter_map(|t| t.as_str().map(String::from))
-                .collect::<Vec<_>>(),
-        )
+        Some(v["tags"].as_object()?.keys().cloned().collect::<Vec<_>>())
     };
     let wait_for_tag = |tag: &'static str| {
         let (http, url) = (http.clone(), url.clone());
