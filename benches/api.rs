@@ -192,8 +192,11 @@ async fn main() {
         .await
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&large_body).unwrap();
-    assert_eq!(v["tags"].as_array().map(Vec::len), Some(large_tags));
-    assert_eq!(v["images"].as_object().map(|m| m.len()), Some(large_tags));
+    assert_eq!(v["tags"].as_object().map(|m| m.len()), Some(large_tags));
+    assert_eq!(
+        v["images"].as_object().map(|m| m.len()),
+        Some(large_digests)
+    );
 
     let store = MetadataStore::new(Memcached::new(
         vec![memcached.addr()],

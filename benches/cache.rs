@@ -178,9 +178,16 @@ async fn main() {
         .await
         .unwrap();
     let mut ours = Vec::new();
+    let mut ours_json = Vec::new();
     let mut raw_full = Vec::new();
     let mut bytes = 0usize;
+    let mut answer = Vec::new();
     for _ in 0..reads {
+        // The read API's answer, built from the stored bytes.
+        let t = Instant::now();
+        answer = store.repository_json(&scope, &repo, false).await.unwrap();
+        ours_json.push(t.elapsed());
+
         let t = Instant::now();
         let m = store
             .get_image_repository_metadata(&scope, &repo)
@@ -208,16 +215,26 @@ async fn main() {
         bytes as f64 / 1e6,
         read_bytes as f64 / 1e6
     );
+    let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(answer["tags"].as_object().map(|m| m.len()), Some(tags));
+    assert_eq!(
+        answer["images"].as_object().map(|m| m.len()),
+        Some(distinct)
+    );
     let (o50, o99) = summary("regcache get_image_repository_metadata", ours);
+    let (j50, j99) = summary("regcache repository_json (read API answer)", ours_json);
     let (r50, r99) = summary("raw memcached multi-get of the same items", raw_full);
     println!(
-        "  ratio regcache/raw: p50 {:.2}x, p99 {:.2}x",
+        "  ratio regcache/raw: p50 {:.2}x, p99 {:.2}x; repository_json/raw: p50 {:.2}x, p99 {:.2}x",
         o50.as_secs_f64() / r50.as_secs_f64(),
-        o99.as_secs_f64() / r99.as_secs_f64()
+        o99.as_secs_f64() / r99.as_secs_f64(),
+        j50.as_secs_f64() / r50.as_secs_f64(),
+        j99.as_secs_f64() / r99.as_secs_f64()
     );
 
     // One image by tag: head + one chunk + one image.
     let mut ours = Vec::new();
+    let mut ours_json = Vec::new();
     let mut raw_one = Vec::new();
     for i in 0..(reads * 20) {
         let tag = &entries[(i * 7919) % tags].tag;
@@ -225,6 +242,9 @@ async fn main() {
         let t = Instant::now();
         store.get_image(&scope, &reference).await.unwrap();
         ours.push(t.elapsed());
+        let t = Instant::now();
+        store.image_json(&scope, &reference, false).await.unwrap();
+        ours_json.push(t.elapsed());
         let chunk = (regcache::cache::memcached::key_hash(tag) % head.chunks as u64) as u32;
         let keys = [
             keys::repository_head(&scope, &repo),
@@ -239,10 +259,13 @@ async fn main() {
     }
     println!("one image by tag (head, one chunk, one image):");
     let (o50, o99) = summary("regcache get_image", ours);
+    let (j50, j99) = summary("regcache image_json (read API answer)", ours_json);
     let (r50, r99) = summary("raw memcached gets of the same 3 items", raw_one);
     println!(
-        "  ratio regcache/raw: p50 {:.2}x, p99 {:.2}x",
+        "  ratio regcache/raw: p50 {:.2}x, p99 {:.2}x; image_json/raw: p50 {:.2}x, p99 {:.2}x",
         o50.as_secs_f64() / r50.as_secs_f64(),
-        o99.as_secs_f64() / r99.as_secs_f64()
+        o99.as_secs_f64() / r99.as_secs_f64(),
+        j50.as_secs_f64() / r50.as_secs_f64(),
+        j99.as_secs_f64() / r99.as_secs_f64()
     );
 }

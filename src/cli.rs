@@ -172,16 +172,20 @@ fn age(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
     }
 }
 
-fn image_row(tag: &str, i: &crate::cache::store::ImageInfo) -> [String; 5] {
-    let platforms: Vec<String> = i
-        .platforms
+fn image_row(
+    tag: &str,
+    digest: &str,
+    created: Option<chrono::DateTime<chrono::Utc>>,
+    platforms: &[crate::registry::PlatformImage],
+) -> [String; 5] {
+    let platforms: Vec<String> = platforms
         .iter()
         .filter_map(|p| p.platform.as_ref().map(|p| p.to_string()))
         .collect();
     [
         tag.to_string(),
-        i.digest.to_string(),
-        i.created
+        digest.to_string(),
+        created
             .map(|c| c.to_rfc3339())
             .unwrap_or_else(|| "-".into()),
         if platforms.is_empty() {
@@ -189,7 +193,7 @@ fn image_row(tag: &str, i: &crate::cache::store::ImageInfo) -> [String; 5] {
         } else {
             platforms.join(",")
         },
-        age(i.created),
+        age(created),
     ]
 }
 
@@ -197,12 +201,12 @@ const HEADER: [&str; 5] = ["TAG", "DIGEST", "CREATED", "PLATFORMS", "AGE"];
 
 /// `regcache get`: a repository or an image, from the read API or memcached.
 pub async fn get(args: &crate::config::GetArgs) -> Result<String, GetError> {
-    use crate::cache::store::{ImageInfo, RepositoryMetadata};
+    use crate::cache::store::{ImageInfo, RepositoryAnswer};
     let image = ImageRef::parse(&args.reference)?;
     let is_image = image.tag.is_some() || image.digest.is_some();
     let json = args.output == crate::config::Format::Json;
     enum Got {
-        Repo(RepositoryMetadata),
+        Repo(RepositoryAnswer),
         Image(ImageInfo),
     }
     let got = if let Some(api) = &args.api {
@@ -260,11 +264,15 @@ pub async fn get(args: &crate::config::GetArgs) -> Result<String, GetError> {
         if is_image {
             Got::Image(store.get_image(&scope, &image).await?)
         } else {
-            Got::Repo(
-                store
-                    .get_image_repository_metadata(&scope, &image.repository)
-                    .await?,
-            )
+            let body = store
+                .repository_json(&scope, &image.repository, false)
+                .await?;
+            Got::Repo(serde_json::from_slice(&body).map_err(|e| {
+                crate::cache::store::ReadError::Cache(crate::cache::CacheError::Corrupt {
+                    key: crate::cache::keys::repository_head(&scope, &image.repository),
+                    detail: e.to_string(),
+                })
+            })?)
         }
     } else {
         return Err(GetError::NoSource);
@@ -275,9 +283,12 @@ pub async fn get(args: &crate::config::GetArgs) -> Result<String, GetError> {
         (Got::Image(i), true) => serde_json::to_string_pretty(&i).expect("serialises"),
         (Got::Repo(m), false) => {
             let mut rows = vec![header()];
-            for tag in &m.tags {
-                match m.images.get(tag) {
-                    Some(i) => rows.push(image_row(tag, i)),
+            for (tag, digest) in &m.tags {
+                match digest.as_ref().map(|d| (d, m.images.get(d))) {
+                    Some((d, Some(i))) => {
+                        rows.push(image_row(tag, d.as_str(), i.created, &i.platforms))
+                    }
+                    Some((d, None)) => rows.push(image_row(tag, d.as_str(), None, &[])),
                     None => {
                         rows.push([tag.clone(), "-".into(), "-".into(), "-".into(), "-".into()])
                     }
@@ -299,7 +310,10 @@ pub async fn get(args: &crate::config::GetArgs) -> Result<String, GetError> {
         }
         (Got::Image(i), false) => {
             let tag = i.tag.clone().unwrap_or_else(|| "-".into());
-            columns(&[header(), image_row(&tag, &i)])
+            columns(&[
+                header(),
+                image_row(&tag, i.digest.as_str(), i.created, &i.platforms),
+            ])
         }
     })
 }

@@ -235,6 +235,18 @@ async fn get_prints_the_cache_as_a_table_or_json() {
     ]);
     assert!(ok, "{err}");
     let image: Value = serde_json::from_str(&out).unwrap();
+    let (ok, repo_out, err) =
+        regcache(&["get", &repo, "--memcached", &memcached.addr(), "-o", "json"]);
+    assert!(ok, "{err}");
+    let answer: Value = serde_json::from_str(&repo_out).unwrap();
+    assert_eq!(answer["tags"]["v1"], pushed.digest, "{answer}");
+    assert_eq!(
+        answer["images"][pushed.digest.as_str()]["platforms"]
+            .as_array()
+            .map(Vec::len),
+        Some(4),
+        "{answer}"
+    );
     assert_eq!(image["digest"], pushed.digest);
     assert_eq!(image["platforms"].as_array().unwrap().len(), 4);
     let (ok, _, err) = regcache(&[
@@ -290,6 +302,10 @@ async fn a_registry_push_notification_warms_the_new_tag_at_once() {
             &memcached.addr(),
             "--api-bind-address",
             &format!("127.0.0.1:{port}"),
+            "--metrics-bind-address",
+            "127.0.0.1:0",
+            "--health-probe-bind-address",
+            "127.0.0.1:0",
         ])
         .env("REGCACHE_WEBHOOK_TOKEN", token)
         .stdout(log.try_clone().unwrap())
@@ -301,13 +317,7 @@ async fn a_registry_push_notification_warms_the_new_tag_at_once() {
     let tags = |http: reqwest::Client, url: String| async move {
         let resp = http.get(&url).send().await.ok()?;
         let v: Value = serde_json::from_slice(&resp.bytes().await.ok()?).ok()?;
-        Some(
-            v["tags"]
-                .as_array()?
-                .iter()
-                .filter_map(|t| t.as_str().map(String::from))
-                .collect::<Vec<_>>(),
-        )
+        Some(v["tags"].as_object()?.keys().cloned().collect::<Vec<_>>())
     };
     let wait_for_tag = |tag: &'static str| {
         let (http, url) = (http.clone(), url.clone());
@@ -332,6 +342,31 @@ async fn a_registry_push_notification_warms_the_new_tag_at_once() {
         .await;
     let took = wait_for_tag("v2").await;
     assert!(took < std::time::Duration::from_secs(30), "{took:?}");
+    // `regcache get` reads the same answer through the API: one row per tag, with its image.
+    let api = format!("http://127.0.0.1:{port}");
+    let (ok, out, err) = regcache(&["get", &format!("{host}/wh/app"), "--api", &api]);
+    assert!(ok, "{err}");
+    let rows: Vec<&str> = out.lines().filter(|l| l.starts_with('v')).collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert!(
+        rows.iter()
+            .all(|r| r.contains("sha256:") && r.contains("linux/amd64")),
+        "{out}"
+    );
+    let (ok, out, err) = regcache(&[
+        "get",
+        &format!("{host}/wh/app"),
+        "--api",
+        &api,
+        "-o",
+        "json",
+    ]);
+    assert!(ok, "{err}");
+    let answer: Value = serde_json::from_str(&out).unwrap();
+    for tag in ["v1", "v2"] {
+        let digest = answer["tags"][tag].as_str().unwrap();
+        assert_eq!(answer["images"][digest]["digest"], digest, "{answer}");
+    }
     let _ = child.kill();
     let _ = child.wait();
     let logs = std::fs::read_to_string(dir.path().join("regcache.log")).unwrap();

@@ -118,7 +118,10 @@ impl Standalone {
             .arg("--watches")
             .arg(watches)
             .args(["--memcached", memcached])
+            // Free ports for every listener: several runs may share the machine.
             .args(["--api-bind-address", "127.0.0.1:0"])
+            .args(["--metrics-bind-address", "127.0.0.1:0"])
+            .args(["--health-probe-bind-address", "127.0.0.1:0"])
             .args(["--registry-qps", "1000000", "--registry-burst", "1000000"])
             .args(extra)
             .env("HOME", "/nonexistent")

@@ -170,8 +170,16 @@ fn path_value(path: Result<Path<String>, PathRejection>) -> Result<String, ApiEr
         .map_err(|e| ApiError::bad_request(e.body_text()))
 }
 
-fn json<T: Serialize>(value: &T) -> Response {
-    axum::Json(value).into_response()
+/// An answer the store already wrote as JSON.
+fn json_bytes(body: Vec<u8>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn repository<B: CacheWriter + 'static>(
@@ -183,11 +191,11 @@ async fn repository<B: CacheWriter + 'static>(
     let name = path_value(name)?;
     let repository = Repository::parse(&name).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let target = s.readable_target(&caller, &repository).await?;
-    let metadata = s
+    let body = s
         .store
-        .repository_metadata(&target.scope, &repository, target.timestamp_labels)
+        .repository_json(&target.scope, &repository, target.timestamp_labels)
         .await?;
-    Ok(json(&metadata))
+    Ok(json_bytes(body))
 }
 
 async fn image<B: CacheWriter + 'static>(
@@ -199,11 +207,11 @@ async fn image<B: CacheWriter + 'static>(
     let reference = path_value(reference)?;
     let image = ImageRef::parse(&reference).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let target = s.readable_target(&caller, &image.repository).await?;
-    let info = s
+    let body = s
         .store
-        .image(&target.scope, &image, target.timestamp_labels)
+        .image_json(&target.scope, &image, target.timestamp_labels)
         .await?;
-    Ok(json(&info))
+    Ok(json_bytes(body))
 }
 
 async fn watch<B: CacheWriter + 'static>(
@@ -229,11 +237,11 @@ async fn watch<B: CacheWriter + 'static>(
                  invalid: see its status)"
             ))
         })?;
-    let metadata = s
+    let body = s
         .store
-        .repository_metadata(&target.scope, &target.repository, target.timestamp_labels)
+        .repository_json(&target.scope, &target.repository, target.timestamp_labels)
         .await?;
-    Ok(json(&metadata))
+    Ok(json_bytes(body))
 }
 
 #[derive(Serialize)]

@@ -9,11 +9,13 @@
 //! Tags are spread over chunks by `xxh3_64(tag) % chunks`, so one tag is found by reading
 //! the head and one chunk, even in a repository of 200,000 tags.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
 use super::decorate::{TimestampLabels, created_time};
@@ -135,7 +137,64 @@ struct TagChunk {
     tags: Vec<TagEntry>,
 }
 
-/// What the read API returns for a repository.
+/// One tag of a chunk, borrowed from the chunk's bytes: what a read needs, nothing copied
+/// (a tag is borrowed unless it holds a JSON escape; digests never do).
+#[derive(Deserialize)]
+struct TagView<'a> {
+    #[serde(borrow)]
+    tag: Cow<'a, str>,
+    #[serde(default, borrow)]
+    digest: Option<&'a str>,
+}
+
+/// A chunk as a reader sees it; `fetched`, `deadline` and `interval` are skipped.
+#[derive(Deserialize)]
+struct ChunkView<'a> {
+    generation: u64,
+    index: u32,
+    #[serde(borrow)]
+    tags: Vec<TagView<'a>>,
+}
+
+/// The chunk in `value` if it is chunk `index` of `generation`.
+fn chunk_view(value: &[u8], generation: u64, index: u32) -> Option<ChunkView<'_>> {
+    serde_json::from_slice::<ChunkView>(value)
+        .ok()
+        .filter(|c| c.generation == generation && c.index == index)
+}
+
+/// The bytes after the opening brace of a stored JSON object, if `value` is one; `None`
+/// for anything else, so a damaged item is left out rather than spliced into an answer.
+fn object_body(value: &[u8]) -> Option<&[u8]> {
+    let start = value.iter().position(|b| !b.is_ascii_whitespace())?;
+    if value[start] != b'{' || serde_json::from_slice::<IgnoredAny>(value).is_err() {
+        return None;
+    }
+    Some(&value[start + 1..])
+}
+
+/// Appends `s` as a JSON string.
+fn push_str(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(out, s).expect("writing to a Vec never fails");
+}
+
+/// The read API's repository answer (`docs/api.md`): each tag names its digest, and each
+/// cached image appears once, keyed by digest, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositoryAnswer {
+    pub canonical_name: String,
+    /// Every tag, sorted; `None` when the registry reported the tag's manifest unknown.
+    pub tags: BTreeMap<String, Option<Digest>>,
+    /// The cached images the tags point at.
+    pub images: BTreeMap<Digest, ImageRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_update: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// What the library returns for a repository: images by tag, decorators applied.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RepositoryMetadata {
@@ -775,6 +834,254 @@ impl<B: CacheWriter> MetadataStore<B> {
     }
 }
 
+impl<B: CacheWriter> MetadataStore<B> {
+    /// `record` with the timestamp-label decorator applied.
+    fn decorated(&self, mut record: ImageRecord) -> ImageRecord {
+        record.created = created_time(true, &record.labels, record.created);
+        for p in &mut record.platforms {
+            p.created = created_time(true, &p.labels, p.created);
+        }
+        record
+    }
+
+    /// The read API's repository answer ([`RepositoryAnswer`]) as JSON, built from the
+    /// stored bytes: chunks are parsed without copying their tags, and image records go
+    /// into the answer verbatim unless the timestamp-label decorator applies (forced by
+    /// `label_times`, or by the allowlist), which re-serialises each distinct image once.
+    pub async fn repository_json(
+        &self,
+        scope: &Scope,
+        repository: &Repository,
+        label_times: bool,
+    ) -> Result<Vec<u8>, ReadError> {
+        let name = repository.canonical();
+        let decorate = label_times || self.timestamp_labels.applies_to(&name);
+        let mut last_head = None;
+        for _ in 0..READ_ATTEMPTS {
+            let Some(head) = self.head(scope, repository).await? else {
+                return Err(self.not_cached(repository, None));
+            };
+            if head.last_update.is_none()
+                || last_head
+                    .as_ref()
+                    .is_some_and(|h: &RepositoryHead| h.generation == head.generation)
+            {
+                // Never fetched, or the same generation as the last attempt and still
+                // incomplete: evicted.
+                return Err(self.not_cached(repository, Some(&head)));
+            }
+            let chunks = if head.generation == 0 { 0 } else { head.chunks };
+            let chunk_keys: Vec<String> = (0..chunks)
+                .map(|i| keys::tag_chunk(scope, repository, head.generation, i))
+                .collect();
+            let found = if chunk_keys.is_empty() {
+                HashMap::new()
+            } else {
+                self.get_many(&chunk_keys).await?
+            };
+            let mut tags: Vec<TagView> = Vec::with_capacity(head.tag_count as usize);
+            let mut complete = true;
+            for (i, key) in (0..chunks).zip(&chunk_keys) {
+                match found
+                    .get(key)
+                    .and_then(|e| chunk_view(&e.value, head.generation, i))
+                {
+                    Some(c) => tags.extend(c.tags),
+                    None => {
+                        complete = false;
+                        break;
+                    }
+                }
+            }
+            if !complete {
+                last_head = Some(head);
+                continue;
+            }
+            tags.sort_unstable_by(|a, b| a.tag.cmp(&b.tag));
+            let mut digests: Vec<Digest> = {
+                let mut raw: Vec<&str> = tags.iter().filter_map(|t| t.digest).collect();
+                raw.sort_unstable();
+                raw.dedup();
+                // A digest that does not parse names no image item; its tags still list it.
+                raw.into_iter()
+                    .filter_map(|d| Digest::parse(d).ok())
+                    .collect()
+            };
+            digests.sort_unstable();
+            let image_keys: Vec<String> = digests.iter().map(|d| keys::image(scope, d)).collect();
+            let records = if image_keys.is_empty() {
+                HashMap::new()
+            } else {
+                self.get_many(&image_keys).await?
+            };
+
+            let record_bytes: usize = records.values().map(|e| e.value.len()).sum();
+            let mut out = Vec::with_capacity(256 + name.len() + tags.len() * 96 + record_bytes);
+            out.extend_from_slice(b"{\"canonicalName\":");
+            push_str(&mut out, &name);
+            out.extend_from_slice(b",\"tags\":{");
+            for (n, t) in tags.iter().enumerate() {
+                if n > 0 {
+                    out.push(b',');
+                }
+                push_str(&mut out, &t.tag);
+                out.push(b':');
+                match t.digest {
+                    Some(d) => push_str(&mut out, d),
+                    None => out.extend_from_slice(b"null"),
+                }
+            }
+            out.extend_from_slice(b"},\"images\":{");
+            let mut first = true;
+            for (digest, key) in digests.iter().zip(&image_keys) {
+                let Some(entry) = records.get(key) else {
+                    continue;
+                };
+                let mark = out.len();
+                if !first {
+                    out.push(b',');
+                }
+                push_str(&mut out, digest.as_str());
+                out.push(b':');
+                let written = if decorate {
+                    serde_json::from_slice::<ImageRecord>(&entry.value)
+                        .map(|r| {
+                            serde_json::to_writer(&mut out, &self.decorated(r))
+                                .expect("schema types serialise")
+                        })
+                        .is_ok()
+                } else {
+                    match object_body(&entry.value) {
+                        Some(_) => {
+                            out.extend_from_slice(&entry.value);
+                            true
+                        }
+                        None => false,
+                    }
+                };
+                if written {
+                    first = false;
+                } else {
+                    out.truncate(mark);
+                }
+            }
+            out.push(b'}');
+            if let Some(t) = &head.last_update {
+                out.extend_from_slice(b",\"lastUpdate\":");
+                serde_json::to_writer(&mut out, t).expect("times serialise");
+            }
+            if let Some(e) = &head.last_error {
+                out.extend_from_slice(b",\"lastError\":");
+                push_str(&mut out, e);
+            }
+            out.push(b'}');
+            return Ok(out);
+        }
+        Err(self.not_cached(repository, last_head.as_ref()))
+    }
+
+    /// The read API's answer for one image ([`ImageInfo`]) as JSON. By tag it reads the
+    /// head and the tag's chunk (parsed without copying), then the image record, which is
+    /// spliced into the answer as stored unless the timestamp-label decorator applies.
+    pub async fn image_json(
+        &self,
+        scope: &Scope,
+        image: &ImageRef,
+        label_times: bool,
+    ) -> Result<Vec<u8>, ReadError> {
+        let repository = &image.repository;
+        let name = repository.canonical();
+        let (digest, tag) = match image.reference() {
+            Reference::Digest(d) => (d, image.tag.clone()),
+            Reference::Tag(tag) => (
+                self.digest_of_tag(scope, repository, &tag).await?,
+                Some(tag),
+            ),
+        };
+        let not_cached = || ReadError::ImageNotCached {
+            repository: name.clone(),
+            digest: digest.to_string(),
+            help: not_cached_help(&name),
+        };
+        let entry = self
+            .get(&keys::image(scope, &digest))
+            .await?
+            .ok_or_else(not_cached)?;
+        if label_times || self.timestamp_labels.applies_to(&name) {
+            let record: ImageRecord =
+                serde_json::from_slice(&entry.value).map_err(|e| CacheError::Corrupt {
+                    key: keys::image(scope, &digest),
+                    detail: e.to_string(),
+                })?;
+            let info = self.info(&name, tag.as_deref(), record, label_times);
+            return Ok(serde_json::to_vec(&info).expect("schema types serialise"));
+        }
+        let body = object_body(&entry.value).ok_or_else(|| CacheError::Corrupt {
+            key: keys::image(scope, &digest),
+            detail: "the image record is not a JSON object".to_string(),
+        })?;
+        let mut out = Vec::with_capacity(64 + name.len() + entry.value.len());
+        out.extend_from_slice(b"{\"canonicalName\":");
+        push_str(&mut out, &name);
+        if let Some(tag) = &tag {
+            out.extend_from_slice(b",\"tag\":");
+            push_str(&mut out, tag);
+        }
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'}') {
+            out.push(b',');
+        }
+        out.extend_from_slice(body);
+        Ok(out)
+    }
+
+    /// The digest `tag` points at: the head, then the one chunk that holds the tag.
+    async fn digest_of_tag(
+        &self,
+        scope: &Scope,
+        repository: &Repository,
+        tag: &str,
+    ) -> Result<Digest, ReadError> {
+        let mut last_head = None;
+        for _ in 0..READ_ATTEMPTS {
+            let Some(head) = self.head(scope, repository).await? else {
+                return Err(self.not_cached(repository, None));
+            };
+            if head.last_update.is_none()
+                || last_head
+                    .as_ref()
+                    .is_some_and(|h: &RepositoryHead| h.generation == head.generation)
+            {
+                return Err(self.not_cached(repository, Some(&head)));
+            }
+            let tag_not_found = || ReadError::TagNotFound {
+                repository: repository.canonical(),
+                tag: tag.to_string(),
+            };
+            if head.generation == 0 || head.chunks == 0 {
+                return Err(tag_not_found());
+            }
+            let index = (key_hash(tag) % head.chunks as u64) as u32;
+            let key = keys::tag_chunk(scope, repository, head.generation, index);
+            let found = self.get(&key).await?;
+            let Some(chunk) = found
+                .as_ref()
+                .and_then(|e| chunk_view(&e.value, head.generation, index))
+            else {
+                last_head = Some(head);
+                continue;
+            };
+            return chunk
+                .tags
+                .iter()
+                .find(|t| t.tag == tag)
+                .and_then(|t| t.digest)
+                .and_then(|d| Digest::parse(d).ok())
+                .ok_or_else(tag_not_found);
+        }
+        Err(self.not_cached(repository, last_head.as_ref()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1005,6 +1312,112 @@ mod tests {
             assert!(published.generation < u64::MAX && published.chunks == 1);
             let (head, read) = store.read_index(&scope, &repo()).await.unwrap().unwrap();
             assert_eq!((head, read), (published, entries));
+        }
+    }
+
+    #[tokio::test]
+    async fn repository_json_lists_each_image_once_as_stored() {
+        let store = MetadataStore::new(MemoryCache::new(4096));
+        let scope = Scope::public();
+        let (d1, d2) = (Digest::sha256_of(b"one"), Digest::sha256_of(b"two"));
+        let rec = record(&d1, "2024-01-01T00:00:00Z", Some("2024-05-06T07:08:09Z"));
+        store.put_image(&scope, &rec, later()).await.unwrap();
+        let mut entries: Vec<TagEntry> = (0..300).map(|i| entry(&format!("a{i}"), &d1)).collect();
+        // d2's image is not cached; "gone" has no manifest.
+        entries.push(entry("b", &d2));
+        entries.push(TagEntry {
+            digest: None,
+            ..entry("gone", &d1)
+        });
+        let head = store
+            .publish_index(&scope, &repo(), &entries, Utc::now(), later())
+            .await
+            .unwrap();
+        assert!(head.chunks > 1, "{} chunks", head.chunks);
+
+        let body = store.repository_json(&scope, &repo(), false).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let tags = v["tags"].as_object().unwrap();
+        assert_eq!(tags.len(), 302);
+        assert_eq!(tags["a7"], d1.as_str());
+        assert_eq!(tags["b"], d2.as_str());
+        assert!(tags["gone"].is_null());
+        let mut sorted: Vec<&String> = tags.keys().collect();
+        sorted.sort();
+        assert_eq!(tags.keys().collect::<Vec<_>>(), sorted);
+        assert_eq!(v["images"].as_object().unwrap().len(), 1);
+        // The stored record, byte for byte.
+        let stored = store
+            .backend()
+            .get(&keys::image(&scope, &d1))
+            .await
+            .unwrap()
+            .unwrap()
+            .value;
+        assert!(body.windows(stored.len()).any(|w| w == &stored[..]));
+        assert_eq!(
+            v["images"][d1.as_str()],
+            serde_json::to_value(&rec).unwrap()
+        );
+        assert!(v["lastUpdate"].is_string());
+        let answer: RepositoryAnswer = serde_json::from_slice(&body).unwrap();
+        assert_eq!(answer.images[&d1], rec);
+        assert_eq!(answer.tags["gone"], None);
+
+        // Label times re-serialise the record with the label's time.
+        let decorated = store.repository_json(&scope, &repo(), true).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&decorated).unwrap();
+        assert!(
+            v["images"][d1.as_str()]["created"]
+                .as_str()
+                .unwrap()
+                .starts_with("2024-05-06T07:08:09"),
+            "{v}"
+        );
+
+        // Another scope sees nothing of this one.
+        let other = Scope::for_credential(
+            "ghcr.io",
+            "team",
+            &crate::credentials::Credential::basic("u", "p"),
+        );
+        assert!(matches!(
+            store.repository_json(&other, &repo(), false).await,
+            Err(ReadError::NotCached { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn image_json_answers_as_image_does() {
+        let scope = Scope::public();
+        let d = Digest::sha256_of(b"img");
+        let rec = record(&d, "1970-01-01T00:00:00Z", Some("2024-05-06T07:08:09Z"));
+        for patterns in [vec![], vec!["ghcr.io/org/*"]] {
+            let store = MetadataStore::new(MemoryCache::new(4096))
+                .with_timestamp_labels(TimestampLabels::new(&patterns).unwrap());
+            store.put_image(&scope, &rec, later()).await.unwrap();
+            let entries: Vec<TagEntry> = (0..200).map(|i| entry(&format!("v{i}"), &d)).collect();
+            store
+                .publish_index(&scope, &repo(), &entries, Utc::now(), later())
+                .await
+                .unwrap();
+            for reference in [
+                "ghcr.io/org/app:v42".to_string(),
+                format!("ghcr.io/org/app@{d}"),
+            ] {
+                let image = ImageRef::parse(&reference).unwrap();
+                let want =
+                    serde_json::to_value(store.get_image(&scope, &image).await.unwrap()).unwrap();
+                let got: serde_json::Value =
+                    serde_json::from_slice(&store.image_json(&scope, &image, false).await.unwrap())
+                        .unwrap();
+                assert_eq!(got, want, "{patterns:?} {reference}");
+            }
+            let missing = ImageRef::parse("ghcr.io/org/app:nope").unwrap();
+            assert!(matches!(
+                store.image_json(&scope, &missing, false).await,
+                Err(ReadError::TagNotFound { .. })
+            ));
         }
     }
 }
