@@ -887,6 +887,12 @@ async fn memcached_restart_mid_pass() {
     rig.assert_running();
     let only_v3: BTreeMap<String, String> = [("v3".to_string(), new.digest.clone())].into();
     rig.assert_serves(&rig.affected, &only_v3).await;
+    let (_, body) = rig.read(&rig.affected).await;
+    assert_eq!(
+        body["tags"],
+        json!(["v1", "v2", "v3"]),
+        "the index itself is whole: {body:#}"
+    );
     let (status, body) = rig.read(&rig.bystander).await;
     assert_eq!(
         status, 404,
