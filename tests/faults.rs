@@ -487,6 +487,76 @@ async fn rate_limited_without_retry_after_fails_the_pass_and_recovers() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limited_with_long_retry_after_closes_the_host_until_it_ends() {
+    // Over the 60 s regcache is willing to wait inside a pass: the pass ends at once and
+    // the whole host (a 429 is about the client, not one repository) stays closed for the
+    // pause. Affected: the watch whose request got the 429 fails; every watch on the host
+    // waits, without an error.
+    const PAUSE: &str = "65";
+    let mut rig = Rig::start(Options::default()).await;
+    let before = rig.get(&rig.affected).await;
+    let bystander_before = rig.get(&rig.bystander).await;
+    rig.proxy.add_rule(
+        Rule::new(&affected_path("tags/list"), Fault::too_many(Some(PAUSE)))
+            .method("GET")
+            .times(1),
+    );
+    let failed = rig.pass_fails(&rig.affected).await;
+    let error = last_error(&failed).unwrap();
+    assert!(
+        error.contains("429") && error.contains("retry after 65s"),
+        "{error}"
+    );
+    assert_eq!(ready(&failed).unwrap().1, "RateLimited");
+    assert_eq!(
+        failed["status"]["lastUpdate"],
+        before["status"]["lastUpdate"]
+    );
+    rig.assert_serves(&rig.affected, &rig.affected.digests())
+        .await;
+
+    // While the host is closed nothing is sent to it, although both watches ask for passes.
+    rig.proxy.reset_counts();
+    rig.rescan(&rig.bystander).await;
+    rig.rescan(&rig.affected).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(rig.proxy.total(), 0, "{:?}", rig.proxy.seen());
+    let waiting = rig.get(&rig.bystander).await;
+    assert!(
+        last_error(&waiting).is_none(),
+        "the bystander only waits: {waiting:#}"
+    );
+    assert_eq!(ready(&waiting).unwrap().0, "True");
+    rig.assert_serves(&rig.bystander, &rig.bystander.digests())
+        .await;
+    rig.assert_running();
+
+    // When the pause ends, both passes run (nobody asks again) and succeed.
+    let long = Duration::from_secs(150);
+    for (w, b) in [
+        (&rig.affected, &failed),
+        (&rig.bystander, &bystander_before),
+    ] {
+        let deadline = Instant::now() + long;
+        let check = succeeded_after(last_update(b));
+        while !check(&rig.get(w).await) {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not recover after the pause\n{}",
+                w.name,
+                rig.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    assert_eq!(rig.proxy.rule_hits(), [1]);
+    for w in rig.watches() {
+        rig.assert_serves(w, &w.digests()).await;
+    }
+    rig.assert_running();
+}
+
 // ----- server errors ------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread")]
@@ -887,6 +957,12 @@ async fn memcached_restart_mid_pass() {
     rig.assert_running();
     let only_v3: BTreeMap<String, String> = [("v3".to_string(), new.digest.clone())].into();
     rig.assert_serves(&rig.affected, &only_v3).await;
+    let (_, body) = rig.read(&rig.affected).await;
+    assert_eq!(
+        body["tags"],
+        json!(["v1", "v2", "v3"]),
+        "the index itself is whole: {body:#}"
+    );
     let (status, body) = rig.read(&rig.bystander).await;
     assert_eq!(
         status, 404,
