@@ -138,12 +138,14 @@ fn succeeded_after(
 
 /// The tags and digests a read API answer holds.
 fn served(answer: &Value) -> BTreeMap<String, String> {
-    answer["images"]
+    // Tags whose image is served: `tags` maps a tag to its digest, `images` holds each
+    // image once by digest.
+    answer["tags"]
         .as_object()
-        .map(|images| {
-            images
-                .iter()
-                .map(|(t, i)| (t.clone(), i["digest"].as_str().unwrap_or("").to_string()))
+        .map(|tags| {
+            tags.iter()
+                .filter_map(|(t, d)| Some((t.clone(), d.as_str()?.to_string())))
+                .filter(|(_, d)| answer["images"].get(d.as_str()).is_some())
                 .collect()
         })
         .unwrap_or_default()

@@ -578,3 +578,47 @@ async fn recv(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Outcome>) -> Outcome
         .expect("an outcome in time")
         .expect("channel open")
 }
+
+/// Two watches of one namespace logging in as the same user share a scope, so they write
+/// one index. One has a wrong password: its pass must wait for the other's to end (a failure
+/// record written in the middle of a publish would replace the published head), and the
+/// good index stays readable.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_target_sharing_an_index_waits_for_the_other_pass() {
+    let rig = rig(RegistryAuth::Basic, Duration::ZERO);
+    rig.registry.pusher().push_many("shared/app", 6, 3).await;
+    let good = rig.target("shared/app");
+    let bad = Target {
+        id: "default/wrong-password".to_string(),
+        credential: Credential::basic(support::TEST_USER, "wrong-password"),
+        ..good.clone()
+    };
+    assert_eq!(
+        good.scope, bad.scope,
+        "the same user in one namespace: one scope"
+    );
+    // The good pass spends a while on its HEADs; the bad one starts meanwhile.
+    rig.proxy
+        .add_rule(Rule::kind(Kind::Manifest, Fault::delay_ms(300)).method("HEAD"));
+    let warmer = rig.warmer.clone();
+    let good_pass = {
+        let good = good.clone();
+        tokio::spawn(async move { warmer.warm_now(&good).await })
+    };
+    while rig.proxy.count("HEAD", Kind::Manifest) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let b = rig.warmer.warm_now(&bad).await;
+    assert!(b.error.is_some(), "the wrong password fails");
+    assert!(
+        good_pass.is_finished(),
+        "the failing pass ran while the other pass of the same index was under way"
+    );
+    ok(&good_pass.await.unwrap());
+    let cached = rig
+        .store
+        .get_image_repository_metadata(&good.scope, &good.repository)
+        .await
+        .expect("the good index is still published");
+    assert_eq!(cached.tags.len(), 6);
+}

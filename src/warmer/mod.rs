@@ -252,8 +252,33 @@ struct Shared<B> {
     store: Arc<MetadataStore<B>>,
     options: WarmerOptions,
     slots: Mutex<HashMap<TargetId, Slot>>,
+    /// One lock per published index (scope and repository), taken for a whole pass.
+    index_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     wake: Notify,
     changes: broadcast::Sender<(TargetId, TagChange)>,
+}
+
+impl<B: CacheWriter> Shared<B> {
+    /// One pass of `target`. Targets that write the same index — two watches of one
+    /// namespace that log in as the same user, one with a wrong password — take turns: a
+    /// pass reads the index head and writes it back at its end, and two at once would let
+    /// one's failure record replace the other's freshly published head.
+    async fn run_pass(&self, target: &Target) -> Outcome {
+        let lock = {
+            let mut locks = self.index_locks.lock().unwrap_or_else(|e| e.into_inner());
+            // Locks no pass holds or waits for are dropped, so the map stays small.
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+            locks
+                .entry(crate::cache::keys::repository_head(
+                    &target.scope,
+                    &target.repository,
+                ))
+                .or_default()
+                .clone()
+        };
+        let _turn = lock.lock().await;
+        pass::run(&self.registry, &self.store, &self.options.pass, target).await
+    }
 }
 
 /// Handle to the warmer; cheap to clone.
@@ -293,6 +318,7 @@ impl<B: CacheWriter + 'static> Warmer<B> {
                 store,
                 options,
                 slots: Mutex::new(HashMap::new()),
+                index_locks: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
                 changes: broadcast::channel(1024).0,
             }),
@@ -422,13 +448,7 @@ impl<B: CacheWriter + 'static> Warmer<B> {
 
     /// Runs one pass of a target now, outside the schedule (standalone `--once`, tests).
     pub async fn warm_now(&self, target: &Target) -> Outcome {
-        let outcome = pass::run(
-            &self.shared.registry,
-            &self.shared.store,
-            &self.shared.options.pass,
-            target,
-        )
-        .await;
+        let outcome = self.shared.run_pass(target).await;
         self.record(&outcome, true);
         self.publish_changes(&outcome);
         outcome
@@ -530,13 +550,7 @@ impl<B: CacheWriter + 'static> Warmer<B> {
             for (target, version) in start {
                 let shared = self.shared.clone();
                 running.spawn(async move {
-                    let outcome = pass::run(
-                        &shared.registry,
-                        &shared.store,
-                        &shared.options.pass,
-                        &target,
-                    )
-                    .await;
+                    let outcome = shared.run_pass(&target).await;
                     (outcome, version)
                 });
             }
