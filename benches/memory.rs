@@ -46,19 +46,37 @@ async fn main() {
 
     let t = Instant::now();
     let seeder = Seeder::new(registry.storage_dir());
-    let mut first = Vec::new();
-    for w in 0..watches {
-        let seeded = common::seed_repository(
-            &seeder,
-            &format!("bench/w{w:04}"),
-            tags,
-            images,
-            (w * images) as u64,
-        );
-        if w == 0 {
-            first = seeded;
-        }
-    }
+    // Repositories are independent: written from a few threads, so the dataset's file
+    // creation overlaps instead of waiting on one syscall at a time.
+    let seeders = std::thread::available_parallelism().map_or(2, |n| n.get()) * 2;
+    let first = std::thread::scope(|s| {
+        let seeder = &seeder;
+        let workers: Vec<_> = (0..seeders)
+            .map(|k| {
+                s.spawn(move || {
+                    let mut first = Vec::new();
+                    for w in (k..watches).step_by(seeders) {
+                        let seeded = common::seed_repository(
+                            seeder,
+                            &format!("bench/w{w:04}"),
+                            tags,
+                            images,
+                            (w * images) as u64,
+                        );
+                        if w == 0 {
+                            first = seeded;
+                        }
+                    }
+                    first
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("seeding thread"))
+            .find(|f| !f.is_empty())
+            .unwrap_or_default()
+    });
     let seeded_in = t.elapsed();
     common::check_seeded(&registry.base_url(), "bench/w0000", &first).await;
     println!(

@@ -108,12 +108,19 @@ pub struct Standalone {
     log: PathBuf,
 }
 
+/// The `regcache` binary the benches run: `BENCH_REGCACHE_BIN` when set (a copy of a
+/// build, so a shared target directory rebuilt by someone else meanwhile does not change
+/// what is measured), else the one cargo built with this bench.
+pub fn regcache_binary() -> std::ffi::OsString {
+    std::env::var_os("BENCH_REGCACHE_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_regcache").into())
+}
+
 impl Standalone {
     /// Serves the read API on a free port; registry limits are lifted so the registry, not
     /// the limiter, sets the pace.
     pub fn start(watches: &Path, memcached: &str, extra: &[&str], log: PathBuf) -> Standalone {
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_regcache"))
+        let child = Command::new(regcache_binary())
             .arg("standalone")
             .arg("--watches")
             .arg(watches)

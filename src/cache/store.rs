@@ -457,8 +457,10 @@ impl<B: CacheWriter> MetadataStore<B> {
         }
     }
 
-    /// Splits entries over chunks by tag hash, each chunk within the item limit.
-    fn partition(&self, entries: &[TagEntry]) -> Vec<Vec<Vec<u8>>> {
+    /// Splits entries over chunks by tag hash, each chunk within the item limit, and
+    /// writes each chunk's item. Entries are serialised once and moved, not copied, into
+    /// their chunk: a 200,000-tag index is tens of MB of JSON.
+    fn partition(&self, entries: &[TagEntry], generation: u64) -> Vec<Vec<u8>> {
         let encoded: Vec<(u64, Vec<u8>)> = entries
             .iter()
             .map(|e| {
@@ -478,19 +480,40 @@ impl<B: CacheWriter> MetadataStore<B> {
         // Hashing does not fill chunks evenly; start with 30% headroom and grow if one
         // chunk still overflows.
         let mut n = ((total * 13 / 10) / budget + 1).max(1);
-        loop {
-            let mut chunks: Vec<Vec<Vec<u8>>> = vec![Vec::new(); n];
+        let sizes = loop {
             let mut sizes = vec![0usize; n];
             for (h, b) in &encoded {
-                let i = (*h % n as u64) as usize;
-                sizes[i] += b.len() + 1;
-                chunks[i].push(b.clone());
+                sizes[(*h % n as u64) as usize] += b.len() + 1;
             }
             if sizes.iter().all(|s| *s <= budget) {
-                return chunks;
+                break sizes;
             }
             n += n / 4 + 1;
+        };
+        // The chunk wrapper is written around the entries' JSON, so the index is not
+        // serialised twice.
+        let mut bodies: Vec<Vec<u8>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, size)| {
+                let mut body = Vec::with_capacity(size + CHUNK_OVERHEAD);
+                body.extend_from_slice(
+                    format!(r#"{{"generation":{generation},"index":{i},"tags":["#).as_bytes(),
+                );
+                body
+            })
+            .collect();
+        for (h, b) in encoded {
+            let body = &mut bodies[(h % n as u64) as usize];
+            if body.last() != Some(&b'[') {
+                body.push(b',');
+            }
+            body.extend_from_slice(&b);
         }
+        for body in &mut bodies {
+            body.extend_from_slice(b"]}");
+        }
+        bodies
     }
 
     /// Publishes a repository's whole tag index after a complete pass.
@@ -532,23 +555,19 @@ impl<B: CacheWriter> MetadataStore<B> {
             .filter(|g| *g < u64::MAX)
             .unwrap_or(0);
         let generation = (Millis::now().0.max(0) as u64).max(after_previous);
-        let mut sorted: Vec<TagEntry> = entries.to_vec();
-        sorted.sort_by(|a, b| a.tag.cmp(&b.tag));
-        let chunks = self.partition(&sorted);
-        let n = chunks.len() as u32;
-        let writes = chunks.into_iter().enumerate().map(|(i, items)| {
+        // Passes hand over entries already sorted by tag; only other callers pay for a copy.
+        let sorted: std::borrow::Cow<'_, [TagEntry]> =
+            if entries.is_sorted_by(|a, b| a.tag <= b.tag) {
+                std::borrow::Cow::Borrowed(entries)
+            } else {
+                let mut v = entries.to_vec();
+                v.sort_by(|a, b| a.tag.cmp(&b.tag));
+                std::borrow::Cow::Owned(v)
+            };
+        let bodies = self.partition(&sorted, generation);
+        let n = bodies.len() as u32;
+        let writes = bodies.into_iter().enumerate().map(|(i, body)| {
             let key = keys::tag_chunk(scope, repository, generation, i as u32);
-            // Entries are already JSON; the chunk wrapper is written around them so a
-            // 200,000-tag index is not serialised twice.
-            let mut body =
-                format!(r#"{{"generation":{generation},"index":{i},"tags":["#).into_bytes();
-            for (j, item) in items.iter().enumerate() {
-                if j > 0 {
-                    body.push(b',');
-                }
-                body.extend_from_slice(item);
-            }
-            body.extend_from_slice(b"]}");
             async move { self.set(&key, &body, deadline).await }
         });
         let results: Vec<Result<(), CacheError>> = futures::stream::iter(writes)

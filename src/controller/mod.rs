@@ -95,7 +95,12 @@ impl<B> Context<B> {
     }
 
     /// Records a pass's outcome for its watch's next reconcile.
-    pub fn record_outcome(&self, outcome: Outcome) {
+    pub fn record_outcome(&self, mut outcome: Outcome) {
+        // Status reads counts, errors and latest tags only. The per-tag changes were already
+        // published when the pass finished; kept here they would hold one entry per tag of
+        // every watch's first pass for as long as the process runs.
+        outcome.changes = Vec::new();
+        outcome.requests = Default::default();
         self.latest
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -179,20 +179,20 @@ pub async fn run<B: CacheWriter>(
 
     // 4. HEAD the due tags.
     let mut failures = Failures::default();
-    // Futures built over owned values: closures borrowing into a stream make the pass
-    // future lose `Send` generality when spawned.
-    let head_jobs: Vec<_> = to_resolve
-        .iter()
-        .map(|tag| {
-            let (rc, tag) = (rc.clone(), tag.clone());
+    // Each HEAD's future is built only when the stream polls for it: a future holds the
+    // whole request state machine (several KiB), so building one per tag up front costs
+    // hundreds of MiB on a 50,000-tag repository. The closure owns what it captures, so
+    // the pass future stays `Send` when spawned.
+    let head_rc = rc.clone();
+    let mut heads = futures::stream::iter(to_resolve.clone())
+        .map(move |tag| {
+            let rc = head_rc.clone();
             async move {
                 let r = rc.head_manifest(&Reference::Tag(tag.clone())).await;
                 (tag, r)
             }
         })
-        .collect();
-    let mut heads =
-        futures::stream::iter(head_jobs).buffer_unordered(options.head_concurrency.max(1));
+        .buffer_unordered(options.head_concurrency.max(1));
     let mut resolved: Vec<(String, Option<Digest>)> = Vec::new();
     while let Some((tag, result)) = heads.next().await {
         let tag = &tag;
@@ -220,14 +220,18 @@ pub async fn run<B: CacheWriter>(
     }
     // Requests still in flight after a 429 are cancelled here.
     drop(heads);
-    for tag in &to_resolve {
-        if !entries.contains_key(tag) && !resolved.iter().any(|(t, _)| t == tag) {
-            // Abandoned after a 429: keep the previous entry if there is one.
-            if let Some(p) = prev.get(tag) {
-                entries.insert(tag.clone(), p.clone());
+    {
+        let answered: HashSet<&str> = resolved.iter().map(|(t, _)| t.as_str()).collect();
+        for tag in &to_resolve {
+            if !entries.contains_key(tag) && !answered.contains(tag.as_str()) {
+                // Abandoned after a 429: keep the previous entry if there is one.
+                if let Some(p) = prev.get(tag) {
+                    entries.insert(tag.clone(), p.clone());
+                }
             }
         }
     }
+    drop(to_resolve);
 
     // 5. Which resolved digests need metadata: those not cached (one batched read).
     let new_digests: Vec<Digest> = resolved
@@ -264,18 +268,17 @@ pub async fn run<B: CacheWriter>(
                 (digest, fetched, known)
             })
             .collect();
-        let fetch_jobs: Vec<_> = jobs
-            .into_iter()
-            .map(|(digest, fetched, known)| {
-                let (rc, platforms) = (rc.clone(), target.platforms.clone());
+        // Built lazily, like the HEADs above.
+        let (fetch_rc, platforms) = (rc.clone(), target.platforms.clone());
+        let mut fetches = futures::stream::iter(jobs)
+            .map(move |(digest, fetched, known)| {
+                let (rc, platforms) = (fetch_rc.clone(), platforms.clone());
                 async move {
                     let r = fetch_image(&rc, &digest, fetched, &platforms, &known).await;
                     (digest, r)
                 }
             })
-            .collect();
-        let mut fetches =
-            futures::stream::iter(fetch_jobs).buffer_unordered(options.fetch_concurrency.max(1));
+            .buffer_unordered(options.fetch_concurrency.max(1));
         let image_deadline = now.plus(IMAGE_DEADLINE);
         let mut unknown: HashSet<Digest> = HashSet::new();
         let mut failed: HashSet<Digest> = HashSet::new();

@@ -159,7 +159,10 @@ pub struct ControllerProcess {
 impl ControllerProcess {
     pub fn start(kubeconfig: &Path, args: &[&str], log: PathBuf) -> ControllerProcess {
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_regcache"))
+        // Benches may name a copy of the build (see benches/common's `regcache_binary`).
+        let binary = std::env::var_os("BENCH_REGCACHE_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_regcache").into());
+        let child = Command::new(binary)
             .arg("controller")
             // Parallel tests: any free port for every listener (read from the log).
             .args(["--api-bind-address", "127.0.0.1:0"])
