@@ -151,6 +151,12 @@ fn served(answer: &Value) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// The image a repository answer serves for `tag` (`Null` when none).
+fn image_of<'a>(answer: &'a Value, tag: &str) -> &'a Value {
+    let digest = answer["tags"][tag].as_str().unwrap_or_default();
+    &answer["images"][digest]
+}
+
 impl Rig {
     async fn start(options: Options) -> Rig {
         let registry = Registry::start(RegistryAuth::Basic);
@@ -733,7 +739,7 @@ async fn wrong_digest_manifest_is_refused() {
     // v1's metadata never got stored under v3's digest.
     let (_, body) = rig.read(&rig.affected).await;
     assert_eq!(
-        body["images"]["v3"]["platforms"][0]["configDigest"],
+        image_of(&body, "v3")["platforms"][0]["configDigest"],
         rig.affected.images["v3"].config_digest.as_str(),
         "{body:#}"
     );
@@ -777,7 +783,7 @@ async fn unknown_content_type_falls_back_to_the_body_media_type() {
     );
     let (_, body) = rig.read(&rig.affected).await;
     assert_eq!(
-        body["images"]["v3"]["mediaType"],
+        image_of(&body, "v3")["mediaType"],
         support::OCI_MANIFEST,
         "{body:#}"
     );
@@ -961,8 +967,10 @@ async fn memcached_restart_mid_pass() {
     rig.assert_serves(&rig.affected, &only_v3).await;
     let (_, body) = rig.read(&rig.affected).await;
     assert_eq!(
-        body["tags"],
-        json!(["v1", "v2", "v3"]),
+        body["tags"]
+            .as_object()
+            .map(|t| t.keys().cloned().collect::<Vec<_>>()),
+        Some(vec!["v1".to_string(), "v2".to_string(), "v3".to_string()]),
         "the index itself is whole: {body:#}"
     );
     let (status, body) = rig.read(&rig.bystander).await;
