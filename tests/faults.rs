@@ -355,6 +355,22 @@ impl Rig {
         );
     }
 
+    /// After a pass that was not an error: the new tag joins what the affected repository
+    /// serves, the process runs and the bystander is untouched.
+    async fn assert_new_tag_served_by_a_healthy_rig(&mut self, tag: &str, image: PushedImage) {
+        self.affected.images.insert(tag.to_string(), image);
+        self.assert_healthy().await;
+    }
+
+    /// The process runs, the affected repository serves all its tags, the bystander is
+    /// untouched.
+    async fn assert_healthy(&mut self) {
+        self.assert_running();
+        self.assert_serves(&self.affected, &self.affected.digests())
+            .await;
+        self.assert_bystander_clean().await;
+    }
+
     /// The bystander's passes keep succeeding while the fault is active.
     async fn assert_bystander_clean(&self) {
         let before = self.get(&self.bystander).await;
@@ -474,10 +490,7 @@ async fn rate_limited_with_short_retry_after_is_waited_out() {
         .filter(|r| r.kind == Kind::TagList && r.path_and_query.contains(AFFECTED))
         .count();
     assert_eq!(lists, 3, "two 429s, then the list that succeeded");
-    rig.assert_running();
-    rig.assert_serves(&rig.affected, &rig.affected.digests())
-        .await;
-    rig.assert_bystander_clean().await;
+    rig.assert_healthy().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -682,11 +695,7 @@ async fn slow_body_within_the_timeout_is_not_an_error() {
         [1],
         "the slow manifest was fetched once"
     );
-    rig.affected.images.insert("v3".into(), new);
-    rig.assert_running();
-    rig.assert_serves(&rig.affected, &rig.affected.digests())
-        .await;
-    rig.assert_bystander_clean().await;
+    rig.assert_new_tag_served_by_a_healthy_rig("v3", new).await;
 }
 
 // ----- bad bodies ---------------------------------------------------------------------------
@@ -787,11 +796,7 @@ async fn unknown_content_type_falls_back_to_the_body_media_type() {
         support::OCI_MANIFEST,
         "{body:#}"
     );
-    rig.affected.images.insert("v3".into(), new);
-    rig.assert_running();
-    rig.assert_serves(&rig.affected, &rig.affected.digests())
-        .await;
-    rig.assert_bystander_clean().await;
+    rig.assert_new_tag_served_by_a_healthy_rig("v3", new).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -816,11 +821,7 @@ async fn missing_digest_header_falls_back_to_one_get() {
         [format!("/v2/{AFFECTED}/manifests/v3")],
         "one GET by tag replaces the HEAD; the manifest is not fetched again by digest"
     );
-    rig.affected.images.insert("v3".into(), new);
-    rig.assert_running();
-    rig.assert_serves(&rig.affected, &rig.affected.digests())
-        .await;
-    rig.assert_bystander_clean().await;
+    rig.assert_new_tag_served_by_a_healthy_rig("v3", new).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -870,11 +871,7 @@ async fn blob_redirect_to_another_host_is_followed_without_credentials() {
         "the registry itself got credentials"
     );
     rig.assert_no_secrets().await;
-    rig.affected.images.insert("v3".into(), new);
-    rig.assert_running();
-    rig.assert_serves(&rig.affected, &rig.affected.digests())
-        .await;
-    rig.assert_bystander_clean().await;
+    rig.assert_new_tag_served_by_a_healthy_rig("v3", new).await;
 }
 
 // ----- memcached ----------------------------------------------------------------------------
@@ -1197,8 +1194,5 @@ async fn status_patch_conflicts_are_retried() {
         3,
         "three status writes were refused, then one landed"
     );
-    rig.assert_running();
-    rig.assert_serves(&rig.affected, &rig.affected.digests())
-        .await;
-    rig.assert_bystander_clean().await;
+    rig.assert_healthy().await;
 }
