@@ -877,18 +877,9 @@ impl<B: CacheWriter> MetadataStore<B> {
         let decorate = label_times || self.timestamp_labels.applies_to(&name);
         let mut last_head = None;
         for _ in 0..READ_ATTEMPTS {
-            let Some(head) = self.head(scope, repository).await? else {
-                return Err(self.not_cached(repository, None));
-            };
-            if head.last_update.is_none()
-                || last_head
-                    .as_ref()
-                    .is_some_and(|h: &RepositoryHead| h.generation == head.generation)
-            {
-                // Never fetched, or the same generation as the last attempt and still
-                // incomplete: evicted.
-                return Err(self.not_cached(repository, Some(&head)));
-            }
+            let head = self
+                .head_to_read(scope, repository, last_head.as_ref())
+                .await?;
             let chunks = if head.generation == 0 { 0 } else { head.chunks };
             let chunk_keys: Vec<String> = (0..chunks)
                 .map(|i| keys::tag_chunk(scope, repository, head.generation, i))
@@ -1053,6 +1044,24 @@ impl<B: CacheWriter> MetadataStore<B> {
         Ok(out)
     }
 
+    /// The head a read attempt follows. NotCached when nothing was ever fetched, or when
+    /// it names the same generation as the previous attempt (`last`), whose chunks were
+    /// incomplete: evicted, not being replaced.
+    async fn head_to_read(
+        &self,
+        scope: &Scope,
+        repository: &Repository,
+        last: Option<&RepositoryHead>,
+    ) -> Result<RepositoryHead, ReadError> {
+        let Some(head) = self.head(scope, repository).await? else {
+            return Err(self.not_cached(repository, None));
+        };
+        if head.last_update.is_none() || last.is_some_and(|h| h.generation == head.generation) {
+            return Err(self.not_cached(repository, Some(&head)));
+        }
+        Ok(head)
+    }
+
     /// The digest `tag` points at: the head, then the one chunk that holds the tag.
     async fn digest_of_tag(
         &self,
@@ -1062,16 +1071,9 @@ impl<B: CacheWriter> MetadataStore<B> {
     ) -> Result<Digest, ReadError> {
         let mut last_head = None;
         for _ in 0..READ_ATTEMPTS {
-            let Some(head) = self.head(scope, repository).await? else {
-                return Err(self.not_cached(repository, None));
-            };
-            if head.last_update.is_none()
-                || last_head
-                    .as_ref()
-                    .is_some_and(|h: &RepositoryHead| h.generation == head.generation)
-            {
-                return Err(self.not_cached(repository, Some(&head)));
-            }
+            let head = self
+                .head_to_read(scope, repository, last_head.as_ref())
+                .await?;
             let tag_not_found = || ReadError::TagNotFound {
                 repository: repository.canonical(),
                 tag: tag.to_string(),
