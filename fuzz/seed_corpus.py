@@ -244,3 +244,16 @@ hooks = [
 ]
 for i, h in enumerate(hooks):
     write("webhook", f"{i:02}", j(h))
+
+# --- tag_glob: the pattern, then one tag per line --------------------------------------------
+globs = {
+    "star": ["v*", "v1", "v1.2.3", "1.0", "v"],
+    "signature": ["sha256-*.sig", "sha256-abc.sig", "sha256-.sig", "sha256-abc.sig2", "latest"],
+    "group-set": ["{v,release-}[0-9]*.?", "v1.2", "release-3.x", "rc-1.2", "v.1"],
+    "negated": ["[!a-c]*-rc[0-9]", "d-rc1", "a-rc1", "]-rc9", "--rc0"],
+    "literal-edges": ["[]a-]\\*{a,{b,c}d}?", "]*cdx", "-*ax", "a*bdz"],
+    "backtrack": ["*a*b*c", "xxaxxbxxbxc", "abcabc", "acb", ""],
+    "ranges": ["[a-c-e][--0]x", "dx", "e/x", "a-x"],
+}
+for name, lines in globs.items():
+    write("tag_glob", name, "\n".join(lines))

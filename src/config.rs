@@ -145,6 +145,11 @@ pub struct ControllerArgs {
     /// Warm passes running at once.
     #[arg(long, env = "REGCACHE_CONCURRENT", default_value_t = 4)]
     pub concurrent: usize,
+    /// Reconciles (secret lookups, status writes, Events) running at once. Each holds
+    /// Kubernetes API requests, so this bounds memory when many watches change together.
+    #[arg(long, env = "REGCACHE_CONCURRENT_RECONCILES", default_value_t = 8,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrent_reconciles: u16,
     /// Elect one leader among replicas with a Lease; only the leader warms and writes.
     #[arg(long, env = "REGCACHE_LEADER_ELECT", default_value_t = false)]
     pub leader_elect: bool,

@@ -112,10 +112,12 @@ pub struct ImageRepositoryWatchSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct TagsSpec {
-    /// Glob patterns; only matching tags are kept (all when empty).
+    /// Glob patterns; only matching tags are kept (all when empty). `*` any run of
+    /// characters, `?` one character, `[a-z]` / `[!a-z]` one character in / not in a set,
+    /// `{a,b}` either alternative, `\` escapes the next character.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub include: Vec<String>,
-    /// Glob patterns of tags to leave out.
+    /// Glob patterns of tags to leave out (same syntax as `include`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<String>,
     /// At most this many tags, those sorting highest in natural order (`1.10` after `1.9`).

@@ -24,6 +24,7 @@ use crate::cache::{encode_value, ttl_for};
 use crate::credentials::{Credential, DockerConfig};
 use crate::image::{Digest, ImageRef, Platform, Reference, Repository, validate_tag};
 use crate::registry::auth::{Challenge, parse_www_authenticate};
+use crate::warmer::glob::Glob;
 use crate::registry::manifest::{
     ImageConfig, Manifest, MediaKind, config_descriptor, detect_kind, digest_payload,
     index_entries, parse_manifest, parse_time, platform_wanted,
@@ -42,6 +43,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("cache_value", cache_value),
     ("cache_store", cache_store),
     ("webhook", webhook),
+    ("tag_glob", tag_glob),
 ];
 
 /// Image references, repositories, digests, tags and platforms (`src/image.rs`), and the
@@ -588,5 +590,59 @@ pub fn webhook(data: &[u8]) {
             }
         }
         Err(why) => assert!(!why.is_empty()),
+    }
+}
+
+/// Tag glob patterns (`warmer::glob`, `spec.tags.include` / `exclude`): the first line is the
+/// pattern, every further line a tag to match.
+///
+/// Properties: parsing and matching never panic and a refusal says why; on the syntax that
+/// regcache and the `globset` crate define alike (ASCII, no `**`, no POSIX `[:class:]`, no
+/// empty `{}` alternative, groups within regcache's limits), both accept the same patterns
+/// and match the same tags. `globset` is the oracle only: regcache's own matcher holds a
+/// few bytes per pattern where a compiled glob set held tens of KiB.
+pub fn tag_glob(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let mut lines = text.split('\n');
+    let pattern = lines.next().unwrap_or_default();
+    let tags: Vec<&str> = lines.collect();
+    let ours = Glob::new(pattern);
+    if let Ok(glob) = &ours {
+        for tag in &tags {
+            glob.is_match(tag);
+        }
+    }
+    if let Err(e) = &ours {
+        assert!(!e.to_string().is_empty());
+    }
+    let shared_syntax = pattern.is_ascii()
+        && !["**", "[:", "{,", ",,", ",}", "{}"]
+            .iter()
+            .any(|quirk| pattern.contains(quirk))
+        && !ours.as_ref().is_err_and(|e| {
+            let e = e.to_string();
+            e.contains("deeper than") || e.contains("more than")
+        });
+    if !shared_syntax {
+        return;
+    }
+    let oracle = globset::GlobBuilder::new(pattern)
+        .literal_separator(false)
+        .build()
+        .map(|g| g.compile_matcher());
+    assert_eq!(
+        ours.is_ok(),
+        oracle.is_ok(),
+        "pattern {pattern:?}: regcache {ours:?}, globset {:?}",
+        oracle.as_ref().err()
+    );
+    if let (Ok(glob), Ok(oracle)) = (ours, oracle) {
+        for tag in tags.iter().filter(|t| t.is_ascii()) {
+            assert_eq!(
+                glob.is_match(tag),
+                oracle.is_match(tag),
+                "pattern {pattern:?}, tag {tag:?}"
+            );
+        }
     }
 }

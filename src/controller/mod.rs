@@ -59,6 +59,9 @@ pub struct Context<B> {
     failures: Mutex<HashMap<String, u32>>,
     /// `/readyz`: set once the watches are listed (and the cache answers, see `serve`).
     pub readiness: Arc<Readiness>,
+    /// Reconciles running at once (`--concurrent-reconciles`). Unbounded, 1,000 watches
+    /// appearing together held 1,000 API requests and their buffers at once.
+    pub concurrent_reconciles: u16,
 }
 
 impl<B> Context<B> {
@@ -79,6 +82,7 @@ impl<B> Context<B> {
             failures: Mutex::new(HashMap::new()),
             leading: std::sync::atomic::AtomicBool::new(false),
             readiness: Arc::default(),
+            concurrent_reconciles: 8,
         }
     }
 
@@ -326,7 +330,9 @@ pub async fn run<B: CacheWriter + 'static>(
             .await;
     });
 
-    let controller = Controller::new(watches, watcher::Config::default());
+    let controller = Controller::new(watches, watcher::Config::default()).with_config(
+        kube::runtime::controller::Config::default().concurrency(ctx.concurrent_reconciles),
+    );
     let store = controller.store();
     let synced_store = store.clone();
     let readiness = ctx.readiness.clone();
@@ -483,12 +489,9 @@ pub async fn serve(args: &crate::config::ControllerArgs) -> Result<(), ServeErro
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| format!("regcache-{}", std::process::id()))
     });
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        warmer,
-        defaults,
-        identity.clone(),
-    ));
+    let mut ctx = Context::new(client.clone(), warmer, defaults, identity.clone());
+    ctx.concurrent_reconciles = args.concurrent_reconciles;
+    let ctx = Arc::new(ctx);
 
     // Every replica serves reads, metrics and probes.
     let listener = listen(&args.api.api_bind_address, "read API").await?;

@@ -2,7 +2,7 @@
 
 use std::cmp::Ordering;
 
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use super::glob::Glob;
 
 /// Signature, attestation and SBOM tags that cosign and friends attach to images
 /// (`sha256-<digest>.sig`): metadata about images, not images to deploy.
@@ -23,8 +23,9 @@ pub enum FilterError {
 /// Which tags of a repository to warm.
 #[derive(Debug, Clone)]
 pub struct TagFilter {
-    include: Option<GlobSet>,
-    exclude: GlobSet,
+    /// Empty: every tag.
+    include: Box<[Glob]>,
+    exclude: Box<[Glob]>,
     max_tags: Option<usize>,
 }
 
@@ -38,24 +39,17 @@ pub struct Filtered {
     pub over_budget: usize,
 }
 
-fn globs(field: &'static str, patterns: &[&str]) -> Result<GlobSet, FilterError> {
-    let mut b = GlobSetBuilder::new();
-    for p in patterns {
-        let g = GlobBuilder::new(p)
-            .literal_separator(false)
-            .build()
-            .map_err(|e| FilterError::Pattern {
+fn globs(field: &'static str, patterns: &[&str]) -> Result<Box<[Glob]>, FilterError> {
+    patterns
+        .iter()
+        .map(|p| {
+            Glob::new(p).map_err(|e| FilterError::Pattern {
                 field,
                 pattern: p.to_string(),
-                detail: e.kind().to_string(),
-            })?;
-        b.add(g);
-    }
-    b.build().map_err(|e| FilterError::Pattern {
-        field,
-        pattern: patterns.join(","),
-        detail: e.to_string(),
-    })
+                detail: e.to_string(),
+            })
+        })
+        .collect()
 }
 
 impl Default for TagFilter {
@@ -82,18 +76,15 @@ impl TagFilter {
             exclude.extend(SIGNATURE_PATTERNS);
         }
         Ok(TagFilter {
-            include: if include.is_empty() {
-                None
-            } else {
-                Some(globs("include", &include)?)
-            },
+            include: globs("include", &include)?,
             exclude: globs("exclude", &exclude)?,
             max_tags,
         })
     }
 
     pub fn matches(&self, tag: &str) -> bool {
-        self.include.as_ref().is_none_or(|i| i.is_match(tag)) && !self.exclude.is_match(tag)
+        (self.include.is_empty() || self.include.iter().any(|g| g.is_match(tag)))
+            && !self.exclude.iter().any(|g| g.is_match(tag))
     }
 
     /// Filters, then keeps the `maxTags` tags that sort highest in natural order (`1.10`

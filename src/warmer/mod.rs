@@ -3,6 +3,7 @@
 //! per-host limits; the cache owns storage.
 
 pub mod filter;
+pub mod glob;
 pub mod pass;
 pub mod schedule;
 
