@@ -494,6 +494,40 @@ async fn rate_limited_with_short_retry_after_is_waited_out() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn rate_limited_with_retry_after_as_http_date_is_waited_out() {
+    // RFC 9110 allows Retry-After as an HTTP date as well as seconds.
+    let mut rig = Rig::start(Options::default()).await;
+    let before = rig.get(&rig.affected).await;
+    let at = (chrono::Utc::now() + chrono::Duration::seconds(4))
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string();
+    rig.proxy.add_rule(
+        Rule::new(&affected_path("tags/list"), Fault::too_many(Some(&at)))
+            .method("GET")
+            .times(1),
+    );
+    rig.proxy.reset_counts();
+    let started = std::time::Instant::now();
+    rig.pass_succeeds(&rig.affected, &before).await;
+    assert_eq!(rig.proxy.rule_hits(), [1], "the 429 was answered");
+    let lists: Vec<_> = rig
+        .proxy
+        .seen()
+        .into_iter()
+        .filter(|r| r.kind == Kind::TagList && r.path_and_query.contains(AFFECTED))
+        .collect();
+    assert_eq!(lists.len(), 2, "the 429, then the list that succeeded");
+    // The date was read: the pause lasted until it (whole seconds, so at least 3 s), not
+    // the 1 s regcache waits after a 429 that gives no usable Retry-After.
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "waited {:?} for {at}",
+        started.elapsed()
+    );
+    rig.assert_healthy().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn rate_limited_without_retry_after_fails_the_pass_and_recovers() {
     registry_fault_row(
         false,
