@@ -181,7 +181,7 @@ async fn main() {
     let mut ours_json = Vec::new();
     let mut raw_full = Vec::new();
     let mut bytes = 0usize;
-    let mut answer = Vec::new();
+    let mut answer = bytes::Bytes::new();
     for _ in 0..reads {
         // The read API's answer, built from the stored bytes.
         let t = Instant::now();

@@ -238,6 +238,10 @@ pub struct CacheArgs {
     /// Timeout of each memcached operation.
     #[arg(long, env = "REGCACHE_MEMCACHED_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub memcached_timeout: Duration,
+    /// MiB of read API repository answers kept in the process, each reused while the
+    /// repository's head in memcached is unchanged (0 keeps none).
+    #[arg(long, env = "REGCACHE_ANSWER_CACHE_MIB", default_value_t = 16)]
+    pub answer_cache_mib: usize,
 }
 
 /// How hard regcache may push registries.

@@ -53,7 +53,13 @@ pub async fn run(
     let metrics = Arc::new(crate::telemetry::Metrics::new());
     let backend = crate::cache::open(&args.cache, &metrics).await?;
     let (store, warmer) =
-        crate::warmer::build(backend, &args.limits, args.concurrent, metrics.clone());
+        crate::warmer::build(
+        backend,
+        &args.limits,
+        args.concurrent,
+        args.cache.answer_cache_mib,
+        metrics.clone(),
+    );
     let planned = manifests.targets(&defaults);
     tracing::info!(
         watches = planned.len(),

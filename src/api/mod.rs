@@ -171,13 +171,13 @@ fn path_value(path: Result<Path<String>, PathRejection>) -> Result<String, ApiEr
 }
 
 /// An answer the store already wrote as JSON.
-fn json_bytes(body: Vec<u8>) -> Response {
+fn json_bytes(body: impl Into<bytes::Bytes>) -> Response {
     (
         [(
             axum::http::header::CONTENT_TYPE,
             axum::http::HeaderValue::from_static("application/json"),
         )],
-        body,
+        body.into(),
     )
         .into_response()
 }

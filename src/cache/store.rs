@@ -13,11 +13,13 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
+use super::answers::{AnswerKey, Answers};
 use super::decorate::{TimestampLabels, created_time};
 use super::keys::{self, Scope};
 use super::memcached::key_hash;
@@ -289,6 +291,8 @@ pub struct MetadataStore<B> {
     timestamp_labels: TimestampLabels,
     chunk_bytes: usize,
     metrics: Arc<Metrics>,
+    /// Repository answers reused while their head is unchanged (`answers.rs`).
+    answers: Answers,
 }
 
 impl<B: CacheWriter> MetadataStore<B> {
@@ -298,7 +302,15 @@ impl<B: CacheWriter> MetadataStore<B> {
             timestamp_labels: TimestampLabels::default(),
             chunk_bytes: DEFAULT_CHUNK_BYTES,
             metrics: Arc::default(),
+            answers: Answers::new(0),
         }
+    }
+
+    /// Keeps up to `bytes` of read API repository answers in the process, each reused for
+    /// as long as the repository's head in the cache is unchanged.
+    pub fn with_answer_cache(mut self, bytes: usize) -> Self {
+        self.answers = Answers::new(bytes);
+        self
     }
 
     /// Records `regcache_cache_*` into the process's metrics.
@@ -872,14 +884,22 @@ impl<B: CacheWriter> MetadataStore<B> {
         scope: &Scope,
         repository: &Repository,
         label_times: bool,
-    ) -> Result<Vec<u8>, ReadError> {
+    ) -> Result<Bytes, ReadError> {
         let name = repository.canonical();
         let decorate = label_times || self.timestamp_labels.applies_to(&name);
+        let answer_key = AnswerKey {
+            scope: scope.to_string(),
+            repository: name.clone(),
+            decorated: decorate,
+        };
         let mut last_head = None;
         for _ in 0..READ_ATTEMPTS {
             let head = self
                 .head_to_read(scope, repository, last_head.as_ref())
                 .await?;
+            if let Some(answer) = self.answers.get(&answer_key, &head) {
+                return Ok(answer);
+            }
             let chunks = if head.generation == 0 { 0 } else { head.chunks };
             let chunk_keys: Vec<String> = (0..chunks)
                 .map(|i| keys::tag_chunk(scope, repository, head.generation, i))
@@ -943,6 +963,8 @@ impl<B: CacheWriter> MetadataStore<B> {
             }
             out.extend_from_slice(b"},\"images\":{");
             let mut first = true;
+            // Every image record found and written: only then is the answer kept.
+            let mut complete = records.len() == digests.len();
             for (digest, key) in digests.iter().zip(&image_keys) {
                 let Some(entry) = records.get(key) else {
                     continue;
@@ -972,6 +994,7 @@ impl<B: CacheWriter> MetadataStore<B> {
                 if written {
                     first = false;
                 } else {
+                    complete = false;
                     out.truncate(mark);
                 }
             }
@@ -985,6 +1008,10 @@ impl<B: CacheWriter> MetadataStore<B> {
                 push_str(&mut out, e);
             }
             out.push(b'}');
+            let out = Bytes::from(out);
+            if complete {
+                self.answers.put(answer_key, head, out.clone());
+            }
             return Ok(out);
         }
         Err(self.not_cached(repository, last_head.as_ref()))
@@ -1334,6 +1361,65 @@ mod tests {
             let (head, read) = store.read_index(&scope, &repo()).await.unwrap().unwrap();
             assert_eq!((head, read), (published, entries));
         }
+    }
+
+    #[tokio::test]
+    async fn repository_answers_are_reused_until_the_head_moves() {
+        let store = MetadataStore::new(MemoryCache::new(4096)).with_answer_cache(1 << 20);
+        let scope = Scope::public();
+        let (d1, d2) = (Digest::sha256_of(b"one"), Digest::sha256_of(b"two"));
+        for d in [&d1, &d2] {
+            let rec = record(d, "2024-01-01T00:00:00Z", None);
+            store.put_image(&scope, &rec, later()).await.unwrap();
+        }
+        let entries = vec![entry("a", &d1), entry("b", &d2)];
+        store
+            .publish_index(&scope, &repo(), &entries, Utc::now(), later())
+            .await
+            .unwrap();
+        let images = |body: &Bytes| -> usize {
+            let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+            v["images"].as_object().unwrap().len()
+        };
+        let first = store.repository_json(&scope, &repo(), false).await.unwrap();
+        assert_eq!(images(&first), 2);
+
+        // The head is unchanged: the kept answer is served, though a record has gone.
+        let d2_key = keys::image(&scope, &d2);
+        store.backend().delete(&d2_key).await.unwrap();
+        let again = store.repository_json(&scope, &repo(), false).await.unwrap();
+        assert_eq!(again, first);
+
+        // A new head (an error recorded) is read afresh; that answer misses d2's record,
+        // so it is not kept, and the record written again shows at the next read.
+        store
+            .record_error(&scope, &repo(), "registry down", later())
+            .await
+            .unwrap();
+        let fresh = store.repository_json(&scope, &repo(), false).await.unwrap();
+        assert_eq!(images(&fresh), 1);
+        assert!(std::str::from_utf8(&fresh).unwrap().contains("registry down"));
+        let rec = record(&d2, "2024-01-01T00:00:00Z", None);
+        store.put_image(&scope, &rec, later()).await.unwrap();
+        let healed = store.repository_json(&scope, &repo(), false).await.unwrap();
+        assert_eq!(images(&healed), 2);
+
+        // Without an answer cache every read is built from memcached.
+        let uncached = MetadataStore::new(MemoryCache::new(4096));
+        uncached.put_image(&scope, &rec, later()).await.unwrap();
+        uncached
+            .publish_index(&scope, &repo(), &entries[1..], Utc::now(), later())
+            .await
+            .unwrap();
+        assert_eq!(
+            images(&uncached.repository_json(&scope, &repo(), false).await.unwrap()),
+            1
+        );
+        uncached.backend().delete(&d2_key).await.unwrap();
+        assert_eq!(
+            images(&uncached.repository_json(&scope, &repo(), false).await.unwrap()),
+            0
+        );
     }
 
     #[tokio::test]

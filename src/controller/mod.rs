@@ -481,7 +481,13 @@ pub async fn serve(args: &crate::config::ControllerArgs) -> Result<(), ServeErro
     let metrics = Arc::new(crate::telemetry::Metrics::new());
     let backend = crate::cache::open(&args.cache, &metrics).await?;
     let (store, warmer) =
-        crate::warmer::build(backend, &args.limits, args.concurrent, metrics.clone());
+        crate::warmer::build(
+        backend,
+        &args.limits,
+        args.concurrent,
+        args.cache.answer_cache_mib,
+        metrics.clone(),
+    );
     let defaults = Defaults::from_flags(&args.default_platforms, args.default_interval)?;
     let identity = args.pod_name.clone().unwrap_or_else(|| {
         std::env::var("HOSTNAME")

@@ -34,9 +34,14 @@ pub fn build<B: CacheWriter + 'static>(
     backend: B,
     limits: &crate::config::RegistryLimits,
     concurrency: usize,
+    answer_cache_mib: usize,
     metrics: Arc<Metrics>,
 ) -> (Arc<MetadataStore<B>>, Warmer<B>) {
-    let store = Arc::new(MetadataStore::new(backend).with_metrics(metrics.clone()));
+    let store = Arc::new(
+        MetadataStore::new(backend)
+            .with_metrics(metrics.clone())
+            .with_answer_cache(answer_cache_mib.saturating_mul(1 << 20)),
+    );
     let warmer = Warmer::with_metrics(
         RegistryClient::with_metrics(limits.client_options(), metrics.clone()),
         store.clone(),
