@@ -69,11 +69,10 @@ where
     }
 }
 
+type RawClients = Arc<Vec<tokio::sync::Mutex<async_memcached::Client>>>;
+
 /// One raw memcached connection per client.
-async fn raw_clients(
-    addr: &str,
-    n: usize,
-) -> Arc<Vec<tokio::sync::Mutex<async_memcached::Client>>> {
+async fn raw_clients(addr: &str, n: usize) -> RawClients {
     let mut v = Vec::new();
     for _ in 0..n {
         v.push(tokio::sync::Mutex::new(
@@ -151,10 +150,12 @@ async fn main() {
             + &common::watch_yaml("large", &format!("{host}/bench/large"), "1h"),
     )
     .unwrap();
+    // First every answer is built from memcached (`--answer-cache-mib 0`); a second
+    // instance with the default answer cache then serves the repositories again.
     let mut regcache = common::Standalone::start(
         &watches,
         &memcached.addr(),
-        &[],
+        &["--answer-cache-mib", "0"],
         dir.path().join("regcache.log"),
     );
     let api = regcache.api_url();
@@ -315,36 +316,103 @@ async fn main() {
             ("small repository", &small_url, &small_keys),
             ("large repository", &large_url, &large_keys),
         ] {
-            let (h, url) = (http.clone(), url.clone());
-            let ours = drive(n, secs, move |_, _| {
-                let (h, url) = (h.clone(), url.clone());
-                async move {
-                    let r = h.get(&url).send().await.unwrap();
-                    assert_eq!(r.status(), 200);
-                    r.bytes().await.unwrap();
-                }
-            })
-            .await;
-            let (raw_c, keys) = (raw.clone(), keys.clone());
-            let theirs = drive(n, secs, move |c, _| {
-                let (raw_c, keys) = (raw_c.clone(), keys.clone());
-                async move {
-                    let mut conn = raw_c[c].lock().await;
-                    let mut found = 0;
-                    for batch in keys.chunks(100) {
-                        found += conn.get_multi(batch).await.unwrap().len();
-                    }
-                    assert_eq!(found, keys.len());
-                }
-            })
-            .await;
-            row(name, n, &ours, &theirs);
+            repository_row(name, n, secs, &http, url, &raw, keys).await;
         }
     }
     let m = Memory::of(pid).expect("regcache memory");
     println!(
-        "regcache standalone after the load: VmRSS {:.1} MiB, peak (VmHWM) {:.1} MiB",
+        "regcache standalone (answers built every time) after the load: VmRSS {:.1} MiB, \
+         peak (VmHWM) {:.1} MiB",
         mib(m.rss),
         mib(m.hwm)
     );
+    drop(regcache);
+
+    let mut regcache = common::Standalone::start(
+        &watches,
+        &memcached.addr(),
+        &[],
+        dir.path().join("regcache-answers.log"),
+    );
+    let api = regcache.api_url();
+    let small_url = format!("{api}/api/v1/repositories/{host}/bench/small");
+    let large_url = format!("{api}/api/v1/repositories/{host}/bench/large");
+    // Its first pass finds every tag fresh; give it time to end before measuring.
+    for url in [&small_url, &large_url] {
+        while http.get(url).send().await.unwrap().status() != 200 {
+            assert!(
+                Instant::now() < deadline,
+                "not serving:\n{}",
+                regcache.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let again = http
+        .get(&large_url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(again.len(), large_body.len(), "the same answer");
+    println!(
+        "with the default answer cache (--answer-cache-mib 16): a read fetches the repository \
+         head and reuses the answer built for it"
+    );
+    let pid = regcache.pid();
+    for &n in &levels {
+        for (name, url, keys) in [
+            ("small repo, kept", &small_url, &small_keys),
+            ("large repo, kept", &large_url, &large_keys),
+        ] {
+            repository_row(name, n, secs, &http, url, &raw, keys).await;
+        }
+    }
+    let m = Memory::of(pid).expect("regcache memory");
+    println!(
+        "regcache standalone (answer cache) after the load: VmRSS {:.1} MiB, peak (VmHWM) \
+         {:.1} MiB",
+        mib(m.rss),
+        mib(m.hwm)
+    );
+}
+
+/// One repository workload at `n` clients: regcache's read API beside raw memcached
+/// multi-gets of the items the answer is built from.
+async fn repository_row(
+    name: &str,
+    n: usize,
+    secs: u64,
+    http: &reqwest::Client,
+    url: &str,
+    raw: &RawClients,
+    keys: &Arc<Vec<String>>,
+) {
+    let (h, url) = (http.clone(), url.to_string());
+    let ours = drive(n, secs, move |_, _| {
+        let (h, url) = (h.clone(), url.clone());
+        async move {
+            let r = h.get(&url).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.bytes().await.unwrap();
+        }
+    })
+    .await;
+    let (raw_c, keys) = (raw.clone(), keys.clone());
+    let theirs = drive(n, secs, move |c, _| {
+        let (raw_c, keys) = (raw_c.clone(), keys.clone());
+        async move {
+            let mut conn = raw_c[c].lock().await;
+            let mut found = 0;
+            for batch in keys.chunks(100) {
+                found += conn.get_multi(batch).await.unwrap().len();
+            }
+            assert_eq!(found, keys.len());
+        }
+    })
+    .await;
+    row(name, n, &ours, &theirs);
 }

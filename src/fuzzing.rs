@@ -24,11 +24,11 @@ use crate::cache::{encode_value, ttl_for};
 use crate::credentials::{Credential, DockerConfig};
 use crate::image::{Digest, ImageRef, Platform, Reference, Repository, validate_tag};
 use crate::registry::auth::{Challenge, parse_www_authenticate};
-use crate::warmer::glob::Glob;
 use crate::registry::manifest::{
     ImageConfig, Manifest, MediaKind, config_descriptor, detect_kind, digest_payload,
     index_entries, parse_manifest, parse_time, platform_wanted,
 };
+use crate::warmer::glob::Glob;
 
 /// A fuzz target: arbitrary bytes in, a panic when a property fails.
 pub type Target = fn(&[u8]);

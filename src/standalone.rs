@@ -52,8 +52,7 @@ pub async fn run(
     let defaults = Defaults::from_flags(&args.default_platforms, args.default_interval)?;
     let metrics = Arc::new(crate::telemetry::Metrics::new());
     let backend = crate::cache::open(&args.cache, &metrics).await?;
-    let (store, warmer) =
-        crate::warmer::build(
+    let (store, warmer) = crate::warmer::build(
         backend,
         &args.limits,
         args.concurrent,

@@ -133,7 +133,10 @@ mod tests {
     fn an_answer_is_reused_only_for_the_same_head() {
         let answers = Answers::new(1000);
         answers.put(key("a"), head(1), Bytes::from_static(b"one"));
-        assert_eq!(answers.get(&key("a"), &head(1)).as_deref(), Some(&b"one"[..]));
+        assert_eq!(
+            answers.get(&key("a"), &head(1)).as_deref(),
+            Some(&b"one"[..])
+        );
         assert_eq!(answers.get(&key("a"), &head(2)), None);
         assert_eq!(answers.get(&key("b"), &head(1)), None);
         let errored = RepositoryHead {
@@ -165,7 +168,10 @@ mod tests {
             assert!(answers.get(&key(r), &head(1)).is_some(), "{r}");
         }
         answers.put(key("big"), head(1), Bytes::from(vec![b'x'; 101]));
-        assert!(answers.get(&key("big"), &head(1)).is_none(), "over a quarter");
+        assert!(
+            answers.get(&key("big"), &head(1)).is_none(),
+            "over a quarter"
+        );
 
         let none = Answers::new(0);
         none.put(key("a"), head(1), Bytes::new());

@@ -1398,7 +1398,11 @@ mod tests {
             .unwrap();
         let fresh = store.repository_json(&scope, &repo(), false).await.unwrap();
         assert_eq!(images(&fresh), 1);
-        assert!(std::str::from_utf8(&fresh).unwrap().contains("registry down"));
+        assert!(
+            std::str::from_utf8(&fresh)
+                .unwrap()
+                .contains("registry down")
+        );
         let rec = record(&d2, "2024-01-01T00:00:00Z", None);
         store.put_image(&scope, &rec, later()).await.unwrap();
         let healed = store.repository_json(&scope, &repo(), false).await.unwrap();
@@ -1412,12 +1416,22 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            images(&uncached.repository_json(&scope, &repo(), false).await.unwrap()),
+            images(
+                &uncached
+                    .repository_json(&scope, &repo(), false)
+                    .await
+                    .unwrap()
+            ),
             1
         );
         uncached.backend().delete(&d2_key).await.unwrap();
         assert_eq!(
-            images(&uncached.repository_json(&scope, &repo(), false).await.unwrap()),
+            images(
+                &uncached
+                    .repository_json(&scope, &repo(), false)
+                    .await
+                    .unwrap()
+            ),
             0
         );
     }

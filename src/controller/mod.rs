@@ -480,8 +480,7 @@ pub async fn serve(args: &crate::config::ControllerArgs) -> Result<(), ServeErro
     let client = client().await?;
     let metrics = Arc::new(crate::telemetry::Metrics::new());
     let backend = crate::cache::open(&args.cache, &metrics).await?;
-    let (store, warmer) =
-        crate::warmer::build(
+    let (store, warmer) = crate::warmer::build(
         backend,
         &args.limits,
         args.concurrent,

@@ -300,7 +300,10 @@ mod tests {
         assert!(m("{v,release-}1*", "v1"));
         assert!(!m("{v,release-}1*", "x1"));
         assert!(m("{a,{b,c}d}", "cd"));
-        assert!(m("x{,y}", "x"), "an empty alternative matches the empty string");
+        assert!(
+            m("x{,y}", "x"),
+            "an empty alternative matches the empty string"
+        );
         assert!(m("a,b", "a,b"), "a comma outside a group is literal");
         assert!(m("\\*", "*"));
         assert!(!m("\\*", "x"));
