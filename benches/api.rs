@@ -166,32 +166,9 @@ async fn main() {
     let small_url = format!("{api}/api/v1/repositories/{host}/bench/small");
     let large_url = format!("{api}/api/v1/repositories/{host}/bench/large");
     let deadline = Instant::now() + Duration::from_secs(600);
-    for url in [&small_url, &large_url] {
-        while http.get(url).send().await.unwrap().status() != 200 {
-            assert!(
-                Instant::now() < deadline,
-                "not warmed:\n{}",
-                regcache.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-    let small_body = http
-        .get(&small_url)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    let large_body = http
-        .get(&large_url)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    wait_serving(&http, &[&small_url, &large_url], deadline, &regcache).await;
+    let small_body = body(&http, &small_url).await;
+    let large_body = body(&http, &large_url).await;
     let v: serde_json::Value = serde_json::from_slice(&large_body).unwrap();
     assert_eq!(v["tags"].as_object().map(|m| m.len()), Some(large_tags));
     assert_eq!(
@@ -338,25 +315,9 @@ async fn main() {
     let small_url = format!("{api}/api/v1/repositories/{host}/bench/small");
     let large_url = format!("{api}/api/v1/repositories/{host}/bench/large");
     // Its first pass finds every tag fresh; give it time to end before measuring.
-    for url in [&small_url, &large_url] {
-        while http.get(url).send().await.unwrap().status() != 200 {
-            assert!(
-                Instant::now() < deadline,
-                "not serving:\n{}",
-                regcache.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
+    wait_serving(&http, &[&small_url, &large_url], deadline, &regcache).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let again = http
-        .get(&large_url)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let again = body(&http, &large_url).await;
     assert_eq!(again.len(), large_body.len(), "the same answer");
     println!(
         "with the default answer cache (--answer-cache-mib 16): a read fetches the repository \
@@ -378,6 +339,29 @@ async fn main() {
         mib(m.rss),
         mib(m.hwm)
     );
+}
+
+/// Waits until the read API answers 200 for every URL.
+async fn wait_serving(
+    http: &reqwest::Client,
+    urls: &[&str],
+    deadline: Instant,
+    regcache: &common::Standalone,
+) {
+    for url in urls {
+        while http.get(*url).send().await.unwrap().status() != 200 {
+            assert!(
+                Instant::now() < deadline,
+                "not serving {url}:\n{}",
+                regcache.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+async fn body(http: &reqwest::Client, url: &str) -> bytes::Bytes {
+    http.get(url).send().await.unwrap().bytes().await.unwrap()
 }
 
 /// One repository workload at `n` clients: regcache's read API beside raw memcached

@@ -1363,6 +1363,17 @@ mod tests {
         }
     }
 
+    /// The repository answer for `repo()`, and how many images it lists.
+    async fn answer(store: &MetadataStore<MemoryCache>) -> (Bytes, usize) {
+        let body = store
+            .repository_json(&Scope::public(), &repo(), false)
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let images = v["images"].as_object().unwrap().len();
+        (body, images)
+    }
+
     #[tokio::test]
     async fn repository_answers_are_reused_until_the_head_moves() {
         let store = MetadataStore::new(MemoryCache::new(4096)).with_answer_cache(1 << 20);
@@ -1377,18 +1388,13 @@ mod tests {
             .publish_index(&scope, &repo(), &entries, Utc::now(), later())
             .await
             .unwrap();
-        let images = |body: &Bytes| -> usize {
-            let v: serde_json::Value = serde_json::from_slice(body).unwrap();
-            v["images"].as_object().unwrap().len()
-        };
-        let first = store.repository_json(&scope, &repo(), false).await.unwrap();
-        assert_eq!(images(&first), 2);
+        let (first, images) = answer(&store).await;
+        assert_eq!(images, 2);
 
         // The head is unchanged: the kept answer is served, though a record has gone.
         let d2_key = keys::image(&scope, &d2);
         store.backend().delete(&d2_key).await.unwrap();
-        let again = store.repository_json(&scope, &repo(), false).await.unwrap();
-        assert_eq!(again, first);
+        assert_eq!(answer(&store).await.0, first);
 
         // A new head (an error recorded) is read afresh; that answer misses d2's record,
         // so it is not kept, and the record written again shows at the next read.
@@ -1396,8 +1402,8 @@ mod tests {
             .record_error(&scope, &repo(), "registry down", later())
             .await
             .unwrap();
-        let fresh = store.repository_json(&scope, &repo(), false).await.unwrap();
-        assert_eq!(images(&fresh), 1);
+        let (fresh, images) = answer(&store).await;
+        assert_eq!(images, 1);
         assert!(
             std::str::from_utf8(&fresh)
                 .unwrap()
@@ -1405,8 +1411,7 @@ mod tests {
         );
         let rec = record(&d2, "2024-01-01T00:00:00Z", None);
         store.put_image(&scope, &rec, later()).await.unwrap();
-        let healed = store.repository_json(&scope, &repo(), false).await.unwrap();
-        assert_eq!(images(&healed), 2);
+        assert_eq!(answer(&store).await.1, 2);
 
         // Without an answer cache every read is built from memcached.
         let uncached = MetadataStore::new(MemoryCache::new(4096));
@@ -1415,25 +1420,9 @@ mod tests {
             .publish_index(&scope, &repo(), &entries[1..], Utc::now(), later())
             .await
             .unwrap();
-        assert_eq!(
-            images(
-                &uncached
-                    .repository_json(&scope, &repo(), false)
-                    .await
-                    .unwrap()
-            ),
-            1
-        );
+        assert_eq!(answer(&uncached).await.1, 1);
         uncached.backend().delete(&d2_key).await.unwrap();
-        assert_eq!(
-            images(
-                &uncached
-                    .repository_json(&scope, &repo(), false)
-                    .await
-                    .unwrap()
-            ),
-            0
-        );
+        assert_eq!(answer(&uncached).await.1, 0);
     }
 
     #[tokio::test]
