@@ -66,16 +66,32 @@ fn leak_forms(host: &str) -> Vec<(String, String)> {
 
 /// Every value in a memcached server, as text (the framing's binary header aside).
 fn memcached_values(memcached: &support::Memcached) -> Vec<(String, String)> {
-    let dump = memcached.raw("lru_crawler metadump all\r\n");
-    let keys: Vec<String> = dump
-        .lines()
-        .filter_map(|l| l.strip_prefix("key="))
-        .filter_map(|l| l.split_whitespace().next())
-        .map(percent_decode)
-        .collect();
+    // The LRU crawler's dump can come back empty or short for items written moments
+    // before (seen about once in four runs): dump again until it lists every item.
+    let items: usize = memcached
+        .stats()
+        .get("curr_items")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (keys, dump) = loop {
+        let dump = memcached.raw("lru_crawler metadump all\r\n");
+        let keys: Vec<String> = dump
+            .lines()
+            .filter_map(|l| l.strip_prefix("key="))
+            .filter_map(|l| l.split_whitespace().next())
+            .map(percent_decode)
+            .collect();
+        if keys.len() >= items || std::time::Instant::now() > deadline {
+            break (keys, dump);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(
-        !keys.is_empty(),
-        "memcached holds nothing; the sweep would prove nothing"
+        !keys.is_empty() && keys.len() >= items,
+        "memcached holds {items} items but its dump lists {}; the sweep would prove \
+         nothing. Dump: {dump:?}",
+        keys.len()
     );
     keys.into_iter()
         .filter_map(|k| {
