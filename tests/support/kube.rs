@@ -212,6 +212,20 @@ impl ControllerProcess {
 impl Drop for ControllerProcess {
     fn drop(&mut self) {
         self.kill();
+        // A failing test shows what the controller did: its log goes with the temporary
+        // directory it was written to.
+        if std::thread::panicking() {
+            let logs = self.logs();
+            let lines: Vec<&str> = logs.lines().collect();
+            let shown = &lines[lines.len().saturating_sub(300)..];
+            eprintln!(
+                "--- controller log {} (last {} of {} lines) ---\n{}",
+                self.log.display(),
+                shown.len(),
+                lines.len(),
+                shown.join("\n")
+            );
+        }
     }
 }
 
