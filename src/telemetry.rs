@@ -580,6 +580,11 @@ impl Readiness {
         self.watches_synced.store(true, Ordering::SeqCst);
     }
 
+    /// Whether the first complete list of watches is in.
+    pub fn watches_are_synced(&self) -> bool {
+        self.watches_synced.load(Ordering::SeqCst)
+    }
+
     /// The result of the latest cache ping (the error's text names a server, never a
     /// secret).
     pub fn cache_checked(&self, result: Result<(), String>) {
@@ -588,7 +593,7 @@ impl Readiness {
 
     /// Ready, or why not.
     pub fn check(&self) -> Result<(), String> {
-        if !self.watches_synced.load(Ordering::SeqCst) {
+        if !self.watches_are_synced() {
             return Err("watches not listed yet".to_string());
         }
         match &*self.cache.lock().unwrap_or_else(|e| e.into_inner()) {

@@ -140,6 +140,9 @@ async fn record_access(extra_args: &[String]) -> BTreeSet<Access> {
         RELEASE_NS,
         "--lease-retry",
         "1s",
+        // Each reconcile and why it ran, for the log a failing run prints.
+        "--log-level",
+        "info,regcache=debug,kube_runtime=debug",
     ]
     .into_iter()
     .map(String::from)
@@ -224,6 +227,9 @@ async fn record_access(extra_args: &[String]) -> BTreeSet<Access> {
         "the emulator allows everything; a refusal means a broken scenario:\n{logs}"
     );
     let counters = emulator.counters().await;
+    if std::env::var_os("SHOW").is_some() {
+        panic!("show");
+    }
     // The controller names itself regcache/<version>; the test's own requests are apart.
     counters["access"]["regcache"]
         .as_object()

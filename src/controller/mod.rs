@@ -17,11 +17,12 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use crate::cache::CacheWriter;
 use crate::crd::{ImageRepositoryWatch, ImageRepositoryWatchStatus, REQUESTED_AT_ANNOTATION};
@@ -119,7 +120,11 @@ pub async fn reconcile<B: CacheWriter + 'static>(
 ) -> Result<Action, ControllerError> {
     let started = std::time::Instant::now();
     let metrics = ctx.warmer.metrics().clone();
-    let result = reconcile_watch(watch, ctx).await;
+    // Instrumented rather than entered: an entered span would stay on the worker thread
+    // across awaits and name this watch in other tasks' lines.
+    let span =
+        tracing::info_span!("reconcile", watch = %target_id(&watch), image = %watch.spec.image);
+    let result = reconcile_watch(watch, ctx).instrument(span).await;
     metrics.reconcile.reconciled(
         result.as_ref().err().map(ControllerError::metric_label),
         started.elapsed(),
@@ -132,9 +137,6 @@ async fn reconcile_watch<B: CacheWriter + 'static>(
     ctx: Arc<Context<B>>,
 ) -> Result<Action, ControllerError> {
     let id = target_id(&watch);
-    let span = tracing::info_span!("reconcile", watch = %id, image = %watch.spec.image);
-    let _enter = span.enter();
-
     let resolved = resolve::resolve(&ctx.client, &watch)
         .await
         .map_err(ControllerError::Kube)?;
@@ -160,12 +162,18 @@ async fn reconcile_watch<B: CacheWriter + 'static>(
     }
     let outcome = ctx.latest(&id);
     let desired = desired_status(&watch, &planned, outcome.as_ref(), requested_at.as_deref());
-    if desired != current && ctx.is_leading() {
+    let patch = desired != current && ctx.is_leading();
+    if patch {
         patch_status(&ctx.client, &watch, &desired)
             .await
             .map_err(ControllerError::Kube)?;
         announce(&ctx, &watch, &current, &desired).await;
     }
+    tracing::debug!(
+        ready = ?desired.ready().map(|c| (&c.status, &c.reason)),
+        status_patched = patch,
+        "reconciled"
+    );
     ctx.failures
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -330,29 +338,24 @@ pub async fn run<B: CacheWriter + 'static>(
             .await;
     });
 
-    let controller = Controller::new(watches, watcher::Config::default()).with_config(
+    // The store of watches fills from our own list-and-watch stream, which marks readiness
+    // when the first list is complete. Awaiting the store's own readiness from another task
+    // is no substitute: it wakes only the task that polled it last, and the controller's
+    // runner waits on it to start reconciling.
+    let (store, writer) = reflector::store();
+    let readiness = ctx.readiness.clone();
+    let listed = watcher(watches, watcher::Config::default())
+        .reflect(writer)
+        .inspect(move |event| {
+            if matches!(event, Ok(watcher::Event::InitDone)) && !readiness.watches_are_synced() {
+                tracing::info!("watches listed");
+                readiness.watches_synced();
+            }
+        })
+        .applied_objects();
+    let controller = Controller::for_stream(listed, store.clone()).with_config(
         kube::runtime::controller::Config::default().concurrency(ctx.concurrent_reconciles),
     );
-    let store = controller.store();
-    let synced_store = store.clone();
-    let readiness = ctx.readiness.clone();
-    let synced_task = tokio::spawn(async move {
-        // The store's readiness future wakes only the task that polled it last (the
-        // controller's own runner waits on it too), so it is asked again every half second
-        // rather than awaited once.
-        loop {
-            let wait = synced_store.wait_until_ready();
-            match tokio::time::timeout(Duration::from_millis(500), wait).await {
-                Ok(Ok(())) => {
-                    tracing::info!("watches listed");
-                    readiness.watches_synced();
-                    break;
-                }
-                Ok(Err(_)) => break, // the controller stopped first
-                Err(_) => {}
-            }
-        }
-    });
     let outcome_ctx = ctx.clone();
     let outcome_store = store.clone();
     let outcomes_task = tokio::spawn(async move {
@@ -367,7 +370,7 @@ pub async fn run<B: CacheWriter + 'static>(
                 }
                 _ = gc.tick() => {
                     // Watches deleted since their target was planned stop warming.
-                    if outcome_store.wait_until_ready().await.is_ok() {
+                    if outcome_ctx.readiness.watches_are_synced() {
                         let live: std::collections::HashSet<String> =
                             outcome_store.state().iter().map(|w| target_id(w)).collect();
                         for t in outcome_ctx.warmer.targets() {
@@ -404,7 +407,6 @@ pub async fn run<B: CacheWriter + 'static>(
     let _ = stop_warmer.send(());
     let _ = warmer_task.await;
     outcomes_task.abort();
-    synced_task.abort();
 }
 
 fn tokio_stream_of<T: Send + 'static>(

@@ -342,6 +342,16 @@ impl<B: CacheWriter + 'static> Warmer<B> {
     /// Records a finished pass. A pass whose target was removed or changed meanwhile
     /// counts, but does not touch the repository's series.
     fn record(&self, outcome: &Outcome, current: bool) {
+        tracing::debug!(
+            watch = %outcome.id,
+            repository = %outcome.repository,
+            tags = outcome.tags,
+            images_updated = outcome.images_updated,
+            published = outcome.published,
+            error = outcome.error.as_deref(),
+            current,
+            "warm pass finished"
+        );
         let published = current && outcome.published;
         self.shared.metrics.warmer.pass(&PassReport {
             watch: &outcome.id,
