@@ -437,3 +437,81 @@ async fn followers_plan_targets_but_write_nothing() {
         "known to the follower's read API"
     );
 }
+
+/// Readiness comes with the first complete list of watches, not before: lists of Secrets
+/// and ServiceAccounts do not count, and no API request may be outstanding for it.
+#[tokio::test]
+async fn readiness_waits_for_the_first_complete_list_of_watches() {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = context(Client::new(service, "default"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(super::run(
+        ctx.clone(),
+        Some("team".into()),
+        async {},
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let empty_list = || {
+        Response::builder()
+            .body(Body::from(
+                serde_json::to_vec(&json!({"metadata": {"resourceVersion": "7"}, "items": []}))
+                    .unwrap(),
+            ))
+            .unwrap()
+    };
+    // Lists of anything else are answered; watch streams stay open, unanswered; the list of
+    // watches is held back until the test lets it go.
+    enum Served {
+        List,
+        Stream,
+        WatchListHeld(tower_test::mock::SendResponse<Response<Body>>),
+    }
+    let mut open_streams = Vec::new();
+    let mut serve = async |release_watch_list: bool| {
+        let (request, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+            .await
+            .ok()
+            .flatten()?;
+        let uri = request.uri().to_string();
+        Some(if uri.contains("watch=true") {
+            open_streams.push(send);
+            Served::Stream
+        } else if uri.contains("/imagerepositorywatches") && !release_watch_list {
+            Served::WatchListHeld(send)
+        } else {
+            send.send_response(empty_list());
+            Served::List
+        })
+    };
+    let (mut held, mut lists) = (None, 0);
+    while held.is_none() || lists < 2 {
+        match serve(false).await.expect("the controller lists its inputs") {
+            Served::WatchListHeld(send) => held = Some(send),
+            Served::List => lists += 1,
+            Served::Stream => {}
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        ctx.readiness.check(),
+        Err("watches not listed yet".to_string()),
+        "Secrets and ServiceAccounts are listed, the watches are not"
+    );
+    held.unwrap().send_response(empty_list());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !ctx.readiness.watches_are_synced() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the list of watches came and readiness did not follow"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(50), serve(true)).await;
+    }
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(30), controller)
+        .await
+        .expect("the controller stops")
+        .unwrap();
+    drop(open_streams);
+}
