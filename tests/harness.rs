@@ -807,6 +807,15 @@ async fn registry_notifications_reach_webhook_sink() {
         .find(|e| e["action"] == "push" && e["target"]["tag"] == "v1")
         .unwrap_or_else(|| panic!("no push event; got {events:?}; log {}", reg.log()));
     assert_eq!(push["target"]["digest"], img.digest.as_str());
+    // regcache's webhook tells a manifest push from the blob pushes before it by the URL.
+    let url = |e: &serde_json::Value| e["target"]["url"].as_str().unwrap_or_default().to_string();
+    assert!(url(push).contains("/v2/notify/app/manifests/"), "{push}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["action"] == "push" && url(e).contains("/v2/notify/app/blobs/")),
+        "the blob pushes are reported too: {events:#?}"
+    );
     let d = &sink.deliveries()[0];
     assert_eq!(d.method, "POST");
     assert_eq!(d.headers.get("x-test").unwrap(), "regcache");

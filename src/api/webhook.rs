@@ -6,8 +6,8 @@ use serde_json::Value;
 
 use crate::image::{ImageRef, Repository};
 
-/// Distribution events that mean "new content": pushes of manifests (and blobs, which
-/// precede them; duplicates collapse).
+/// Distribution events that mean "new content": pushes of manifests. Blob pushes share
+/// the action and are told apart by their target URL.
 const PUSH: &str = "push";
 /// Harbor's event type for a pushed artifact.
 const HARBOR_PUSH: &str = "PUSH_ARTIFACT";
@@ -59,6 +59,16 @@ fn distribution(events: &Value) -> Result<Vec<Repository>, String> {
     for (i, event) in events.iter().enumerate() {
         let at = |field: &str| format!("events[{i}].{field}");
         if str_at(event, "/action", &at("action"))? != PUSH {
+            continue;
+        }
+        // A blob comes before the manifest that uses it, and the manifest's own event follows:
+        // a pass started for the blob is wasted, and may list a tag the registry is still
+        // writing.
+        if event
+            .pointer("/target/url")
+            .and_then(Value::as_str)
+            .is_some_and(|url| url.contains("/blobs/"))
+        {
             continue;
         }
         let path = str_at(event, "/target/repository", &at("target.repository"))?;
@@ -120,8 +130,9 @@ mod tests {
     }
 
     #[test]
-    fn distribution_envelope_takes_the_host_from_the_request_and_skips_pulls() {
+    fn distribution_envelope_takes_the_host_from_the_request_and_skips_pulls_and_blobs() {
         let body = r#"{"events":[
+            {"action":"push","target":{"repository":"team/layers","mediaType":"application/octet-stream","url":"http://127.0.0.1:5000/v2/team/layers/blobs/sha256:01"},"request":{"host":"127.0.0.1:5000"}},
             {"action":"push","target":{"repository":"team/app","tag":"v2"},"request":{"host":"127.0.0.1:5000"}},
             {"action":"push","target":{"repository":"team/app","digest":"sha256:00"},"request":{"host":"127.0.0.1:5000"}},
             {"action":"pull","target":{"repository":"team/other"},"request":{"host":"127.0.0.1:5000"}},
