@@ -438,8 +438,8 @@ async fn followers_plan_targets_but_write_nothing() {
     );
 }
 
-/// Readiness comes with the first complete list of watches, not before: lists of Secrets
-/// and ServiceAccounts do not count, and no API request may be outstanding for it.
+/// Readiness comes with the first complete list of watches, not before; the lists of
+/// Secrets and ServiceAccounts do not count.
 #[tokio::test]
 async fn readiness_waits_for_the_first_complete_list_of_watches() {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
