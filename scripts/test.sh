@@ -13,6 +13,8 @@ missing=()
 command -v memcached >/dev/null 2>&1 || missing+=(memcached)
 command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# skopeo reads the test registry as an independent client, an oracle for regcache's view.
+command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test.sh: installing ${missing[*]}" >&2
   sudo=""
@@ -35,11 +37,13 @@ tests/e2e/.venv/bin/python -m pytest -q tests/chart
 # many seeded mutations per target, on stable: the bounded fuzz run of CI (about half a
 # minute). docs/fuzzing.md has the longer cargo-fuzz runs.
 export REGCACHE_FUZZ_CASES="${REGCACHE_FUZZ_CASES:-20000}"
-if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --no-fail-fast "$@"
-else
-  cargo test --no-fail-fast "$@"
+# cargo-nextest runs each test in its own process, so a hung test is ended and reported
+# (.config/nextest.toml sets the limits) and its servers go with it.
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "test.sh: installing cargo-nextest" >&2
+  cargo install cargo-nextest --locked --quiet
 fi
+cargo nextest run --no-fail-fast "$@"
 
 # The coverage-guided cargo-fuzz targets too, REGCACHE_FUZZ_SECONDS per target. Off by
 # default: from cold, installing cargo-fuzz and building the instrumented targets takes far

@@ -322,32 +322,27 @@ pub struct RegistryArgs {
     pub limits: RegistryLimits,
 }
 
-/// Parses `500ms`, `30s`, `5m`, `1h`, `7d`, or a bare number of seconds.
+/// Parses a flag's duration: Go's syntax as watches take it (`500ms`, `90s`, `1h30m`,
+/// [`crate::crd::duration`]), plus two forms for the command line only: days (`7d`) and a
+/// bare number of seconds (`45`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let value: f64 = number.parse().map_err(|_| {
-        format!("invalid duration {s:?}: expected a number and a unit, like 30s or 5m")
-    })?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        "d" => value * 86400.0,
-        _ => {
-            return Err(format!(
-                "invalid duration {s:?}: unit must be one of ms, s, m, h, d"
-            ));
-        }
+    let days = s
+        .strip_suffix('d')
+        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit() || b == b'.'));
+    let seconds = if let Some(n) = days {
+        n.parse::<f64>().map(|d| d * 86_400.0).ok()
+    } else if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        s.parse::<f64>().ok()
+    } else {
+        return crate::crd::duration::parse(s).map_err(|e| format!("{e}, or d for days"));
     };
-    if !seconds.is_finite() || !(0.0..=1e9).contains(&seconds) {
-        return Err(format!("invalid duration {s:?}: out of range"));
+    match seconds {
+        Some(v) if v.is_finite() && v <= 1e9 => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!(
+            "invalid duration {s:?}: expected a number and a unit, like 30s, 1h30m or 7d"
+        )),
     }
-    Ok(Duration::from_secs_f64(seconds))
 }
 
 #[cfg(test)]
@@ -362,7 +357,13 @@ mod tests {
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert!(parse_duration("5 minutes").unwrap_err().contains("unit"));
+        assert!(
+            parse_duration("1h2d")
+                .unwrap_err()
+                .contains("or d for days")
+        );
         assert!(parse_duration("abc").unwrap_err().contains("number"));
         assert!(parse_duration("").is_err());
     }

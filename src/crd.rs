@@ -35,6 +35,9 @@ pub mod reasons {
 /// Keeps the metadata of one image repository warm in regcache's cache.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[kube(
+    doc = "Keeps the metadata of one image repository warm in regcache's cache: its tags, \
+           each tag's digest, and each image's created time, labels and platforms, refreshed \
+           on a schedule and served to GitOps agents. The status says how fresh the data is.",
     group = "regcache.io",
     version = "v1alpha1",
     kind = "ImageRepositoryWatch",
@@ -61,17 +64,19 @@ pub struct ImageRepositoryWatchSpec {
     }]))]
     pub image: String,
 
-    /// How often to list the repository's tags (`30s`, `5m`, `1h`). Each tag is resolved
-    /// again on its own schedule (1h for a new tag, doubling while it does not change, up to
-    /// 7 days). Default `5m`.
+    /// How often to list the repository's tags, as a Go duration (`90s`, `5m`, `1h30m`,
+    /// `1.5h`; units `ms`, `s`, `m`, `h`), at least `10s`. Each tag is resolved again on its
+    /// own schedule (1h for a new tag, doubling while it does not change, up to 7 days).
+    /// Default `5m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(schema_with = "duration::interval_schema")]
     pub interval: Option<String>,
 
     /// Secrets in this namespace, of type `kubernetes.io/dockerconfigjson` or
-    /// `kubernetes.io/dockercfg`, holding credentials for the registry.
+    /// `kubernetes.io/dockercfg`, holding credentials for the registry, named as in a Pod's
+    /// `imagePullSecrets`: `[{name: regcred}]`. They win over the ServiceAccount's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub pull_secrets: Vec<String>,
+    pub pull_secrets: Vec<SecretReference>,
 
     /// A ServiceAccount in this namespace whose `imagePullSecrets` are used too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -132,8 +137,110 @@ pub struct TagsSpec {
 /// A Secret in the watch's namespace.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
 pub struct SecretReference {
+    /// The Secret's name.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
+}
+
+impl SecretReference {
+    pub fn new(name: impl Into<String>) -> Self {
+        SecretReference { name: name.into() }
+    }
+}
+
+/// Go's duration syntax (`time.ParseDuration`, as Flux and kubectl take it), in one place:
+/// the CRD's pattern and the parser are both built from [`duration::UNITS`].
+pub mod duration {
+    use std::time::Duration;
+
+    /// The units a watch's durations may use, with their length in seconds.
+    pub const UNITS: [(&str, f64); 4] = [("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)];
+
+    /// The shortest `spec.interval`: listing one repository's tags more often than this
+    /// buys nothing (the registry's own caches are about as fresh) and spends its limits.
+    pub const MIN_INTERVAL: Duration = Duration::from_secs(10);
+    /// [`MIN_INTERVAL`] as users write it, for the schema's message and rule.
+    pub const MIN_INTERVAL_TEXT: &str = "10s";
+
+    /// The schema's regular expression: one or more number-unit pairs, no sign.
+    pub fn pattern() -> String {
+        let units: Vec<&str> = UNITS.iter().map(|(u, _)| *u).collect();
+        format!(r"^([0-9]+(\.[0-9]+)?({}))+$", units.join("|"))
+    }
+
+    /// Parses a Go duration of the units in [`UNITS`]: `90s`, `1h30m`, `1.5h`, `500ms`.
+    pub fn parse(s: &str) -> Result<Duration, String> {
+        let units: Vec<&str> = UNITS.iter().map(|(u, _)| *u).collect();
+        let unit_list = units.join(", ");
+        if s.is_empty() {
+            return Err("empty duration: expected a number and a unit, like 30s or 1h30m".into());
+        }
+        let mut rest = s;
+        let mut seconds = 0.0;
+        while !rest.is_empty() {
+            let digits = rest
+                .find(|c: char| !c.is_ascii_digit() && c != '.')
+                .unwrap_or(rest.len());
+            let (number, after) = rest.split_at(digits);
+            let valid_number = !number.is_empty()
+                && !number.starts_with('.')
+                && !number.ends_with('.')
+                && number.matches('.').count() <= 1;
+            let value: f64 = number
+                .parse()
+                .ok()
+                .filter(|_| valid_number)
+                .ok_or_else(|| {
+                    format!(
+                        "invalid duration {s:?}: expected a number and a unit, like 30s or 1h30m"
+                    )
+                })?;
+            let unit_len = after
+                .find(|c: char| c.is_ascii_digit() || c == '.')
+                .unwrap_or(after.len());
+            let (unit, next) = after.split_at(unit_len);
+            let Some((_, scale)) = UNITS.iter().find(|(u, _)| *u == unit) else {
+                return Err(if unit.is_empty() {
+                    format!("invalid duration {s:?}: {number} has no unit (one of {unit_list})")
+                } else {
+                    format!("invalid duration {s:?}: unit {unit:?} must be one of {unit_list}")
+                });
+            };
+            seconds += value * scale;
+            rest = next;
+        }
+        if !seconds.is_finite() || seconds > 1e9 {
+            return Err(format!("invalid duration {s:?}: out of range"));
+        }
+        Ok(Duration::from_secs_f64(seconds))
+    }
+
+    /// Parses `spec.interval`, refusing one below [`MIN_INTERVAL`] (the API server's schema
+    /// refuses it too; standalone watches are checked here).
+    pub fn parse_interval(s: &str) -> Result<Duration, String> {
+        let d = parse(s)?;
+        if d < MIN_INTERVAL {
+            return Err(format!(
+                "interval {s} is shorter than the minimum, {MIN_INTERVAL_TEXT}"
+            ));
+        }
+        Ok(d)
+    }
+
+    /// `spec.interval`'s schema: the pattern, and the floor as a CEL rule so that
+    /// `kubectl apply` refuses a shorter interval with a message.
+    pub fn interval_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "nullable": true,
+            "maxLength": 64,
+            "pattern": pattern(),
+            "x-kubernetes-validations": [{
+                "rule": format!("duration(self) >= duration('{MIN_INTERVAL_TEXT}')"),
+                "message": format!("interval must be at least {MIN_INTERVAL_TEXT}")
+            }]
+        })
+    }
 }
 
 /// What regcache last did for this watch.
@@ -155,8 +262,12 @@ pub struct ImageRepositoryWatchStatus {
     /// The ten most recently created tags, newest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub latest_tags: Vec<String>,
+    /// The `metadata.generation` of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// `Ready`: `True` when the latest pass fetched everything it needed; otherwise `False`
+    /// with a PascalCase reason (`Unauthorized`, `RateLimited`, `SecretNotFound`, ...) and a
+    /// message saying what to fix. `kubectl wait --for=condition=Ready` reads it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The last `regcache.io/requestedAt` annotation value acted on.
@@ -218,8 +329,8 @@ mod tests {
     fn spec_round_trips_in_camel_case() {
         let yaml = r#"
 image: ghcr.io/org/app
-interval: 10m
-pullSecrets: [regcred]
+interval: 1h30m
+pullSecrets: [{name: regcred}]
 serviceAccountName: puller
 tags: {include: ["v*"], exclude: ["*-rc*"], maxTags: 50}
 platforms: [linux/amd64, linux/arm64]
@@ -231,8 +342,99 @@ suspend: true
         let spec: ImageRepositoryWatchSpec = serde_yaml::from_str(yaml).unwrap();
         assert_eq!(spec.tags.as_ref().unwrap().max_tags, Some(50));
         assert_eq!(spec.cert_secret_ref.as_ref().unwrap().name, "corp-ca");
+        assert_eq!(spec.pull_secrets, [SecretReference::new("regcred")]);
         let back: ImageRepositoryWatchSpec =
             serde_yaml::from_str(&serde_yaml::to_string(&spec).unwrap()).unwrap();
         assert_eq!(back, spec);
+    }
+
+    #[test]
+    fn go_durations_parse_as_go_does() {
+        use duration::parse;
+        use std::time::Duration;
+        for (text, secs) in [
+            ("90s", 90.0),
+            ("1h30m", 5400.0),
+            ("1.5h", 5400.0),
+            ("500ms", 0.5),
+            ("2h45m30s", 9930.0),
+            ("0s", 0.0),
+            ("10m0s", 600.0),
+        ] {
+            assert_eq!(parse(text), Ok(Duration::from_secs_f64(secs)), "{text}");
+        }
+        for (text, says) in [
+            ("", "empty"),
+            ("5", "no unit"),
+            ("7d", "unit \"d\""),
+            ("5 m", "unit \" m\""),
+            ("-5m", "number"),
+            ("1..5h", "number"),
+            (".5h", "number"),
+            ("h", "number"),
+            ("1h30", "no unit"),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(says), "{text:?}: {err}");
+        }
+        assert!(
+            duration::parse_interval("5s")
+                .unwrap_err()
+                .contains("minimum, 10s")
+        );
+        assert_eq!(duration::parse_interval("10s"), Ok(duration::MIN_INTERVAL));
+    }
+
+    /// The schema's pattern and the parser accept exactly the same strings.
+    #[test]
+    fn the_crd_pattern_and_the_parser_agree() {
+        let pattern = regex::Regex::new(&duration::pattern()).unwrap();
+        for text in [
+            "90s", "1h30m", "1.5h", "500ms", "0s", "5", "7d", "-5m", "1..5h", ".5h", "1.h", "h",
+            "1h30", "5 m", "1m1m", "10ms5h", "", "1e3s", "١s",
+        ] {
+            assert_eq!(
+                pattern.is_match(text),
+                duration::parse(text).is_ok(),
+                "{text:?}: the pattern and the parser disagree"
+            );
+        }
+        let crd: serde_json::Value = serde_yaml::from_str(&crd_yaml()).unwrap();
+        let interval = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"]["interval"];
+        assert_eq!(interval["pattern"], duration::pattern());
+        assert_eq!(
+            interval["x-kubernetes-validations"][0]["rule"],
+            "duration(self) >= duration('10s')"
+        );
+    }
+
+    /// Every level of `kubectl explain imagerepositorywatch` has a description of its own.
+    #[test]
+    fn every_schema_level_is_described() {
+        let yaml = crd_yaml();
+        assert!(!yaml.contains("Auto-generated derived type"), "{yaml}");
+        let crd: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        fn walk(path: &str, node: &serde_json::Value, missing: &mut Vec<String>) {
+            if node.get("description").is_none() {
+                missing.push(path.to_string());
+            }
+            if let Some(props) = node.get("properties").and_then(|p| p.as_object()) {
+                for (name, child) in props {
+                    walk(&format!("{path}.{name}"), child, missing);
+                }
+            }
+            if let Some(items) = node.get("items") {
+                if items.get("properties").is_some() {
+                    walk(&format!("{path}[]"), items, missing);
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        walk("imagerepositorywatch", schema, &mut missing);
+        // Kubernetes' own metadata and Condition fields are documented by Kubernetes.
+        missing.retain(|p| !p.contains(".metadata") && !p.contains(".conditions[]."));
+        assert!(missing.is_empty(), "no description: {missing:?}");
     }
 }

@@ -124,6 +124,7 @@ pub async fn run(
         directory: Arc::new(warmer.clone()),
         auth: crate::api::ApiAuth::None,
         warmer: Some(warmer.clone()),
+        forward: None,
         webhook_token: args
             .webhook_token
             .clone()
@@ -432,7 +433,7 @@ mod tests {
 apiVersion: regcache.io/v1alpha1
 kind: ImageRepositoryWatch
 metadata: {name: app}
-spec: {image: ghcr.io/org/app, pullSecrets: [regcred]}
+spec: {image: ghcr.io/org/app, pullSecrets: [{name: regcred}]}
 ---
 apiVersion: v1
 kind: Secret

@@ -369,6 +369,8 @@ pub struct ReconcileMetrics {
     total: Family<ResultLabels, Counter>,
     errors: Family<ReasonLabels, Counter>,
     duration: Histogram,
+    status_patches: Counter,
+    events: Counter,
 }
 
 impl ReconcileMetrics {
@@ -380,6 +382,16 @@ impl ReconcileMetrics {
             self.errors.get_or_create(&ReasonLabels { reason }).inc();
         }
         self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// One status written to the Kubernetes API (only the leader writes).
+    pub fn status_patched(&self) {
+        self.status_patches.inc();
+    }
+
+    /// One Event published (only the leader publishes).
+    pub fn event_published(&self) {
+        self.events.inc();
     }
 }
 
@@ -521,6 +533,8 @@ impl Metrics {
             total: Family::default(),
             errors: Family::default(),
             duration: seconds_histogram(),
+            status_patches: Counter::default(),
+            events: Counter::default(),
         };
         // At zero from the start, so `increase()` sees the first failure. The Kubernetes
         // API is the only way a reconcile fails (`ControllerError`).
@@ -540,6 +554,16 @@ impl Metrics {
                 "errors",
                 "Failed reconciles, by reason",
                 reconcile.errors.clone(),
+            );
+            r.register(
+                "status_patches",
+                "Statuses written to the Kubernetes API (only the leader writes)",
+                reconcile.status_patches.clone(),
+            );
+            r.register(
+                "events",
+                "Events published (only the leader publishes)",
+                reconcile.events.clone(),
             );
             r.register_with_unit(
                 "duration",
@@ -816,11 +840,11 @@ mod tests {
         assert_eq!(r.check().unwrap_err(), "watches not listed yet");
         r.watches_synced();
         assert_eq!(r.check().unwrap_err(), "cache not checked yet");
-        r.cache_checked(Err("memcached server 127.0.0.1:1 is unavailable".into()));
+        r.cache_checked(Err("cannot reach memcached 127.0.0.1:1".into()));
         assert!(
             r.check()
                 .unwrap_err()
-                .starts_with("cache unreachable: memcached")
+                .starts_with("cache unreachable: cannot reach memcached")
         );
         r.cache_checked(Ok(()));
         assert_eq!(r.check(), Ok(()));

@@ -243,6 +243,7 @@ fn open_state<B: CacheWriter + 'static>(
         directory,
         auth: ApiAuth::None,
         warmer: None,
+        forward: None,
         webhook_token: None,
     }
 }
@@ -404,6 +405,80 @@ async fn errors_have_reasons_a_program_can_switch_on() {
     server.stop().await;
 }
 
+/// An unreachable cache is not an empty one: with the memcached server that holds a
+/// repository stopped, the read API answers 503 `CacheUnavailable` and `regcache get` says
+/// which server it cannot reach (a consumer retries rather than concluding the image is not
+/// watched); with the server back and the keys gone, both say "not cached".
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_cache_is_unavailable_not_a_miss() {
+    let mut mc = support::Memcached::start();
+    let options = MemcachedOptions {
+        down_backoff: Duration::from_millis(50),
+        max_down_backoff: Duration::from_millis(200),
+        ..MemcachedOptions::default()
+    };
+    let store = Arc::new(MetadataStore::new(Memcached::new(vec![mc.addr()], options)));
+    let d = Digest::sha256_of(b"nginx");
+    publish(
+        &store,
+        &Scope::public(),
+        "docker.io/library/nginx",
+        &["v1"],
+        &d,
+    )
+    .await;
+    let directory = Arc::new(Fixed(vec![Arc::new(target(
+        "web/nginx",
+        "nginx",
+        Scope::public(),
+        false,
+    ))]));
+    let server = Server::start(open_state(store, directory)).await;
+    let repository = "/api/v1/repositories/nginx";
+    let image = "/api/v1/images/nginx:v1";
+    assert_eq!(server.get(repository, None).await.0, 200);
+    let addr = mc.addr();
+    let get = |what: &str| support::run_regcache(&["get", what, "--memcached", &addr]);
+    let (ok, out, err) = get("nginx:v1");
+    assert!(ok, "{out}{err}");
+
+    mc.stop();
+    let cannot_reach = format!("cannot reach memcached {addr}");
+    for path in [repository, image] {
+        let answer = server.get(path, None).await;
+        assert_eq!(
+            reason(&answer),
+            (503, "CacheUnavailable"),
+            "{path}: {}",
+            answer.1
+        );
+        let message = answer.1["message"].as_str().unwrap();
+        assert!(message.contains(&cannot_reach), "{path}: {message}");
+    }
+    for what in ["nginx", "nginx:v1"] {
+        let (ok, out, err) = get(what);
+        assert!(!ok, "{what}: {out}");
+        assert!(err.contains(&cannot_reach), "{what}: {err}");
+        assert!(!err.contains("is not cached"), "{what}: {err}");
+    }
+
+    // Back, but empty: now the servers answer, and they answer a miss.
+    mc.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        let answer = server.get(repository, None).await;
+        if answer.0 != 503 || std::time::Instant::now() > deadline {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(reason(&answer), (404, "NotCached"), "{}", answer.1);
+    assert_eq!(reason(&server.get(image, None).await), (404, "NotCached"));
+    let (ok, _, err) = get("nginx:v1");
+    assert!(!ok && err.contains("is not cached"), "{err}");
+    server.stop().await;
+}
+
 const HOOK_TOKEN: &str = "hook-s3cret";
 
 #[tokio::test(flavor = "multi_thread")]
@@ -437,6 +512,7 @@ async fn webhooks_ask_the_warmer_for_passes_of_the_pushed_repositories() {
         directory: Arc::new(warmer.clone()),
         auth: ApiAuth::None,
         warmer: Some(warmer.clone()),
+        forward: None,
         webhook_token: Some(Secret::new(HOOK_TOKEN)),
     })
     .await;
@@ -509,6 +585,7 @@ async fn webhooks_ask_the_warmer_for_passes_of_the_pushed_repositories() {
     assert_eq!(reason(&answer), (404, "NotFound"));
     server.stop().await;
     let server = Server::start(ApiState {
+        forward: None,
         webhook_token: Some(Secret::new(HOOK_TOKEN)),
         ..open_state(store, Arc::new(warmer))
     })

@@ -70,7 +70,7 @@ async fn watch_with_pull_secret_warms_survives_rotation_and_does_not_loop() {
                 "apiVersion": "regcache.io/v1alpha1",
                 "kind": "ImageRepositoryWatch",
                 "metadata": {"name": "app", "namespace": NS},
-                "spec": {"image": format!("{host}/e2e/app"), "pullSecrets": ["regcred"],
+                "spec": {"image": format!("{host}/e2e/app"), "pullSecrets": [{"name": "regcred"}],
                          "insecure": true, "interval": "1h"},
             }),
         )
@@ -230,7 +230,7 @@ async fn bad_input_gets_a_clear_condition_and_resumes_when_fixed() {
             WATCHES,
             watch(
                 "missing-secret",
-                json!({"image": format!("{host}/e2e/bad"), "pullSecrets": ["later"], "insecure": true}),
+                json!({"image": format!("{host}/e2e/bad"), "pullSecrets": [{"name": "later"}], "insecure": true}),
             ),
         )
         .await;
@@ -246,7 +246,7 @@ async fn bad_input_gets_a_clear_condition_and_resumes_when_fixed() {
             WATCHES,
             watch(
                 "wrong-type",
-                json!({"image": format!("{host}/e2e/bad"), "pullSecrets": ["opaque"], "insecure": true}),
+                json!({"image": format!("{host}/e2e/bad"), "pullSecrets": [{"name": "opaque"}], "insecure": true}),
             ),
         )
         .await;
@@ -385,9 +385,24 @@ async fn one_leader_warms_and_another_takes_over() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(first.logs().contains("became leader"));
     assert!(!second.logs().contains("became leader"), "only one leader");
-    assert!(
-        !second.logs().contains("reconcile"),
-        "the follower does not reconcile"
+    // A follower plans every watch (it serves reads) but must not act on them: no status
+    // write, no Event, no warm pass, no registry request; the leader did all four.
+    for (metric, what) in [
+        ("regcache_reconcile_status_patches_total", "status writes"),
+        ("regcache_reconcile_events_total", "Events"),
+        ("regcache_warmer_passes_total", "warm passes"),
+        ("regcache_registry_requests_total", "registry requests"),
+    ] {
+        assert!(
+            first.metric(metric).await > 0.0,
+            "the leader made no {what}"
+        );
+        assert_eq!(second.metric(metric).await, 0.0, "the follower made {what}");
+    }
+    assert_eq!(
+        second.metric("regcache_warmer_targets").await,
+        1.0,
+        "the follower plans"
     );
     assert!(second.is_running());
 
@@ -402,4 +417,126 @@ async fn one_leader_warms_and_another_takes_over() {
     // The new leader acts: a requested rescan is handled.
     request_rescan(&emulator, &path, "after-failover").await;
     assert!(second.logs().contains("became leader"));
+}
+
+/// Behind the chart's Service a registry's webhook reaches any replica, but only the
+/// leader warms. Each of three replicas, sent a push in turn, must lead to a warm of the
+/// pushed tag (the watch's interval is an hour: only the webhook can bring the tag in).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_sent_to_any_of_three_replicas_warms_the_pushed_tag() {
+    const HOOK_TOKEN: &str = "hook-s3cret";
+    let registry = Registry::start(RegistryAuth::Anonymous);
+    let pusher = registry.pusher();
+    pusher
+        .push_image("e2e/hook", "v1", &ImageSpec::new(ManifestKind::Oci))
+        .await;
+    let memcached = support::Memcached::start();
+    let emulator = Emulator::start();
+    let host = registry.host();
+    emulator
+        .create(
+            WATCHES,
+            json!({
+                "apiVersion": "regcache.io/v1alpha1",
+                "kind": "ImageRepositoryWatch",
+                "metadata": {"name": "hook", "namespace": NS},
+                "spec": {"image": format!("{host}/e2e/hook"), "insecure": true, "interval": "1h"},
+            }),
+        )
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let replicas: Vec<ControllerProcess> = ["replica-a", "replica-b", "replica-c"]
+        .iter()
+        .map(|name| {
+            let args = [
+                "--memcached",
+                &memcached.addr(),
+                "--leader-elect",
+                "--leader-election-namespace",
+                NS,
+                "--lease-retry",
+                "300ms",
+                "--pod-name",
+                name,
+                "--api-auth",
+                "none",
+                "--webhook-token",
+                HOOK_TOKEN,
+            ];
+            ControllerProcess::start(
+                &emulator.kubeconfig,
+                &args,
+                dir.path().join(format!("{name}.log")),
+            )
+        })
+        .collect();
+    let path = format!("{WATCHES}/hook");
+    emulator
+        .wait_for(
+            &path,
+            Duration::from_secs(60),
+            ready_is("True", "Succeeded"),
+        )
+        .await;
+    let http = support::http_client(None);
+    for (i, replica) in replicas.iter().enumerate() {
+        let api = format!("http://{}", replica.address("read API").await);
+        // Every replica plans the watch before it can tell which watches a push covers.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while replica.metric("regcache_warmer_targets").await < 1.0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "replica {i} never planned"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let tag = format!("pushed-{i}");
+        let pushed = pusher
+            .push_image(
+                "e2e/hook",
+                &tag,
+                &ImageSpec::new(ManifestKind::Oci).seed(10 + i as u64),
+            )
+            .await;
+        let event = json!({"events": [{"action": "push",
+            "target": {"repository": "e2e/hook", "url": format!("http://{host}/v2/e2e/hook/manifests/{tag}")},
+            "request": {"host": host}}]});
+        let response = http
+            .post(format!("{api}/hooks/registry"))
+            .bearer_auth(HOOK_TOKEN)
+            .header(
+                "content-type",
+                "application/vnd.docker.distribution.events.v1+json",
+            )
+            .body(event.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body: Value =
+            serde_json::from_slice(&response.bytes().await.unwrap_or_default()).unwrap_or_default();
+        assert_eq!(status, 202, "replica {i}: {body}");
+        assert_eq!(body["queued"], json!(["team/hook"]), "replica {i}");
+        // The tag, with its digest, is served (by this replica, from the shared cache).
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let bytes = http
+                .get(format!("{api}/api/v1/repositories/{host}/e2e/hook"))
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap_or_default();
+            let answer: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            if answer["tags"][&tag] == pushed.digest.as_str() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the push sent to replica {i} was not warmed: {answer:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }

@@ -102,7 +102,7 @@ fn watch_object(name: &str, image: &str) -> Value {
         "apiVersion": "regcache.io/v1alpha1",
         "kind": "ImageRepositoryWatch",
         "metadata": {"name": name, "namespace": NS},
-        "spec": {"image": image, "pullSecrets": ["regcred"], "insecure": true, "interval": "1h"},
+        "spec": {"image": image, "pullSecrets": [{"name": "regcred"}], "insecure": true, "interval": "1h"},
     })
 }
 
@@ -469,6 +469,28 @@ fn blob_of(digest: &str) -> String {
     affected_path(&format!("blobs/{}", regex::escape(digest)))
 }
 
+/// Requests of `kind` (a `regcache_registry_requests_total` kind label) that the affected
+/// watch's first failed pass sent, retries included, from the controller's debug line for
+/// that pass (`warm pass finished ... requests=tag_list=3 error=...`). Later passes, which
+/// retry the failure after a back-off, do not blur the count.
+fn requests_of_first_failed_pass(rig: &Rig, kind: &str) -> u64 {
+    let logs = rig.controller.logs();
+    let watch = format!("watch={NS}/{}", rig.affected.name);
+    let line = logs
+        .lines()
+        .find(|l| l.contains("warm pass finished") && l.contains(&watch) && l.contains(" error="))
+        .unwrap_or_else(|| panic!("no failed pass of {watch} in the log:\n{}", rig.log_tail()));
+    let summary = line
+        .split_once(" requests=")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no requests= in {line}"));
+    summary
+        .split(',')
+        .filter_map(|part| part.split_once('='))
+        .find(|(k, _)| *k == kind)
+        .map_or(0, |(_, n)| n.parse().expect("a count"))
+}
+
 // ----- rate limits --------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread")]
@@ -558,6 +580,13 @@ async fn rate_limited_with_long_retry_after_closes_the_host_until_it_ends() {
             .times(1),
     );
     let failed = rig.pass_fails(&rig.affected).await;
+    let limited_at = rig
+        .proxy
+        .seen()
+        .into_iter()
+        .find(|r| r.fault.is_some())
+        .expect("the 429 was answered")
+        .at;
     let error = last_error(&failed).unwrap();
     assert!(
         error.contains("429") && error.contains("retry after 65s"),
@@ -606,6 +635,19 @@ async fn rate_limited_with_long_retry_after_closes_the_host_until_it_ends() {
         }
     }
     assert_eq!(rig.proxy.rule_hits(), [1]);
+    // Nothing reached the host before the pause had passed.
+    let first = rig
+        .proxy
+        .seen()
+        .into_iter()
+        .map(|r| r.at)
+        .min()
+        .expect("the passes after the pause reached the registry");
+    assert!(
+        first >= limited_at + Duration::from_secs(PAUSE.parse().unwrap()),
+        "a request {:?} after the 429, before its {PAUSE} s Retry-After",
+        first - limited_at
+    );
     for w in rig.watches() {
         rig.assert_serves(w, &w.digests()).await;
     }
@@ -616,35 +658,45 @@ async fn rate_limited_with_long_retry_after_closes_the_host_until_it_ends() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn server_error_500_on_tag_list() {
-    registry_fault_row(
+    let rig = registry_fault_row(
         false,
         "RegistryUnavailable",
         |rig, _| {
             rig.proxy
                 .add_rule(Rule::new(&affected_path("tags/list"), Fault::status(500)))
         },
-        |e| e.contains("500"),
+        |e| e.contains("answered 500 Internal Server Error"),
     )
     .await;
+    assert_eq!(
+        requests_of_first_failed_pass(&rig, "tag_list"),
+        3,
+        "one attempt and two retries"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn server_error_502_on_manifest_get() {
-    registry_fault_row(
+    let rig = registry_fault_row(
         true,
         "RegistryUnavailable",
         |rig, new| {
             rig.proxy
                 .add_rule(Rule::new(&manifest_of(new.unwrap()), Fault::status(502)).method("GET"))
         },
-        |e| e.contains("502") && e.contains("v3"),
+        |e| e.contains("answered 502 Bad Gateway") && e.contains("v3"),
     )
     .await;
+    assert_eq!(
+        requests_of_first_failed_pass(&rig, "manifest_get"),
+        3,
+        "one attempt and two retries"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn server_error_503_on_config_blob() {
-    registry_fault_row(
+    let rig = registry_fault_row(
         true,
         "RegistryUnavailable",
         |rig, new| {
@@ -653,16 +705,21 @@ async fn server_error_503_on_config_blob() {
                 Fault::unavailable(None),
             ))
         },
-        |e| e.contains("503") && e.contains("v3"),
+        |e| e.contains("answered 503 Service Unavailable") && e.contains("v3"),
     )
     .await;
+    assert_eq!(
+        requests_of_first_failed_pass(&rig, "blob_get"),
+        3,
+        "one attempt and two retries"
+    );
 }
 
 // ----- broken connections -------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread")]
 async fn connection_reset_on_manifest_head() {
-    registry_fault_row(
+    let rig = registry_fault_row(
         true,
         "RegistryUnavailable",
         |rig, _| {
@@ -672,11 +729,16 @@ async fn connection_reset_on_manifest_head() {
         |e| e.contains("v3") && e.contains("failed mid-request"),
     )
     .await;
+    assert_eq!(
+        requests_of_first_failed_pass(&rig, "manifest_head"),
+        3,
+        "one attempt and two retries"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn timeout_on_tag_list() {
-    registry_fault_row(
+    let rig = registry_fault_row(
         false,
         "RegistryUnavailable",
         |rig, _| {
@@ -688,11 +750,16 @@ async fn timeout_on_tag_list() {
         |e| e.contains("timed out"),
     )
     .await;
+    assert_eq!(
+        requests_of_first_failed_pass(&rig, "tag_list"),
+        3,
+        "one attempt and two retries"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn truncated_manifest_body() {
-    registry_fault_row(
+    let rig = registry_fault_row(
         true,
         "RegistryUnavailable",
         |rig, new| {
@@ -704,6 +771,11 @@ async fn truncated_manifest_body() {
         |e| e.contains("v3") && e.contains("failed mid-request"),
     )
     .await;
+    assert_eq!(
+        requests_of_first_failed_pass(&rig, "manifest_get"),
+        3,
+        "one attempt and two retries"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -736,7 +808,7 @@ async fn slow_body_within_the_timeout_is_not_an_error() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn oversized_manifest_body_is_cut_at_the_cap() {
-    registry_fault_row(
+    let rig = registry_fault_row(
         true,
         "WarmFailed",
         |rig, new| {
@@ -755,6 +827,11 @@ async fn oversized_manifest_body_is_cut_at_the_cap() {
         |e| e.contains("v3") && e.contains("larger than the 4194304-byte limit"),
     )
     .await;
+    assert_eq!(
+        requests_of_first_failed_pass(&rig, "manifest_get"),
+        1,
+        "not retried"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -945,11 +1022,20 @@ async fn memcached_down_at_start() {
             ("False".into(), "CacheUnavailable".into()),
             "{v:#}"
         );
+        // Not "not cached": the cache cannot be asked, so a reader must retry.
         let (status, body) = rig.read(w).await;
         assert_eq!(
             (status, body["reason"].as_str()),
-            (404, Some("NotCached")),
-            "nothing cached, nothing served: {body:#}"
+            (503, Some("CacheUnavailable")),
+            "an unreachable cache is not an empty one: {body:#}"
+        );
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(&format!(
+                "cannot reach memcached {}",
+                rig.memcached[0].addr()
+            )),
+            "{message}"
         );
         failed.push(v);
     }
@@ -1113,24 +1199,24 @@ async fn one_of_three_memcached_servers_down() {
         failed["status"]["lastUpdate"], before["status"]["lastUpdate"],
         "lastUpdate does not move"
     );
-    // Its index lives on the stopped server: nothing to serve for it until it is back.
+    // Its index lives on the stopped server: the cache cannot answer for it (503, retry),
+    // which is not the same as "not cached".
     let (status, body) = rig.read(&rig.affected).await;
     assert_eq!(
         (status, body["reason"].as_str()),
-        (404, Some("NotCached")),
+        (503, Some("CacheUnavailable")),
         "{body:#}"
     );
-    // The bystander is served from the live servers, or (when one of its keys lived on the
-    // stopped one) not at all; never wrongly.
+    assert!(
+        body["message"].as_str().unwrap_or_default().contains(&down),
+        "names the server: {body:#}"
+    );
+    // The bystander is served whole from the live servers, or (when one of its keys lived
+    // on the stopped one) refused as unavailable; never partly, never "not cached".
     let (status, body) = rig.read(&rig.bystander).await;
     match status {
-        200 => {
-            let served = served(&body);
-            for (tag, digest) in &served {
-                assert_eq!(Some(digest), rig.bystander.digests().get(tag), "{body:#}");
-            }
-        }
-        404 => assert_eq!(body["reason"], "NotCached", "{body:#}"),
+        200 => assert_eq!(served(&body), rig.bystander.digests(), "{body:#}"),
+        503 => assert_eq!(body["reason"], "CacheUnavailable", "{body:#}"),
         _ => panic!("bystander read: {status} {body:#}"),
     }
     rig.assert_running();

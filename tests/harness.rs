@@ -883,17 +883,17 @@ async fn token_server_can_fail() {
     assert_eq!(ts.requests(), 2);
 }
 
-/// Cross-check with skopeo (if installed) that pushed images are well-formed.
+/// Cross-check with skopeo (installed by scripts/test.sh) that pushed images are
+/// well-formed.
 #[tokio::test(flavor = "multi_thread")]
 async fn skopeo_accepts_pushed_images() {
-    if std::process::Command::new("skopeo")
+    let version = std::process::Command::new("skopeo")
         .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skopeo not installed; skipping");
-        return;
-    }
+        .output();
+    assert!(
+        version.is_ok_and(|o| o.status.success()),
+        "skopeo is missing: scripts/test.sh installs it (apt-get install skopeo)"
+    );
     let reg = Registry::start(RegistryAuth::Basic);
     let p = reg.pusher();
     let img = p

@@ -189,7 +189,7 @@ fn watch(name: &str, image: &str, secret: &str) -> Value {
         "apiVersion": "regcache.io/v1alpha1",
         "kind": "ImageRepositoryWatch",
         "metadata": {"name": name, "namespace": NS},
-        "spec": {"image": image, "pullSecrets": [secret], "insecure": true, "interval": "1h"},
+        "spec": {"image": image, "pullSecrets": [{"name": secret}], "insecure": true, "interval": "1h"},
     })
 }
 

@@ -24,6 +24,8 @@ const RELEASE_NS: &str = "regcache-system";
 const WATCHES: &str = "/apis/regcache.io/v1alpha1/namespaces/team/imagerepositorywatches";
 const SECRETS: &str = "/api/v1/namespaces/team/secrets";
 const ACCOUNTS: &str = "/api/v1/namespaces/team/serviceaccounts";
+/// The webhook token of the scenarios with webhooks on (the chart reads it from a Secret).
+const HOOK_TOKEN: &str = "hook-token";
 
 /// One authorization check: `namespace` is `None` for a cluster-wide request, `name` is
 /// the object's name when the URL has one.
@@ -88,7 +90,7 @@ fn allows(grant: &Grant, access: &Access) -> bool {
 }
 
 /// Runs the controller through every API-touching path and returns what it asked for.
-async fn record_access(extra_args: &[String]) -> BTreeSet<Access> {
+async fn record_access(extra_args: &[String], webhooks: bool) -> BTreeSet<Access> {
     let registry = Registry::start(RegistryAuth::Basic);
     registry
         .pusher()
@@ -109,7 +111,7 @@ async fn record_access(extra_args: &[String]) -> BTreeSet<Access> {
         )
         .await;
     for (name, credentials) in [
-        ("direct", json!({"pullSecrets": ["regcred"]})),
+        ("direct", json!({"pullSecrets": [{"name": "regcred"}]})),
         ("via-account", json!({"serviceAccountName": "puller"})),
     ] {
         let mut spec =
@@ -148,6 +150,9 @@ async fn record_access(extra_args: &[String]) -> BTreeSet<Access> {
     .map(String::from)
     .collect::<Vec<_>>();
     args.extend(extra_args.iter().cloned());
+    if webhooks {
+        args.extend(["--webhook-token".to_string(), HOOK_TOKEN.to_string()]);
+    }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let controller = ControllerProcess::start(
         &emulator.kubeconfig,
@@ -215,7 +220,57 @@ async fn record_access(extra_args: &[String]) -> BTreeSet<Access> {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    let logs = controller.logs();
+    // With leader election and webhooks, a push that reaches a replica that does not lead
+    // is passed on through the API server: a second replica, as behind the chart's Service.
+    let mut follower = None;
+    if webhooks && extra_args.iter().any(|a| a == "--leader-elect") {
+        let replica =
+            ControllerProcess::start(&emulator.kubeconfig, &args, dir.path().join("follower.log"));
+        let deadline = std::time::Instant::now() + within;
+        while replica.metric("regcache_warmer_targets").await < 2.0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the follower never planned"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let push = json!({"events": [{"action": "push",
+            "target": {"repository": "e2e/app", "url": format!("http://{host}/v2/e2e/app/manifests/v1")},
+            "request": {"host": host}}]});
+        let response = support::http_client(None)
+            .post(format!(
+                "http://{}/hooks/registry",
+                replica.address("read API").await
+            ))
+            .bearer_auth(HOOK_TOKEN)
+            .header(
+                "content-type",
+                "application/vnd.docker.distribution.events.v1+json",
+            )
+            .body(push.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            202,
+            "{}",
+            response.text().await.unwrap_or_default()
+        );
+        for path in &paths {
+            emulator
+                .wait_for(path, within, |w| {
+                    w["metadata"]["annotations"]["regcache.io/requestedAt"]
+                        .as_str()
+                        .is_some_and(|a| {
+                            a.starts_with("webhook ") && w["status"]["lastHandledRequestedAt"] == a
+                        })
+                })
+                .await;
+        }
+        follower = Some(replica);
+    }
+    let logs = controller.logs() + &follower.as_ref().map(|f| f.logs()).unwrap_or_default();
     // "403" as a number of its own: timestamps and ports may hold those digits.
     let refused = logs.contains("Forbidden")
         || logs.match_indices("403").any(|(at, _)| {
@@ -403,13 +458,14 @@ fn compare(observed: &BTreeSet<Access>, grants: &BTreeSet<Grant>, all_namespaces
 
 #[tokio::test(flavor = "multi_thread")]
 async fn chart_rbac_equals_the_api_calls_of_an_ha_controller_watching_all_namespaces() {
-    let manifests = render_chart(&["replicas=3"]);
-    let observed = record_access(&access_flags(&manifests)).await;
+    let manifests = render_chart(&["replicas=3", "webhookToken.existingSecret=hook"]);
+    let observed = record_access(&access_flags(&manifests), true).await;
     // The scenario reaches every kind of call, so the comparison below is not vacuous.
     let unnamed: BTreeSet<Access> = observed.iter().map(Access::unnamed).collect();
     for expected in [
         "watch regcache.io/imagerepositorywatches *",
         "patch regcache.io/imagerepositorywatches/status team",
+        "patch regcache.io/imagerepositorywatches team",
         "get /secrets team",
         "get /serviceaccounts team",
         "create events.k8s.io/events team",
@@ -430,7 +486,7 @@ async fn chart_rbac_equals_the_api_calls_of_an_ha_controller_watching_all_namesp
 #[tokio::test(flavor = "multi_thread")]
 async fn chart_rbac_equals_the_api_calls_of_a_controller_watching_one_namespace() {
     let manifests = render_chart(&[&format!("watchNamespace={NS}")]);
-    let observed = record_access(&access_flags(&manifests)).await;
+    let observed = record_access(&access_flags(&manifests), false).await;
     assert!(
         observed.iter().all(|a| a.namespace.is_some()
             || a.group.starts_with("authentication.")

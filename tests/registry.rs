@@ -997,3 +997,148 @@ async fn every_attempt_is_in_the_metrics_with_its_status_or_error() {
     let total: f64 = by_status.values().sum();
     assert_eq!(total, client.stats().total() as f64, "{by_status:?}");
 }
+
+/// Asserts that `foreign` never received a credential: no `Authorization` header, no
+/// request to its token realm, and the canary password nowhere in what arrived.
+fn assert_nothing_leaked_to(foreign: &support::ForeignHost, case: &str) {
+    for r in foreign.received() {
+        assert_eq!(
+            r.authorization, None,
+            "{case}: an Authorization header reached the other origin: {r:?}"
+        );
+        assert!(
+            !r.path_and_query.starts_with("/token"),
+            "{case}: the other origin's token realm was asked: {r:?}"
+        );
+        assert!(
+            !r.raw.contains(CANARY_PASSWORD),
+            "{case}: the canary password reached the other origin"
+        );
+    }
+}
+
+/// Credentials go only to the origin they belong to. A registry (basic and token auth)
+/// behind the fault proxy points the client at another origin — by a tag-list `Link`, by a
+/// 3xx of every request kind — and the other origin answers 401 with a challenge naming
+/// its own token realm. It must receive no credential, and the client must say which
+/// origins were involved instead of merging or authenticating.
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_never_reach_another_origin() {
+    for auth in [RegistryAuth::Basic, RegistryAuth::Token] {
+        let (registry, proxy, image) = faulty(auth).await;
+        let foreign = support::ForeignHost::start();
+        let other = foreign.base_url();
+
+        // A tag-list page linking to another origin: an error naming both, no request.
+        proxy.add_rule(
+            Rule::kind(
+                Kind::TagList,
+                Fault::Header {
+                    name: "link".to_string(),
+                    value: format!("<{other}/v2/flaky/tags/list?last=v1&n=100>; rel=\"next\""),
+                },
+            )
+            .times(1),
+        );
+        let (_, rc) = proxied(&registry, &proxy, options());
+        let err = rc.list_tags().await.unwrap_err();
+        assert!(matches!(err, Error::CrossOrigin { .. }), "{auth:?}: {err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&proxy.base_url()) && text.contains(&other),
+            "{auth:?}: the error names both origins: {text}"
+        );
+        assert!(
+            foreign.received().is_empty(),
+            "{auth:?}: the Link target was requested: {:?}",
+            foreign.received()
+        );
+        proxy.clear_rules();
+
+        // Each request kind redirected (both a 302 and a 307) to the other origin.
+        let config = digest(&image.config_digest);
+        for status in [302, 307] {
+            for (kind, method) in [
+                (Kind::Ping, "GET"),
+                (Kind::TagList, "GET"),
+                (Kind::Manifest, "HEAD"),
+                (Kind::Manifest, "GET"),
+                (Kind::Blob, "GET"),
+            ] {
+                let case = format!("{auth:?} {status} {method} {kind:?}");
+                let before = foreign.received().len();
+                proxy.clear_rules();
+                proxy.add_rule(
+                    Rule::kind(
+                        kind,
+                        Fault::Redirect {
+                            status,
+                            base: other.clone(),
+                        },
+                    )
+                    .method(method),
+                );
+                // A fresh client each time, so the ping (and its challenge) happens anew.
+                let (_, rc) = proxied(&registry, &proxy, options());
+                let result = match (kind, method) {
+                    (Kind::Ping | Kind::TagList, _) => rc.list_tags().await.map(|_| ()),
+                    (Kind::Manifest, "HEAD") => rc.head_manifest(&tag("v1")).await.map(|_| ()),
+                    (Kind::Manifest, _) => rc.get_manifest(&tag("v1")).await.map(|_| ()),
+                    _ => rc.get_config(&config).await.map(|_| ()),
+                };
+                let err = result.expect_err(&case);
+                assert!(matches!(err, Error::CrossOrigin { .. }), "{case}: {err}");
+                assert!(
+                    foreign.received().len() > before,
+                    "{case}: the redirect was not followed at all"
+                );
+                assert_nothing_leaked_to(&foreign, &case);
+            }
+        }
+        proxy.clear_rules();
+        // The same registry, not redirected, still works with the same credentials.
+        let (_, rc) = proxied(&registry, &proxy, options());
+        assert_eq!(
+            rc.head_manifest(&tag("v1")).await.unwrap().digest,
+            digest(&image.digest)
+        );
+    }
+}
+
+/// A registry served over HTTPS whose token realm is plain HTTP: the credentials would
+/// cross the network in the clear, so regcache refuses (it sends them over plain HTTP only
+/// to a registry marked insecure) and says why; the realm receives nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_never_go_to_a_plain_http_realm_of_an_https_registry() {
+    let registry = Registry::start_tls(RegistryAuth::Token);
+    registry
+        .pusher()
+        .push_image("secure", "v1", &ImageSpec::new(ManifestKind::Oci))
+        .await;
+    let tokens = registry.token_server().unwrap();
+    assert!(tokens.realm().starts_with("http://"));
+    tokens.reset_counts(); // the push above asked for its own token
+    let (_, rc) = client_for(&registry, "secure");
+    let err = rc.list_tags().await.unwrap_err();
+    assert!(
+        matches!(err, Error::TokenEndpoint { .. }) && err.to_string().contains("plain HTTP"),
+        "{err}"
+    );
+    assert_eq!(tokens.requests(), 0, "{:?}", tokens.request_log());
+
+    // Anonymous pulls send no credential, so a plain-HTTP realm is still usable for them
+    // (the registry then decides what an anonymous token may read).
+    let (_, rc) = client_at(
+        options(),
+        &registry.host(),
+        "secure",
+        Credential::Anonymous,
+        &endpoint(&registry),
+    );
+    let err = rc.list_tags().await.unwrap_err();
+    assert!(
+        !matches!(err, Error::TokenEndpoint { .. }),
+        "anonymous token requests are allowed: {err}"
+    );
+    assert!(tokens.requests() > 0);
+}

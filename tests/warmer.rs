@@ -380,8 +380,23 @@ async fn a_429_mid_pass_keeps_data_and_the_next_pass_recovers() {
         limited.last_update, before.last_update,
         "lastUpdate does not move"
     );
-    // The pass stopped at the 429 instead of trying every tag.
-    assert!(rig.proxy.count("HEAD", Kind::Manifest) <= 8);
+    // The pass stopped at the 429: no manifest request reached the registry after it.
+    let manifests: Vec<_> = rig
+        .proxy
+        .seen()
+        .into_iter()
+        .filter(|r| r.kind == Kind::Manifest)
+        .collect();
+    let limited_at = manifests
+        .iter()
+        .position(|r| r.fault.is_some())
+        .expect("the 429 was served");
+    assert_eq!(
+        limited_at + 1,
+        manifests.len(),
+        "manifest requests after the 429: {:?}",
+        &manifests[limited_at + 1..]
+    );
     assert_eq!(tags_cached(&rig, &target).await, 6, "previous data intact");
     let head = rig.head(&target).await;
     assert!(head.last_error.as_deref().unwrap().contains("429"));
@@ -605,7 +620,12 @@ async fn a_failing_target_sharing_an_index_waits_for_the_other_pass() {
         let good = good.clone();
         tokio::spawn(async move { warmer.warm_now(&good).await })
     };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while rig.proxy.count("HEAD", Kind::Manifest) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the good pass never sent a HEAD"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let b = rig.warmer.warm_now(&bad).await;

@@ -61,8 +61,61 @@ pub struct ApiState<B> {
     pub auth: ApiAuth,
     /// Where webhook pushes go (None: webhooks answer 503).
     pub warmer: Option<Warmer<B>>,
+    /// A controller replica: pushes reach `warmer` only while this replica leads; otherwise
+    /// they go to the leader through the API server (see [`Forward`]).
+    pub forward: Option<Forward>,
     /// Shared token required by POST /hooks/registry (None: webhooks disabled, 404).
     pub webhook_token: Option<Secret>,
+}
+
+/// How a controller replica that does not lead passes a webhook on: it sets
+/// `regcache.io/requestedAt` on each covering watch, which the leader acts on as on any
+/// requested rescan. Only the leader warms, and the registry's webhook may reach any replica
+/// behind the Service.
+pub struct Forward {
+    pub client: kube::Client,
+    pub leading: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Forward {
+    fn leading(&self) -> bool {
+        self.leading.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Asks the leader for a pass of each target by annotating its watch.
+    async fn request(&self, ids: &[TargetId]) -> Result<(), ApiError> {
+        use crate::crd::{ImageRepositoryWatch, REQUESTED_AT_ANNOTATION};
+        let value = format!(
+            "webhook {}",
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+        );
+        let patch = serde_json::json!({
+            "metadata": {"annotations": {REQUESTED_AT_ANNOTATION: value}}
+        });
+        for id in ids {
+            let Some((namespace, name)) = id.split_once('/') else {
+                continue;
+            };
+            let api: kube::Api<ImageRepositoryWatch> =
+                kube::Api::namespaced(self.client.clone(), namespace);
+            api.patch(
+                name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    Reason::Unavailable,
+                    format!(
+                        "cannot pass the push on to the leader (annotating \
+                         ImageRepositoryWatch {id}): {e}"
+                    ),
+                )
+            })?;
+        }
+        Ok(())
+    }
 }
 
 struct Shared<B> {
@@ -70,6 +123,7 @@ struct Shared<B> {
     directory: Arc<dyn WatchDirectory>,
     auth: Option<KubernetesAuth>,
     warmer: Option<Warmer<B>>,
+    forward: Option<Forward>,
     webhook_token: Option<Secret>,
 }
 
@@ -85,6 +139,7 @@ pub fn router<B: CacheWriter + 'static>(state: ApiState<B>) -> Router {
             ApiAuth::Kubernetes(client) => Some(KubernetesAuth::new(client)),
         },
         warmer: state.warmer,
+        forward: state.forward,
         webhook_token: state.webhook_token,
     });
     Router::new()
@@ -291,15 +346,29 @@ async fn registry_hook<B: CacheWriter + 'static>(
             "this replica does not warm; send webhooks to the leader's service",
         ));
     };
-    let mut queued: Vec<TargetId> = repositories
-        .iter()
-        .flat_map(|r| warmer.request_repository(r, Priority::Webhook))
-        .collect();
+    let forward = s.forward.as_ref().filter(|f| !f.leading());
+    let mut queued: Vec<TargetId> = match forward {
+        None => repositories
+            .iter()
+            .flat_map(|r| warmer.request_repository(r, Priority::Webhook))
+            .collect(),
+        Some(forward) => {
+            let covering: Vec<TargetId> = warmer
+                .targets()
+                .into_iter()
+                .filter(|t| repositories.contains(&t.repository))
+                .map(|t| t.id.clone())
+                .collect();
+            forward.request(&covering).await?;
+            covering
+        }
+    };
     queued.sort();
     queued.dedup();
     tracing::info!(
         repositories = ?repositories.iter().map(Repository::canonical).collect::<Vec<_>>(),
         queued = ?queued,
+        forwarded_to_leader = forward.is_some(),
         "registry webhook"
     );
     Ok((StatusCode::ACCEPTED, axum::Json(Queued { queued })).into_response())

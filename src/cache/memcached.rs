@@ -230,8 +230,7 @@ impl Memcached {
         m
     }
 
-    /// Counts reads lost to a failing server (they become misses, so no caller sees the
-    /// error) in `regcache_cache_errors_total`.
+    /// Counts reads and writes that a failing server lost in `regcache_cache_errors_total`.
     pub fn with_metrics(mut self, metrics: Arc<crate::telemetry::Metrics>) -> Memcached {
         self.metrics = Some(metrics);
         self
@@ -348,7 +347,13 @@ impl Memcached {
         }
     }
 
-    async fn get_batch(&self, server: &Server, keys: Vec<String>) -> HashMap<String, Entry> {
+    /// One multi-get on one server. A server that cannot answer fails the batch (counted
+    /// as an error); the caller decides whether that fails the read.
+    async fn get_batch(
+        &self,
+        server: &Server,
+        keys: Vec<String>,
+    ) -> Result<HashMap<String, Entry>, CacheError> {
         let n = keys.len() as u64;
         let keys = &keys;
         let result = self
@@ -364,9 +369,9 @@ impl Memcached {
                 (c, r)
             })
             .await;
-        let mut out = HashMap::new();
         match result {
             Ok(values) => {
+                let mut out = HashMap::new();
                 for v in values {
                     let (Ok(key), Some(data)) = (String::from_utf8(v.key), v.data) else {
                         continue;
@@ -378,40 +383,25 @@ impl Memcached {
                     }
                 }
                 self.stats.miss(n - out.len() as u64);
+                Ok(out)
             }
             Err(e) => {
-                // A server that is down costs its own keys only: they miss.
                 self.stats.error();
                 if let Some(m) = &self.metrics {
                     m.cache.error("get", e.metric_label());
                 }
-                self.stats.miss(n);
+                Err(e)
             }
         }
-        out
     }
 
-    /// Empties every server (`flush_all`), for tests and operators.
-    pub async fn flush_all(&self) -> Result<(), CacheError> {
-        let ring = self.ring();
-        for s in &ring.servers {
-            self.with_client(s, "flush_all", |mut c| async move {
-                let r = c.flush_all().await;
-                (c, r)
-            })
-            .await?;
-        }
-        Ok(())
-    }
-}
-
-impl CacheReader for Memcached {
-    async fn get(&self, key: &str) -> Result<Option<Entry>, CacheError> {
-        let mut got = self.get_many(&[key.to_string()]).await?;
-        Ok(got.remove(key))
-    }
-
-    async fn get_many(&self, keys: &[String]) -> Result<HashMap<String, Entry>, CacheError> {
+    /// Reads `keys` from the servers that hold them. `strict`: the first server that
+    /// cannot answer fails the whole read; otherwise its keys are left out, like misses.
+    async fn read(
+        &self,
+        keys: &[String],
+        strict: bool,
+    ) -> Result<HashMap<String, Entry>, CacheError> {
         let ring = self.ring();
         if ring.servers.is_empty() {
             return Err(CacheError::NoServers);
@@ -443,13 +433,52 @@ impl CacheReader for Memcached {
         let mut results = futures::stream::iter(batches)
             .map(|(s, keys)| {
                 let server = ring.servers[s].clone();
-                async move { self.get_batch(&server, keys).await }
+                async move {
+                    let n = keys.len() as u64;
+                    (self.get_batch(&server, keys).await, n)
+                }
             })
             .buffer_unordered(self.options.batch_concurrency.max(1));
-        while let Some(part) = results.next().await {
-            out.extend(part);
+        while let Some((part, n)) = results.next().await {
+            match part {
+                Ok(found) => out.extend(found),
+                Err(e) if strict => return Err(e),
+                // A server that is down costs its own keys only: they miss.
+                Err(_) => self.stats.miss(n),
+            }
         }
         Ok(out)
+    }
+
+    /// Empties every server (`flush_all`), for tests and operators.
+    pub async fn flush_all(&self) -> Result<(), CacheError> {
+        let ring = self.ring();
+        for s in &ring.servers {
+            self.with_client(s, "flush_all", |mut c| async move {
+                let r = c.flush_all().await;
+                (c, r)
+            })
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+impl CacheReader for Memcached {
+    async fn get(&self, key: &str) -> Result<Option<Entry>, CacheError> {
+        let mut got = self.get_many(&[key.to_string()]).await?;
+        Ok(got.remove(key))
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<HashMap<String, Entry>, CacheError> {
+        self.read(keys, true).await
+    }
+
+    async fn get_many_available(
+        &self,
+        keys: &[String],
+    ) -> Result<HashMap<String, Entry>, CacheError> {
+        self.read(keys, false).await
     }
 
     fn item_limit(&self) -> usize {

@@ -101,11 +101,12 @@ pub fn decode_value(raw: Bytes) -> Option<Entry> {
     })
 }
 
-/// Cache failures. A server that is down makes reads miss (counted), so these surface
-/// from writes and from a cache with no usable server at all.
+/// Cache failures. A read or write that needs a server that cannot answer fails with
+/// `Unavailable` or `Timeout`; warming reads alone treat such keys as misses
+/// ([`CacheReader::get_many_available`]).
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum CacheError {
-    #[error("memcached server {server} is unavailable: {detail}")]
+    #[error("cannot reach memcached {server}: {detail}")]
     Unavailable { server: String, detail: String },
     #[error("memcached server {server} timed out after {after:?} ({operation})")]
     Timeout {
@@ -149,15 +150,31 @@ impl CacheError {
 }
 
 /// Reads bytes with their deadline.
+///
+/// A miss and an unreachable cache are different answers: `Ok(None)` (or a key absent from
+/// the map) means the servers answered and do not hold the key; an `Err` means a server
+/// that holds one of the keys could not be asked (down, timed out, none configured), so a
+/// reader must say "cache unavailable, retry", never "not cached".
 pub trait CacheReader: Send + Sync {
-    /// `Ok(None)` on a miss, including a miss because the key's server is down.
+    /// `Ok(None)` on a miss; `Err` when the key's server cannot answer.
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<Entry>, CacheError>> + Send;
 
-    /// Batched read; keys that miss are absent from the map.
+    /// Batched read; keys that miss are absent from the map. `Err` when any key's server
+    /// cannot answer: no partial answers.
     fn get_many(
         &self,
         keys: &[String],
     ) -> impl Future<Output = Result<HashMap<String, Entry>, CacheError>> + Send;
+
+    /// Batched read for warming, where a down server must not stop the pass: the keys of a
+    /// server that cannot answer are left out, as misses. `Err` only when no server is
+    /// configured at all.
+    fn get_many_available(
+        &self,
+        keys: &[String],
+    ) -> impl Future<Output = Result<HashMap<String, Entry>, CacheError>> + Send {
+        self.get_many(keys)
+    }
 
     /// Largest value the backend stores in one item (payload and header together).
     fn item_limit(&self) -> usize;
@@ -276,6 +293,16 @@ impl CacheReader for Backend {
         match self {
             Backend::Memory(m) => m.get_many(keys).await,
             Backend::Memcached(m) => m.get_many(keys).await,
+        }
+    }
+
+    async fn get_many_available(
+        &self,
+        keys: &[String],
+    ) -> Result<HashMap<String, Entry>, CacheError> {
+        match self {
+            Backend::Memory(m) => m.get_many_available(keys).await,
+            Backend::Memcached(m) => m.get_many_available(keys).await,
         }
     }
 

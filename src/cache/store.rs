@@ -348,6 +348,25 @@ impl<B: CacheWriter> MetadataStore<B> {
         result
     }
 
+    /// [`CacheReader::get_many_available`], for warming: a down server's keys miss.
+    async fn get_many_available(
+        &self,
+        keys: &[String],
+    ) -> Result<HashMap<String, super::Entry>, CacheError> {
+        let kind = keys.first().map_or("other", |k| keys::kind_of(k));
+        let result = self.backend.get_many_available(keys).await;
+        match &result {
+            Ok(found) => {
+                let hits = found.len() as u64;
+                self.metrics
+                    .cache
+                    .read(kind, hits, (keys.len() as u64).saturating_sub(hits));
+            }
+            Err(e) => self.metrics.cache.error("get", e.metric_label()),
+        }
+        result
+    }
+
     async fn set(&self, key: &str, value: &[u8], deadline: Millis) -> Result<(), CacheError> {
         let result = self.backend.set(key, value, deadline).await;
         match &result {
@@ -427,14 +446,15 @@ impl<B: CacheWriter> MetadataStore<B> {
         self.get_json(&keys::image(scope, digest)).await
     }
 
-    /// Which of `digests` are cached (one batched read).
+    /// Which of `digests` are cached (one batched read), for warming: the records on a
+    /// server that cannot answer count as not cached, so only they are fetched again.
     pub async fn cached_images(
         &self,
         scope: &Scope,
         digests: &[Digest],
     ) -> Result<HashMap<Digest, ImageRecord>, CacheError> {
         let keys: Vec<String> = digests.iter().map(|d| keys::image(scope, d)).collect();
-        let found = self.get_many(&keys).await?;
+        let found = self.get_many_available(&keys).await?;
         let mut out = HashMap::with_capacity(found.len());
         for (d, k) in digests.iter().zip(&keys) {
             if let Some(e) = found.get(k)

@@ -56,7 +56,7 @@ pub struct Context<B> {
     latest: Mutex<HashMap<String, Outcome>>,
     /// Only the leader warms and writes status; followers still plan every watch so their
     /// read API knows each watch's repository and scope.
-    leading: std::sync::atomic::AtomicBool,
+    leading: Arc<std::sync::atomic::AtomicBool>,
     failures: Mutex<HashMap<String, u32>>,
     /// `/readyz`: set once the watches are listed (and the cache answers, see `serve`).
     pub readiness: Arc<Readiness>,
@@ -81,7 +81,7 @@ impl<B> Context<B> {
             recorder,
             latest: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
-            leading: std::sync::atomic::AtomicBool::new(false),
+            leading: Arc::default(),
             readiness: Arc::default(),
             concurrent_reconciles: 8,
         }
@@ -89,6 +89,11 @@ impl<B> Context<B> {
 
     pub fn is_leading(&self) -> bool {
         self.leading.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The flag [`Self::is_leading`] reads, for the read API's webhook forwarding.
+    pub fn leading_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.leading.clone()
     }
 
     fn latest(&self, id: &str) -> Option<Outcome> {
@@ -167,6 +172,7 @@ async fn reconcile_watch<B: CacheWriter + 'static>(
         patch_status(&ctx.client, &watch, &desired)
             .await
             .map_err(ControllerError::Kube)?;
+        ctx.warmer.metrics().reconcile.status_patched();
         announce(&ctx, &watch, &current, &desired).await;
     }
     tracing::debug!(
@@ -205,7 +211,7 @@ async fn patch_status(
 }
 
 /// An Event when the Ready condition changes status or reason, not on every pass.
-async fn announce<B>(
+async fn announce<B: CacheWriter + 'static>(
     ctx: &Context<B>,
     watch: &ImageRepositoryWatch,
     before: &ImageRepositoryWatchStatus,
@@ -228,8 +234,9 @@ async fn announce<B>(
         action: "Warm".to_string(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &watch.object_ref(&())).await {
-        tracing::warn!(error = %e, "cannot publish event");
+    match ctx.recorder.publish(&event, &watch.object_ref(&())).await {
+        Ok(()) => ctx.warmer.metrics().reconcile.event_published(),
+        Err(e) => tracing::warn!(error = %e, "cannot publish event"),
     }
 }
 
@@ -264,7 +271,7 @@ fn watches_of_secret(
         .iter()
         .filter(|w| w.namespace() == ns)
         .filter(|w| {
-            w.spec.pull_secrets.contains(&name)
+            w.spec.pull_secrets.iter().any(|r| r.name == name)
                 || w.spec
                     .cert_secret_ref
                     .as_ref()
@@ -530,6 +537,11 @@ pub async fn serve(args: &crate::config::ControllerArgs) -> Result<(), ServeErro
             crate::config::ApiAuthMode::None => crate::api::ApiAuth::None,
         },
         warmer: Some(ctx.warmer.clone()),
+        // Only the leader warms: another replica passes webhooks on through the API server.
+        forward: Some(crate::api::Forward {
+            client: client.clone(),
+            leading: ctx.leading_flag(),
+        }),
         webhook_token: args
             .api
             .webhook_token

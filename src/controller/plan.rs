@@ -8,8 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
 use crate::cache::keys::Scope;
-use crate::config::parse_duration;
-use crate::crd::{ImageRepositoryWatch, ImageRepositoryWatchStatus, READY, reasons};
+use crate::crd::{ImageRepositoryWatch, ImageRepositoryWatchStatus, READY, duration, reasons};
 use crate::credentials::DockerConfig;
 use crate::image::{Platform, Repository};
 use crate::registry::{Endpoint, check_ca_bundle};
@@ -20,8 +19,6 @@ use crate::warmer::{FailureKind, Outcome, Target};
 #[derive(Debug, Clone)]
 pub struct Defaults {
     pub interval: Duration,
-    /// Never list tags more often than this, whatever a watch says.
-    pub min_interval: Duration,
     pub platforms: Vec<Platform>,
 }
 
@@ -29,7 +26,6 @@ impl Default for Defaults {
     fn default() -> Self {
         Defaults {
             interval: Duration::from_secs(300),
-            min_interval: Duration::from_secs(10),
             platforms: Vec::new(),
         }
     }
@@ -125,9 +121,8 @@ pub fn plan(
     let repository = repository(watch)?;
     let interval = match &watch.spec.interval {
         None => defaults.interval,
-        Some(s) => parse_duration(s).map_err(|e| invalid("interval", e))?,
-    }
-    .max(defaults.min_interval);
+        Some(s) => duration::parse_interval(s).map_err(|e| invalid("interval", e))?,
+    };
     let platforms = if watch.spec.platforms.is_empty() {
         defaults.platforms.clone()
     } else {
@@ -367,14 +362,10 @@ mod tests {
             Scope::for_credential("docker.io", "team", &t.credential)
         );
         let mut s = spec("ghcr.io/org/app");
-        s.interval = Some("1s".into());
+        s.interval = Some("1h30m".into());
         s.platforms = vec!["linux/arm64/v8".into()];
         let t = plan(&watch(s), &Resolved::default(), &Defaults::default()).unwrap();
-        assert_eq!(
-            t.interval,
-            Duration::from_secs(10),
-            "clamped to the minimum"
-        );
+        assert_eq!(t.interval, Duration::from_secs(5400));
         assert_eq!(t.platforms, [Platform::parse("linux/arm64").unwrap()]);
         assert!(t.scope.is_public());
     }
@@ -391,6 +382,14 @@ mod tests {
                 },
                 reasons::INVALID_SPEC,
                 "spec.interval",
+            ),
+            (
+                ImageRepositoryWatchSpec {
+                    interval: Some("1s".into()),
+                    ..spec("nginx")
+                },
+                reasons::INVALID_SPEC,
+                "shorter than the minimum, 10s",
             ),
             (
                 ImageRepositoryWatchSpec {
@@ -494,7 +493,7 @@ mod tests {
         // The cache lost the index (and with it the last update) and the pass failed:
         // the status keeps the update it reported.
         let mut forgotten = outcome(
-            Some("caching the tag index: memcached server m:11211 is unavailable"),
+            Some("caching the tag index: cannot reach memcached m:11211"),
             Some(FailureKind::Cache),
         );
         forgotten.last_update = None;

@@ -14,7 +14,12 @@ pub const DOCKER_CFG: &str = "kubernetes.io/dockercfg";
 /// The secret names a watch depends on, pull secrets first (they win over the
 /// ServiceAccount's, as with kubelet).
 pub fn secret_names(watch: &ImageRepositoryWatch, account: Option<&ServiceAccount>) -> Vec<String> {
-    let mut names = watch.spec.pull_secrets.clone();
+    let mut names: Vec<String> = watch
+        .spec
+        .pull_secrets
+        .iter()
+        .map(|r| r.name.clone())
+        .collect();
     if let Some(sa) = account {
         for r in sa.image_pull_secrets.iter().flatten() {
             if !r.name.is_empty() && !names.contains(&r.name) {

@@ -199,7 +199,7 @@ async fn a_valid_watch_with_a_pull_secret_becomes_a_target() {
     )];
     script.extend(status_and_event());
     let w = watch(
-        json!({"image": "ghcr.io/org/app", "pullSecrets": ["regcred"]}),
+        json!({"image": "ghcr.io/org/app", "pullSecrets": [{"name": "regcred"}]}),
         None,
     );
     let (result, seen, ctx) = run(w, script).await;
@@ -245,13 +245,13 @@ async fn user_errors_become_conditions_and_stop_warming() {
             vec!["team/app", "Nginx:Latest"],
         ),
         (
-            json!({"image": "nginx", "pullSecrets": ["gone"]}),
+            json!({"image": "nginx", "pullSecrets": [{"name": "gone"}]}),
             vec![not_found(&format!("{SECRETS}/gone"))],
             reasons::SECRET_NOT_FOUND,
             vec!["team/app", "team/gone"],
         ),
         (
-            json!({"image": "nginx", "pullSecrets": ["opaque"]}),
+            json!({"image": "nginx", "pullSecrets": [{"name": "opaque"}]}),
             vec![expect(
                 Method::GET,
                 &format!("{SECRETS}/opaque"),
@@ -262,7 +262,7 @@ async fn user_errors_become_conditions_and_stop_warming() {
             vec!["team/opaque", "Opaque", "kubernetes.io/dockerconfigjson"],
         ),
         (
-            json!({"image": "nginx", "pullSecrets": ["broken"]}),
+            json!({"image": "nginx", "pullSecrets": [{"name": "broken"}]}),
             vec![expect(
                 Method::GET,
                 &format!("{SECRETS}/broken"),
@@ -357,7 +357,7 @@ async fn service_account_pull_secrets_are_used_after_the_watch_own() {
     ];
     script.extend(status_and_event());
     let w = watch(
-        json!({"image": "ghcr.io/org/app", "pullSecrets": ["first"], "serviceAccountName": "puller"}),
+        json!({"image": "ghcr.io/org/app", "pullSecrets": [{"name": "first"}], "serviceAccountName": "puller"}),
         None,
     );
     let (result, _, ctx) = run(w, script).await;
@@ -395,7 +395,10 @@ async fn a_rescan_request_is_acknowledged_in_status() {
 
 #[tokio::test]
 async fn api_failures_back_off_exponentially() {
-    let w = watch(json!({"image": "nginx", "pullSecrets": ["regcred"]}), None);
+    let w = watch(
+        json!({"image": "nginx", "pullSecrets": [{"name": "regcred"}]}),
+        None,
+    );
     let failure = || {
         vec![expect(
             Method::GET,

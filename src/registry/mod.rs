@@ -231,6 +231,13 @@ pub enum Error {
         realm: String,
         detail: String,
     },
+    #[error("{what} at {from} leads to another origin, {to}: {reason}")]
+    CrossOrigin {
+        what: &'static str,
+        from: String,
+        to: String,
+        reason: &'static str,
+    },
     #[error("CA bundle for registry {host} is unusable: {detail}")]
     InvalidCa { host: String, detail: String },
     #[error("{url} is not a distribution (v2) registry endpoint: {detail}")]
@@ -278,6 +285,7 @@ impl Error {
             Error::DigestMismatch { .. } => "digest_mismatch",
             Error::Invalid { .. } => "invalid",
             Error::TokenEndpoint { .. } => "token_endpoint",
+            Error::CrossOrigin { .. } => "cross_origin",
             Error::InvalidCa { .. } => "invalid_ca",
             Error::NotARegistry { .. } => "not_a_registry",
             Error::PlatformNotFound { .. } => "platform_not_found",
@@ -506,6 +514,8 @@ impl Inner {
             .timeout(self.options.request_timeout)
             .connect_timeout(self.options.connect_timeout)
             .user_agent(self.options.user_agent.clone())
+            // send_once follows redirects itself, keeping credentials on their origin.
+            .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .build()
             .map_err(|e| Error::InvalidCa {
@@ -572,7 +582,12 @@ struct Answer {
     status: StatusCode,
     headers: HeaderMap,
     body: Bytes,
+    /// Where the answer came from, after redirects.
+    url: Url,
 }
+
+/// Redirects followed for one request; registries use one (blob storage), rarely two.
+const MAX_REDIRECTS: usize = 5;
 
 /// Body cap for error answers: enough for a distribution error document.
 const ERROR_BODY_CAP: usize = 64 << 10;
@@ -698,6 +713,9 @@ impl RepositoryClient {
             .await?;
         let challenge = match answer.status {
             s if s.is_success() => Challenge::Anonymous,
+            StatusCode::UNAUTHORIZED if answer.url.origin() != url.origin() => {
+                return Err(foreign_challenge(&url, &answer.url));
+            }
             StatusCode::UNAUTHORIZED => answer
                 .headers
                 .get_all(header::WWW_AUTHENTICATE)
@@ -736,6 +754,10 @@ impl RepositoryClient {
     }
 
     /// Sends one request (after the host limiter admits it) and reads the body within `cap`.
+    ///
+    /// Redirects are followed here, not by the HTTP library, so that `authorization` goes
+    /// only to the origin (scheme, host, port) of `url`: a registry that sends a blob to
+    /// object storage, or a request anywhere else, never hands its credentials over.
     async fn send_once(
         &self,
         kind: RequestKind,
@@ -762,13 +784,6 @@ impl RepositoryClient {
             .metrics
             .registry
             .rate(&limiter_host, limiter.rate());
-        let mut req = self.http.request(method.clone(), url.clone());
-        if let Some(a) = accept {
-            req = req.header(header::ACCEPT, a);
-        }
-        if let Some(a) = authorization {
-            req = req.header(header::AUTHORIZATION, a.expose());
-        }
         self.record(kind);
         let started = std::time::Instant::now();
         let failed = |e: Error| {
@@ -776,35 +791,78 @@ impl RepositoryClient {
                 .observe(&limiter_host, kind, e.metric_label().into(), started);
             e
         };
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| failed(self.classify(&url, &e)))?;
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let cap = if status.is_success() {
-            cap
-        } else {
-            ERROR_BODY_CAP
-        };
-        let body = if method == Method::HEAD {
-            Bytes::new()
-        } else {
-            self.read_body(resp, cap, &url, kind)
+        let origin = url.origin();
+        let mut hop = url;
+        let mut redirects = 0;
+        loop {
+            let mut req = self.http.request(method.clone(), hop.clone());
+            if let Some(a) = accept {
+                req = req.header(header::ACCEPT, a);
+            }
+            if let Some(a) = authorization.filter(|_| hop.origin() == origin) {
+                req = req.header(header::AUTHORIZATION, a.expose());
+            }
+            let resp = req
+                .send()
                 .await
-                .map_err(failed)?
-        };
-        self.inner.observe(
-            &limiter_host,
-            kind,
-            status.as_str().to_string().into(),
-            started,
-        );
-        Ok(Answer {
-            status,
-            headers,
-            body,
-        })
+                .map_err(|e| failed(self.classify(&hop, &e)))?;
+            let status = resp.status();
+            if status.is_redirection()
+                && let Some(location) = resp.headers().get(header::LOCATION)
+            {
+                let next = location
+                    .to_str()
+                    .ok()
+                    .and_then(|l| hop.join(l).ok())
+                    .filter(|u| matches!(u.scheme(), "http" | "https"));
+                let redirect_error = |detail: String| Error::Invalid {
+                    url: hop.to_string(),
+                    what: what_of(kind),
+                    source: ParseError::Malformed {
+                        kind: "redirect",
+                        detail,
+                    },
+                };
+                let Some(next) = next else {
+                    return Err(failed(redirect_error(
+                        "Location is not an http(s) URL".to_string(),
+                    )));
+                };
+                redirects += 1;
+                if redirects > MAX_REDIRECTS {
+                    return Err(failed(redirect_error(format!(
+                        "more than {MAX_REDIRECTS} redirects"
+                    ))));
+                }
+                hop = next;
+                continue;
+            }
+            let headers = resp.headers().clone();
+            let cap = if status.is_success() {
+                cap
+            } else {
+                ERROR_BODY_CAP
+            };
+            let body = if method == Method::HEAD {
+                Bytes::new()
+            } else {
+                self.read_body(resp, cap, &hop, kind)
+                    .await
+                    .map_err(failed)?
+            };
+            self.inner.observe(
+                &limiter_host,
+                kind,
+                status.as_str().to_string().into(),
+                started,
+            );
+            return Ok(Answer {
+                status,
+                headers,
+                body,
+                url: hop,
+            });
+        }
     }
 
     async fn read_body(
@@ -914,6 +972,20 @@ impl RepositoryClient {
         };
         let mut url =
             Url::parse(realm).map_err(|e| token_error(format!("invalid realm URL ({e})")))?;
+        // The realm is the registry's choice and may be another host (Docker Hub's is), but
+        // credentials travel to it in the clear only when the registry itself is plain HTTP.
+        match url.scheme() {
+            "https" => {}
+            "http" if self.base.scheme() == "http" || self.credential.is_anonymous() => {}
+            "http" => {
+                return Err(token_error(
+                    "realm is plain HTTP while the registry is HTTPS; regcache sends \
+                     credentials over plain HTTP only to a registry marked insecure"
+                        .to_string(),
+                ));
+            }
+            other => return Err(token_error(format!("realm scheme {other} is not http(s)"))),
+        }
         let answer = match &self.credential {
             Credential::IdentityToken { token, .. } => {
                 // OAuth2 refresh-token grant, as docker does with `identitytoken`.
@@ -971,6 +1043,7 @@ impl RepositoryClient {
                     status,
                     headers,
                     body,
+                    url: url.clone(),
                 }
             }
             _ => {
@@ -1101,6 +1174,11 @@ impl RepositoryClient {
                 Err(e) => return Err(e),
             };
             match answer.status {
+                // Another origin's challenge is not this registry's: learning it would send
+                // this registry's credentials to whatever realm it names.
+                StatusCode::UNAUTHORIZED if answer.url.origin() != url.origin() => {
+                    return Err(foreign_challenge(&url, &answer.url));
+                }
                 StatusCode::UNAUTHORIZED => {
                     let challenge = answer
                         .headers
@@ -1244,7 +1322,7 @@ impl RepositoryClient {
                 .and_then(next_link);
             match next {
                 Some(next) => {
-                    url = url.join(&next).map_err(|e| Error::Invalid {
+                    let next = url.join(&next).map_err(|e| Error::Invalid {
                         url: url.to_string(),
                         what: "tag list",
                         source: ParseError::Malformed {
@@ -1252,6 +1330,18 @@ impl RepositoryClient {
                             detail: e.to_string(),
                         },
                     })?;
+                    // The next page must come from the same registry: another origin's
+                    // tags are not this repository's, and the page request carries this
+                    // registry's credentials.
+                    if next.origin() != self.base.origin() {
+                        return Err(Error::CrossOrigin {
+                            what: "tag list Link",
+                            from: self.base.origin().ascii_serialization(),
+                            to: next.origin().ascii_serialization(),
+                            reason: "regcache follows tag pages only within the registry's own origin",
+                        });
+                    }
+                    url = next;
                 }
                 None => return Ok(tags),
             }
@@ -1629,6 +1719,18 @@ fn is_tls_error(e: &(dyn std::error::Error + 'static)) -> bool {
         return true;
     }
     e.source().is_some_and(is_tls_error)
+}
+
+/// A request to `asked` was redirected to `answered`, another origin, which asked for
+/// credentials.
+fn foreign_challenge(asked: &Url, answered: &Url) -> Error {
+    Error::CrossOrigin {
+        what: "redirect",
+        from: asked.origin().ascii_serialization(),
+        to: answered.origin().ascii_serialization(),
+        reason: "that origin asked for credentials, and regcache sends a registry's \
+                 credentials only to the registry's own origin",
+    }
 }
 
 fn basic_header(credential: &Credential) -> Option<Secret> {

@@ -348,6 +348,7 @@ impl<B: CacheWriter + 'static> Warmer<B> {
             tags = outcome.tags,
             images_updated = outcome.images_updated,
             published = outcome.published,
+            requests = %request_summary(&outcome.requests),
             error = outcome.error.as_deref(),
             current,
             "warm pass finished"
@@ -613,5 +614,19 @@ impl<B: CacheWriter + 'static> Warmer<B> {
                 }
             }
         }
+    }
+}
+
+/// A pass's requests for its log line, retries included: `tag_list=1,manifest_get=3`.
+fn request_summary(requests: &BTreeMap<RequestKind, u64>) -> String {
+    let parts: Vec<String> = requests
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| format!("{}={n}", k.label()))
+        .collect();
+    if parts.is_empty() {
+        "none".to_string()
+    } else {
+        parts.join(",")
     }
 }

@@ -130,6 +130,9 @@ BAD_WATCHES = {
     "bad platform": {"image": "nginx", "platforms": ["amd64"]},
     "no image": {"interval": "5m"},
     "pullSecrets not a list": {"image": "nginx", "pullSecrets": "regcred"},
+    "pullSecrets of plain names": {"image": "nginx", "pullSecrets": ["regcred"]},
+    "interval in days": {"image": "nginx", "interval": "7d"},
+    "negative interval": {"image": "nginx", "interval": "-5m"},
 }
 
 
@@ -144,7 +147,7 @@ def test_a_good_watch_passes_the_same_check(tmp_path):
     # The counterpart of the bad ones: the failures above come from their one defect.
     watch = {"apiVersion": "regcache.io/v1alpha1", "kind": "ImageRepositoryWatch", "metadata": {"name": "ok"},
              "spec": {"image": "registry.example.com:5000/team/app", "interval": "1h30m", "tags": {"maxTags": 1},
-                      "platforms": ["linux/arm/v7"], "pullSecrets": ["regcred"]}}
+                      "platforms": ["linux/arm/v7"], "pullSecrets": [{"name": "regcred"}]}}
     rc, out = validate_watches([watch], tmp_path)
     assert rc == 0, out
 

@@ -191,6 +191,28 @@ impl ControllerProcess {
         super::wait_for_listener(&self.log, what).await
     }
 
+    /// The sum of every series of the metric `name` (`0` when it has none) on the
+    /// process's `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let url = format!("http://{}/metrics", self.address("metrics").await);
+        let text = super::http_client(None)
+            .get(&url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// The process id while it runs (benchmarks read its memory from /proc).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

@@ -128,7 +128,10 @@ fn spawn(port: u16, extra: &[String]) -> Result<Child, String> {
         .spawn()
         .map_err(|e| format!("spawn memcached (apt-get install memcached): {e}"))?;
     let addr = format!("127.0.0.1:{port}");
-    let ready = || raw_command(&addr, "version\r\n").is_ok_and(|r| r.starts_with("VERSION"));
+    // Ready when *this* process answers: the port came from a bind-and-release (or is an
+    // old one, on a restart), so another test's server may hold it; its pid tells.
+    let pid_line = format!("STAT pid {}\r\n", child.id());
+    let ready = || raw_command(&addr, "stats\r\n").is_ok_and(|r| r.contains(&pid_line));
     match wait_ready(
         &mut child,
         Duration::from_secs(5),
@@ -148,7 +151,10 @@ fn spawn(port: u16, extra: &[String]) -> Result<Child, String> {
             }
             Err(format!("memcached exited ({status}): {err}"))
         }
-        Err(NotReady::TimedOut) => Err("memcached did not answer `version` within 5s".to_string()),
+        Err(NotReady::TimedOut) => Err(format!(
+            "memcached (pid {}) did not answer `stats` on {addr} within 5s",
+            child.id()
+        )),
     }
 }
 

@@ -27,6 +27,7 @@
 
 pub mod certs;
 pub mod dns;
+pub mod foreign;
 pub mod kube;
 pub mod memcached;
 pub mod process;
@@ -38,6 +39,7 @@ pub mod server;
 pub mod token;
 pub mod webhook;
 
+pub use foreign::ForeignHost;
 pub use memcached::Memcached;
 pub use proxy::{Counts, Fault, FaultProxy, Kind, LinkStyle, Rule};
 pub use pusher::{
@@ -171,6 +173,12 @@ pub fn wait_for_tcp(addr: &str, timeout: Duration) -> bool {
 /// A blocking plain-HTTP GET over std's TcpStream (no tokio), returning the status code.
 /// Used for readiness checks from sync code that may run inside a tokio runtime.
 pub fn blocking_http_status(addr: &str, path: &str, timeout: Duration) -> Option<u16> {
+    let head = blocking_http_head(addr, path, timeout)?;
+    head.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()
+}
+
+/// Like [`blocking_http_status`], but the whole response head (status line and headers).
+pub fn blocking_http_head(addr: &str, path: &str, timeout: Duration) -> Option<String> {
     let sock: std::net::SocketAddr = addr.parse().ok()?;
     let mut s = TcpStream::connect_timeout(&sock, timeout).ok()?;
     s.set_read_timeout(Some(timeout)).ok()?;
@@ -180,17 +188,16 @@ pub fn blocking_http_status(addr: &str, path: &str, timeout: Duration) -> Option
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
-    let mut buf = [0u8; 64];
+    let mut buf = [0u8; 1024];
     let mut got = Vec::new();
-    while got.len() < 12 {
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") && got.len() < 64 << 10 {
         let n = s.read(&mut buf).ok()?;
         if n == 0 {
             break;
         }
         got.extend_from_slice(&buf[..n]);
     }
-    let head = String::from_utf8_lossy(&got);
-    head.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()
+    Some(String::from_utf8_lossy(&got).into_owned())
 }
 
 /// Runs the `regcache` binary as a user would (no docker config from the environment);

@@ -85,6 +85,8 @@ pub enum Fault {
     Redirect { status: u16, base: String },
     /// Forward, but replace the response's `Content-Type`.
     ContentType(String),
+    /// Forward, but add (or replace) one response header, e.g. a `Link` to elsewhere.
+    Header { name: String, value: String },
 }
 
 impl Fault {
@@ -218,6 +220,8 @@ pub struct SeenRequest {
     pub fault: Option<String>,
     /// Whether the request carried an `Authorization` header (its value is not kept).
     pub authorized: bool,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 struct State {
@@ -437,6 +441,7 @@ async fn handle(
         kind,
         fault: fault.as_ref().map(|f| format!("{f:?}")),
         authorized: req.headers().contains_key("authorization"),
+        at: std::time::Instant::now(),
     });
 
     match &fault {
@@ -504,6 +509,12 @@ async fn handle(
         Some(Fault::ContentType(ct)) => {
             up.headers
                 .insert("content-type", ct.parse().expect("content type"));
+        }
+        Some(Fault::Header { name, value }) => {
+            up.headers.insert(
+                http::HeaderName::try_from(name.as_str()).expect("header name"),
+                value.parse().expect("header value"),
+            );
         }
         Some(Fault::OversizedBody { .. }) if method != "HEAD" => {
             up.headers.remove("content-length");

@@ -72,7 +72,7 @@ impl Registry {
             let _ = write!(
                 cfg,
                 "version: 0.1\n\
-                 log:\n  level: warn\n  formatter: text\n  accesslog:\n    disabled: true\n\
+                 log:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: true\n\
                  storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  \
                  maintenance:\n    uploadpurging:\n      enabled: false\n\
                  http:\n  addr: 127.0.0.1:{port}\n  secret: {:032x}\n",
@@ -175,6 +175,27 @@ impl Registry {
             _ => Some((TEST_USER.to_string(), CANARY_PASSWORD.to_string())),
         }
     }
+    /// `skopeo inspect [ARGS] docker://HOST/REFERENCE` with this registry's credentials:
+    /// an independent client's view of what the registry serves (stdout; panics on
+    /// failure). TLS is not verified: skopeo is the oracle for content here, not for TLS.
+    pub fn skopeo_inspect(&self, reference: &str, args: &[&str]) -> Vec<u8> {
+        let mut command = Command::new("skopeo");
+        command.args(["inspect", "--tls-verify=false"]).args(args);
+        if let Some((user, password)) = self.credentials() {
+            command.arg(format!("--creds={user}:{password}"));
+        }
+        let out = command
+            .arg(format!("docker://{}/{reference}", self.host()))
+            .output()
+            .expect("run skopeo (apt-get install skopeo)");
+        assert!(
+            out.status.success(),
+            "skopeo inspect {reference}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
     pub fn token_server(&self) -> Option<&TokenServer> {
         self.token.as_ref()
     }
@@ -258,12 +279,25 @@ fn spawn(
         .spawn()
         .expect("spawn docker-registry (apt-get install docker-registry)");
     let addr = format!("127.0.0.1:{port}");
+    // The port came from a bind-and-release (or is an old one, on a restart): another
+    // test's server may hold it. Only a registry that bound the port logs that it listens
+    // on it, so ready means: this process logged it (the log is appended across restarts,
+    // hence the count) and the port answers.
+    let listening = format!("listening on 127.0.0.1:{port}");
+    let count = || {
+        std::fs::read_to_string(log_path)
+            .unwrap_or_default()
+            .matches(&listening)
+            .count()
+    };
+    let before = count();
     let ready = || {
-        if tls {
-            std::net::TcpStream::connect(&addr).is_ok()
-        } else {
-            super::blocking_http_status(&addr, "/v2/", Duration::from_millis(500)).is_some()
-        }
+        count() > before
+            && if tls {
+                std::net::TcpStream::connect(&addr).is_ok()
+            } else {
+                super::blocking_http_status(&addr, "/v2/", Duration::from_millis(500)).is_some()
+            }
     };
     match wait_ready(
         &mut child,
