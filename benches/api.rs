@@ -69,17 +69,13 @@ where
     }
 }
 
-type RawClients = Arc<Vec<tokio::sync::Mutex<async_memcached::Client>>>;
+/// One raw reader per client (see [`common::RawReader`]).
+type RawClients = Arc<Vec<common::RawReader>>;
 
-/// One raw memcached connection per client.
 async fn raw_clients(addr: &str, n: usize) -> RawClients {
     let mut v = Vec::new();
     for _ in 0..n {
-        v.push(tokio::sync::Mutex::new(
-            async_memcached::Client::new(format!("tcp://{addr}"))
-                .await
-                .unwrap(),
-        ));
+        v.push(common::RawReader::connect(addr).await);
     }
     Arc::new(v)
 }
@@ -280,9 +276,11 @@ async fn main() {
             let (raw_c, ik) = (raw_c.clone(), ik.clone());
             async move {
                 let keys = &ik[((c as u64 * 1_000_003 + i * 7919) % ik.len() as u64) as usize];
-                let mut conn = raw_c[c].lock().await;
+                // One after another, as regcache must: the head names the chunk, the
+                // chunk names the image.
                 for k in keys {
-                    conn.get(k).await.unwrap().expect("raw item");
+                    let (found, _) = raw_c[c].read(std::slice::from_ref(k)).await;
+                    assert_eq!(found, 1, "raw item {k}");
                 }
             }
         })
@@ -429,11 +427,7 @@ async fn repository_row(
     let theirs = drive(n, secs, move |c, _| {
         let (raw_c, keys) = (raw_c.clone(), keys.clone());
         async move {
-            let mut conn = raw_c[c].lock().await;
-            let mut found = 0;
-            for batch in keys.chunks(100) {
-                found += conn.get_multi(batch).await.unwrap().len();
-            }
+            let (found, _) = raw_c[c].read(&keys).await;
             assert_eq!(found, keys.len());
         }
     })

@@ -21,6 +21,62 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
+struct Round {
+    secs: f64,
+    requests: f64,
+    images: usize,
+    stats: std::collections::BTreeMap<RequestKind, u64>,
+}
+
+/// One full inspect of every tag at `host` (manifest, index children, configs) with
+/// `concurrency` images at once, by a fresh client, so nothing is cached between rounds.
+async fn inspect_round(
+    host: &str,
+    singles: &[(String, support::PushedImage)],
+    indexes: usize,
+    concurrency: usize,
+) -> Round {
+    let client = RegistryClient::new(ClientOptions {
+        limiter: LimiterSettings {
+            max_rate: 1e6,
+            burst: 1e6,
+            ..LimiterSettings::default()
+        },
+        ..ClientOptions::default()
+    });
+    let endpoint = Endpoint {
+        insecure: true,
+        ca_pem: None,
+    };
+    let repository = |path: &str| {
+        client
+            .repository(
+                &Repository::parse(&format!("{host}/{path}")).unwrap(),
+                Credential::Anonymous,
+                &endpoint,
+            )
+            .unwrap()
+    };
+    let (single, multi) = (repository("bench/single"), repository("bench/multi"));
+    let work: Vec<_> = singles
+        .iter()
+        .map(|(tag, _)| (single.clone(), tag.clone()))
+        .chain((0..indexes).map(|i| (multi.clone(), format!("m{i:04}"))))
+        .collect();
+    let t = Instant::now();
+    futures::stream::iter(work.iter())
+        .for_each_concurrent(concurrency, |(rc, tag)| async move {
+            rc.inspect(&Reference::Tag(tag.clone()), &[]).await.unwrap();
+        })
+        .await;
+    Round {
+        secs: t.elapsed().as_secs_f64(),
+        requests: client.stats().total() as f64,
+        images: work.len(),
+        stats: client.stats().snapshot(),
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let images = support::env_usize("BENCH_IMAGES", 300);
@@ -79,6 +135,14 @@ async fn main() {
             ));
         }
     }
+    // inspect fetches an index's children in parallel, so regcache has more requests in
+    // flight than images at once: measure how many (one untimed round through the counting
+    // proxy), and give the raw replay exactly as many.
+    let proxy = registry.fault_proxy();
+    proxy.reset_counts();
+    inspect_round(&proxy.host(), &singles, indexes, concurrency).await;
+    let in_flight = proxy.peak_in_flight();
+    drop(proxy);
     let mut raw_rates = Vec::new();
     let mut regcache_rates = Vec::new();
     let mut image_rates = Vec::new();
@@ -86,7 +150,7 @@ async fn main() {
     for _ in 0..rounds {
         let t = Instant::now();
         futures::stream::iter(urls.iter())
-            .for_each_concurrent(concurrency, |u| {
+            .for_each_concurrent(in_flight, |u| {
                 let raw = raw.clone();
                 async move {
                     let r = raw
@@ -104,54 +168,18 @@ async fn main() {
 
         // regcache: full inspect of every tag (manifest, children, configs), fresh client
         // each round so nothing is cached between rounds.
-        let client = RegistryClient::new(ClientOptions {
-            limiter: LimiterSettings {
-                max_rate: 1e6,
-                burst: 1e6,
-                ..LimiterSettings::default()
-            },
-            ..ClientOptions::default()
-        });
-        let endpoint = Endpoint {
-            insecure: true,
-            ca_pem: None,
-        };
-        let single = client
-            .repository(
-                &Repository::parse(&format!("{}/bench/single", registry.host())).unwrap(),
-                Credential::Anonymous,
-                &endpoint,
-            )
-            .unwrap();
-        let multi = client
-            .repository(
-                &Repository::parse(&format!("{}/bench/multi", registry.host())).unwrap(),
-                Credential::Anonymous,
-                &endpoint,
-            )
-            .unwrap();
-        let work: Vec<_> = singles
-            .iter()
-            .map(|(tag, _)| (single.clone(), tag.clone()))
-            .chain((0..indexes).map(|i| (multi.clone(), format!("m{i:04}"))))
-            .collect();
-        let t = Instant::now();
-        futures::stream::iter(work.iter())
-            .for_each_concurrent(concurrency, |(rc, tag)| async move {
-                rc.inspect(&Reference::Tag(tag.clone()), &[]).await.unwrap();
-            })
-            .await;
-        let secs = t.elapsed().as_secs_f64();
-        let stats = client.stats().snapshot();
-        let requests = client.stats().total() as f64;
-        regcache_rates.push(requests / secs);
-        image_rates.push(work.len() as f64 / secs);
-        per_image = Some((stats, work.len()));
+        let round = inspect_round(&registry.host(), &singles, indexes, concurrency).await;
+        regcache_rates.push(round.requests / round.secs);
+        image_rates.push(round.images as f64 / round.secs);
+        per_image = Some((round.stats, round.images));
     }
     let (stats, n) = per_image.unwrap();
-    println!("rounds: {rounds}, concurrency: {concurrency}");
     println!(
-        "registry raw replay of the same {} requests: median {:.0} req/s",
+        "rounds: {rounds}; regcache inspects {concurrency} images at once, which peaked at \
+         {in_flight} requests in flight (measured through a counting proxy)"
+    );
+    println!(
+        "registry raw replay of the same {} requests, {in_flight} in flight: median {:.0} req/s",
         urls.len(),
         median(raw_rates.clone())
     );

@@ -425,10 +425,8 @@ suspend: true
                     walk(&format!("{path}.{name}"), child, missing);
                 }
             }
-            if let Some(items) = node.get("items") {
-                if items.get("properties").is_some() {
-                    walk(&format!("{path}[]"), items, missing);
-                }
+            if let Some(items) = node.get("items").filter(|i| i.get("properties").is_some()) {
+                walk(&format!("{path}[]"), items, missing);
             }
         }
         let mut missing = Vec::new();

@@ -188,9 +188,19 @@ pub struct CacheMetrics {
     errors: Family<OpReasonLabels, Counter>,
     item_size: HistogramFamily<KindLabels>,
     reachable: Gauge,
+    answers: Family<ResultLabels, Counter>,
+    answer_bytes: Gauge,
 }
 
 impl CacheMetrics {
+    /// A read API repository answer: `reused` from the answer cache, or `built` from
+    /// memcached's items; `held` is the answer cache's size afterwards.
+    pub fn answer(&self, reused: bool, held: usize) {
+        let result = if reused { "reused" } else { "built" };
+        self.answers.get_or_create(&ResultLabels { result }).inc();
+        self.answer_bytes.set(held as i64);
+    }
+
     /// Keys read: `hits` found, `misses` not (counted per key; a multi-get of n keys is n
     /// operations).
     pub fn read(&self, kind: &'static str, hits: u64, misses: u64) {
@@ -452,7 +462,16 @@ impl Metrics {
             errors: Family::default(),
             item_size: Family::new_with_constructor(bytes_histogram),
             reachable: Gauge::default(),
+            answers: Family::default(),
+            answer_bytes: Gauge::default(),
         };
+        // At zero from the start, so a hit rate can be computed from the first answer.
+        for result in ["reused", "built"] {
+            cache
+                .answers
+                .get_or_create(&ResultLabels { result })
+                .inc_by(0);
+        }
         {
             let r = prometheus.sub_registry_with_prefix("cache");
             r.register(
@@ -480,6 +499,17 @@ impl Metrics {
                 "reachable",
                 "1 when the last cache ping succeeded, else 0",
                 cache.reachable.clone(),
+            );
+            r.register(
+                "answers",
+                "Read API repository answers, by result (reused from the answer cache, built)",
+                cache.answers.clone(),
+            );
+            r.register_with_unit(
+                "answer_cache",
+                "Bytes of repository answers the answer cache holds",
+                Unit::Bytes,
+                cache.answer_bytes.clone(),
             );
         }
 

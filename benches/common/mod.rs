@@ -241,3 +241,50 @@ pub async fn check_seeded(base_url: &str, repo: &str, expected: &[(String, Seede
         "digest of {repo}:{tag}"
     );
 }
+
+/// Raw memcached connections for one reader, used as regcache's multi-get uses its pool:
+/// keys in batches of `MemcachedOptions::default().batch_size`, up to `batch_concurrency`
+/// batches in flight, one connection each. The baseline for a read does the same work at
+/// the same concurrency as regcache does, minus regcache.
+pub struct RawReader {
+    conns: Vec<tokio::sync::Mutex<async_memcached::Client>>,
+    batch: usize,
+}
+
+impl RawReader {
+    pub async fn connect(addr: &str) -> RawReader {
+        let options = regcache::cache::memcached::MemcachedOptions::default();
+        let mut conns = Vec::new();
+        for _ in 0..options.batch_concurrency {
+            let client = async_memcached::Client::new(format!("tcp://{addr}"))
+                .await
+                .expect("raw memcached connection");
+            conns.push(tokio::sync::Mutex::new(client));
+        }
+        RawReader {
+            conns,
+            batch: options.batch_size,
+        }
+    }
+
+    /// Reads every key; returns (items found, bytes of their values).
+    pub async fn read(&self, keys: &[String]) -> (usize, usize) {
+        use async_memcached::AsciiProtocol;
+        use futures::StreamExt;
+        let batches = keys.len().div_ceil(self.batch);
+        futures::stream::iter(0..batches)
+            .map(|i| async move {
+                let batch = &keys[i * self.batch..((i + 1) * self.batch).min(keys.len())];
+                let mut conn = self.conns[i % self.conns.len()].lock().await;
+                let values = conn.get_multi(batch).await.expect("raw multi-get");
+                let bytes: usize = values
+                    .iter()
+                    .map(|v| v.data.as_ref().map_or(0, Vec::len))
+                    .sum();
+                (values.len(), bytes)
+            })
+            .buffer_unordered(self.conns.len())
+            .fold((0, 0), |(n, b), (n2, b2)| async move { (n + n2, b + b2) })
+            .await
+    }
+}

@@ -918,6 +918,7 @@ impl<B: CacheWriter> MetadataStore<B> {
                 .head_to_read(scope, repository, last_head.as_ref())
                 .await?;
             if let Some(answer) = self.answers.get(&answer_key, &head) {
+                self.metrics.cache.answer(true, self.answers.bytes());
                 return Ok(answer);
             }
             let chunks = if head.generation == 0 { 0 } else { head.chunks };
@@ -1032,6 +1033,7 @@ impl<B: CacheWriter> MetadataStore<B> {
             if complete {
                 self.answers.put(answer_key, head, out.clone());
             }
+            self.metrics.cache.answer(false, self.answers.bytes());
             return Ok(out);
         }
         Err(self.not_cached(repository, last_head.as_ref()))
@@ -1396,7 +1398,18 @@ mod tests {
 
     #[tokio::test]
     async fn repository_answers_are_reused_until_the_head_moves() {
-        let store = MetadataStore::new(MemoryCache::new(4096)).with_answer_cache(1 << 20);
+        let metrics = Arc::new(Metrics::default());
+        let store = MetadataStore::new(MemoryCache::new(4096))
+            .with_answer_cache(1 << 20)
+            .with_metrics(metrics.clone());
+        let answers = |result: &str| {
+            let line = format!("regcache_cache_answers_total{{result=\"{result}\"}} ");
+            metrics
+                .encode()
+                .lines()
+                .find_map(|l| l.strip_prefix(&line)?.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("no {line}"))
+        };
         let scope = Scope::public();
         let (d1, d2) = (Digest::sha256_of(b"one"), Digest::sha256_of(b"two"));
         for d in [&d1, &d2] {
@@ -1415,6 +1428,11 @@ mod tests {
         let d2_key = keys::image(&scope, &d2);
         store.backend().delete(&d2_key).await.unwrap();
         assert_eq!(answer(&store).await.0, first);
+        assert_eq!((answers("reused"), answers("built")), (1, 1));
+        assert!(metrics.encode().contains(&format!(
+            "regcache_cache_answer_cache_bytes {}",
+            first.len()
+        )));
 
         // A new head (an error recorded) is read afresh; that answer misses d2's record,
         // so it is not kept, and the record written again shows at the next read.
@@ -1432,6 +1450,7 @@ mod tests {
         let rec = record(&d2, "2024-01-01T00:00:00Z", None);
         store.put_image(&scope, &rec, later()).await.unwrap();
         assert_eq!(answer(&store).await.1, 2);
+        assert_eq!((answers("reused"), answers("built")), (1, 3));
 
         // Without an answer cache every read is built from memcached.
         let uncached = MetadataStore::new(MemoryCache::new(4096));

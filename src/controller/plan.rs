@@ -58,7 +58,6 @@ impl Defaults {
         Ok(Defaults {
             interval,
             platforms,
-            ..Defaults::default()
         })
     }
 }

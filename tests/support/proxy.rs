@@ -232,6 +232,9 @@ struct State {
     counts: Mutex<Counts>,
     seen: Mutex<Vec<SeenRequest>>,
     paginate: Mutex<Option<(usize, LinkStyle)>>,
+    /// Requests being handled now, and the most at once since the last reset.
+    in_flight: std::sync::atomic::AtomicUsize,
+    peak_in_flight: std::sync::atomic::AtomicUsize,
     /// Sent upstream instead of the client's `Authorization` (a blob host with its own
     /// access to the storage, like a pre-signed URL).
     upstream_authorization: Option<String>,
@@ -295,6 +298,8 @@ impl FaultProxy {
             counts: Mutex::new(Counts::default()),
             seen: Mutex::new(Vec::new()),
             paginate: Mutex::new(None),
+            in_flight: Default::default(),
+            peak_in_flight: Default::default(),
             upstream_authorization,
         });
         let st = state.clone();
@@ -357,6 +362,16 @@ impl FaultProxy {
     pub fn reset_counts(&self) {
         *self.state.counts.lock().unwrap() = Counts::default();
         self.state.seen.lock().unwrap().clear();
+        self.state
+            .peak_in_flight
+            .store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+    /// The most requests the proxy was handling at once since the last reset (a request
+    /// counts until its answer's headers are sent).
+    pub fn peak_in_flight(&self) -> usize {
+        self.state
+            .peak_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
     /// Requests with this method (case-insensitive) and kind, faulted ones included.
     pub fn count(&self, method: &str, kind: Kind) -> usize {
@@ -402,10 +417,31 @@ struct Upstream {
     body: Bytes,
 }
 
+/// Counts a request in flight for as long as it lives.
+struct InFlight<'a>(&'a State);
+
+impl<'a> InFlight<'a> {
+    fn new(st: &'a State) -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = st.in_flight.fetch_add(1, SeqCst) + 1;
+        st.peak_in_flight.fetch_max(now, SeqCst);
+        InFlight(st)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 async fn handle(
     req: Request<hyper::body::Incoming>,
     st: &State,
 ) -> Result<Response<Body>, ResetConnection> {
+    let _in_flight = InFlight::new(st);
     let method = req.method().as_str().to_string();
     let pq = req
         .uri()

@@ -813,9 +813,12 @@ impl Pusher {
                 let t = (base + chrono::Duration::minutes(j as i64))
                     .to_utc()
                     .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                // The repository's name in a label: images of different repositories
+                // are different images (distinct digests), as they are in the wild.
                 ImageSpec::new(ManifestKind::Oci)
                     .created(&t)
                     .label("org.opencontainers.image.created", &t)
+                    .label("org.opencontainers.image.title", repo)
                     .seed(j as u64)
             })
             .collect();
