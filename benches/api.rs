@@ -254,6 +254,8 @@ async fn main() {
         "x p99"
     );
     let pid = regcache.pid();
+    let mut built = Vec::new();
+    let mut kept = Vec::new();
     for &n in &levels {
         // One image by tag.
         let (h, tags) = (
@@ -287,12 +289,29 @@ async fn main() {
         .await;
         row("image by tag", n, &ours, &theirs);
 
-        for (name, url, keys) in [
-            ("small repository", &small_url, &small_keys),
-            ("large repository", &large_url, &large_keys),
-        ] {
-            repository_row(name, n, secs, &http, url, &raw, keys).await;
-        }
+        repository_row(
+            "small repository",
+            n,
+            secs,
+            &http,
+            &small_url,
+            &raw,
+            &small_keys,
+        )
+        .await;
+        built.push((
+            n,
+            repository_row(
+                "large repository",
+                n,
+                secs,
+                &http,
+                &large_url,
+                &raw,
+                &large_keys,
+            )
+            .await,
+        ));
     }
     let m = Memory::of(pid).expect("regcache memory");
     println!(
@@ -363,13 +382,63 @@ async fn main() {
     );
     let pid = regcache.pid();
     for &n in &levels {
-        for (name, url, keys) in [
-            ("small repo, kept", &small_url, &small_keys),
-            ("large repo, kept", &large_url, &large_keys),
-        ] {
-            repository_row(name, n, secs, &http, url, &raw, keys).await;
-        }
+        repository_row(
+            "small repo, kept",
+            n,
+            secs,
+            &http,
+            &small_url,
+            &raw,
+            &small_keys,
+        )
+        .await;
+        kept.push((
+            n,
+            repository_row(
+                "large repo, kept",
+                n,
+                secs,
+                &http,
+                &large_url,
+                &raw,
+                &large_keys,
+            )
+            .await,
+        ));
     }
+    let (reused, built_answers) = (
+        regcache
+            .metric("regcache_cache_answers_total{result=\"reused\"}")
+            .await,
+        regcache
+            .metric("regcache_cache_answers_total{result=\"built\"}")
+            .await,
+    );
+    let hit_rate = reused / (reused + built_answers).max(1.0);
+    println!(
+        "answer cache over this load: {reused:.0} answers reused, {built_answers:.0} built; \
+         hit rate {:.1}% (regcache_cache_answers_total)",
+        hit_rate * 100.0
+    );
+    let ratios = |rows: &[(usize, f64)]| {
+        rows.iter()
+            .map(|(n, r)| format!("{r:.2}x with {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let met = |rows: &[(usize, f64)]| rows.iter().all(|(_, r)| *r <= 2.0);
+    common::summary(
+        "Read API on a 10,000-tag repository: p99 at most 2x a raw memcached read of the same bytes",
+        &format!(
+            "with the default answer cache (hit rate {:.1}%): {} ({}); answers built every time \
+             (`--answer-cache-mib 0`): {} ({})",
+            hit_rate * 100.0,
+            if met(&kept) { "met" } else { "not met" },
+            ratios(&kept),
+            if met(&built) { "met" } else { "not met" },
+            ratios(&built)
+        ),
+    );
     let m = Memory::of(pid).expect("regcache memory");
     println!(
         "regcache standalone (answer cache) after the load: VmRSS {:.1} MiB, peak (VmHWM) \
@@ -412,7 +481,7 @@ async fn repository_row(
     url: &str,
     raw: &RawClients,
     keys: &Arc<Vec<String>>,
-) {
+) -> f64 {
     let (h, url) = (http.clone(), url.to_string());
     let ours = drive(n, secs, move |_, _| {
         let (h, url) = (h.clone(), url.clone());
@@ -433,4 +502,5 @@ async fn repository_row(
     })
     .await;
     row(name, n, &ours, &theirs);
+    ours.p99.as_secs_f64() / theirs.p99.as_secs_f64()
 }

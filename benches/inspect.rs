@@ -7,6 +7,8 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+mod common;
+
 use std::time::Instant;
 
 use futures::StreamExt;
@@ -189,9 +191,14 @@ async fn main() {
         median(image_rates),
         n
     );
-    println!(
-        "regcache request rate / registry raw rate: {:.2}",
-        median(regcache_rates) / median(raw_rates)
+    let ratio = median(regcache_rates) / median(raw_rates);
+    println!("regcache request rate / registry raw rate: {ratio:.2}");
+    common::summary(
+        "Cold warm throughput: at least 0.70x the registry's own rate (inspect, every tag)",
+        &format!(
+            "{}: {ratio:.2}x (medians of {rounds} rounds, {in_flight} requests in flight on both sides)",
+            if ratio >= 0.7 { "met" } else { "not met" }
+        ),
     );
     println!("requests per round, by kind:");
     for kind in RequestKind::ALL {

@@ -216,4 +216,19 @@ async fn main() {
         mib(steady.hwm),
         watches * tags
     );
+    let full_size = watches >= 1000 && watches * tags >= 100_000;
+    common::summary(
+        "At most 64 MiB resident with 1,000 watches and 100,000 tags",
+        &format!(
+            "{}: peak VmHWM {:.1} MiB with {watches} watches and {} tags (idle {:.1} MiB)",
+            match (full_size, mib(steady.hwm) <= 64.0) {
+                (false, _) => "smaller dataset than the target's",
+                (true, true) => "met",
+                (true, false) => "not met",
+            },
+            mib(steady.hwm),
+            watches * tags,
+            mib(idle.rss)
+        ),
+    );
 }

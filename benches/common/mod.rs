@@ -152,12 +152,18 @@ impl Standalone {
 
     /// `http://ADDRESS` of the read API, from the "read API listening" log line.
     pub fn api_url(&mut self) -> String {
+        self.listener_url("read API")
+    }
+
+    /// `http://ADDRESS` of a listener (`read API`, `metrics`), from its log line.
+    pub fn listener_url(&mut self, what: &str) -> String {
+        let marker = format!("{what} listening");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let logs = self.logs();
             if let Some(address) = logs
                 .lines()
-                .filter(|l| l.contains("read API listening"))
+                .filter(|l| l.contains(&marker))
                 .find_map(|l| l.split("address=").nth(1))
                 .and_then(|rest| rest.split_whitespace().next())
             {
@@ -167,10 +173,33 @@ impl Standalone {
                 self.child.try_wait().unwrap().is_none(),
                 "regcache standalone exited:\n{logs}"
             );
-            assert!(Instant::now() < deadline, "no read API address:\n{logs}");
+            assert!(Instant::now() < deadline, "no {what} address:\n{logs}");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+
+    /// The value of one series (`name{labels}` as exposed) on the process's `/metrics`.
+    pub async fn metric(&mut self, series: &str) -> f64 {
+        let url = format!("{}/metrics", self.listener_url("metrics"));
+        let text = crate::support::http_client(None)
+            .get(&url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in /metrics"))
+    }
+}
+
+/// A line for the summary table of docs/benchmarks.md, which scripts/bench.sh collects
+/// from every bench's output: the DESIGN.md target and what this run measured.
+pub fn summary(target: &str, measured: &str) {
+    println!("summary | {target} | {measured}");
 }
 
 impl Drop for Standalone {
