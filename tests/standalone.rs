@@ -307,45 +307,79 @@ async fn get_prints_the_cache_as_a_table_or_json() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_registry_push_notification_warms_the_new_tag_at_once() {
     let memcached = support::Memcached::start();
-    let port = support::free_port();
     let token = "webhook-token-7c1e";
-    let notifications = format!(
-        "notifications:\n  endpoints:\n    - name: regcache\n      url: http://127.0.0.1:{port}/hooks/registry\n      \
-         headers:\n        Authorization: [\"Bearer {token}\"]\n      timeout: 2s\n      threshold: 3\n      backoff: 200ms\n"
-    );
-    let registry = Registry::start_with(RegistryAuth::Anonymous, false, Some(&notifications));
+    // The registry must know the webhook's URL before it starts, and regcache's watch the
+    // registry's address before it starts: so regcache's port is picked before it binds.
+    // Another test may take that port meanwhile; then regcache cannot bind it and exits,
+    // and everything starts again on another port.
+    let mut attempt = 0;
+    let (port, registry, dir, mut child) = loop {
+        attempt += 1;
+        let port = support::free_port();
+        let notifications = format!(
+            "notifications:\n  endpoints:\n    - name: regcache\n      url: http://127.0.0.1:{port}/hooks/registry\n      \
+             headers:\n        Authorization: [\"Bearer {token}\"]\n      timeout: 2s\n      threshold: 3\n      backoff: 200ms\n"
+        );
+        let registry = Registry::start_with(RegistryAuth::Anonymous, false, Some(&notifications));
+        let dir = tempfile::tempdir().unwrap();
+        let host = registry.host();
+        std::fs::write(
+            dir.path().join("watch.yaml"),
+            format!(
+                "apiVersion: regcache.io/v1alpha1\nkind: ImageRepositoryWatch\nmetadata: {{name: app}}\nspec: {{image: {host}/wh/app, insecure: true, interval: 1h}}\n"
+            ),
+        )
+        .unwrap();
+        let log_path = dir.path().join("regcache.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_regcache"))
+            .args(["standalone", "--watches"])
+            .arg(dir.path().join("watch.yaml"))
+            .args([
+                "--memcached",
+                &memcached.addr(),
+                "--api-bind-address",
+                &format!("127.0.0.1:{port}"),
+                "--metrics-bind-address",
+                "127.0.0.1:0",
+                "--health-probe-bind-address",
+                "127.0.0.1:0",
+            ])
+            .env("REGCACHE_WEBHOOK_TOKEN", token)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let bound = loop {
+            let logs = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if support::listening_address(&logs, "read API")
+                .is_some_and(|a| a == format!("127.0.0.1:{port}"))
+            {
+                break true;
+            }
+            if child.try_wait().unwrap().is_some() {
+                assert!(
+                    attempt < 5,
+                    "regcache could not bind a read API port:\n{logs}"
+                );
+                break false;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "regcache never listened:\n{logs}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        if bound {
+            break (port, registry, dir, child);
+        }
+    };
     let pusher = registry.pusher();
     pusher
         .push_image("wh/app", "v1", &ImageSpec::new(ManifestKind::Oci))
         .await;
-    let dir = tempfile::tempdir().unwrap();
     let host = registry.host();
-    std::fs::write(
-        dir.path().join("watch.yaml"),
-        format!(
-            "apiVersion: regcache.io/v1alpha1\nkind: ImageRepositoryWatch\nmetadata: {{name: app}}\nspec: {{image: {host}/wh/app, insecure: true, interval: 1h}}\n"
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(dir.path().join("regcache.log")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_regcache"))
-        .args(["standalone", "--watches"])
-        .arg(dir.path())
-        .args([
-            "--memcached",
-            &memcached.addr(),
-            "--api-bind-address",
-            &format!("127.0.0.1:{port}"),
-            "--metrics-bind-address",
-            "127.0.0.1:0",
-            "--health-probe-bind-address",
-            "127.0.0.1:0",
-        ])
-        .env("REGCACHE_WEBHOOK_TOKEN", token)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
     let http = support::http_client(None);
     let url = format!("http://127.0.0.1:{port}/api/v1/repositories/{host}/wh/app");
     // Tags resolved to a digest (a tag listed while its manifest is unknown has none).

@@ -231,6 +231,11 @@ pub enum Error {
         realm: String,
         detail: String,
     },
+    #[error(
+        "registry {host} is HTTPS but names a plain-HTTP token realm, {realm}; regcache sends \
+         credentials over plain HTTP only to a registry marked insecure"
+    )]
+    InsecureRealm { host: String, realm: String },
     #[error("{what} at {from} leads to another origin, {to}: {reason}")]
     CrossOrigin {
         what: &'static str,
@@ -286,6 +291,7 @@ impl Error {
             Error::Invalid { .. } => "invalid",
             Error::TokenEndpoint { .. } => "token_endpoint",
             Error::CrossOrigin { .. } => "cross_origin",
+            Error::InsecureRealm { .. } => "insecure_realm",
             Error::InvalidCa { .. } => "invalid_ca",
             Error::NotARegistry { .. } => "not_a_registry",
             Error::PlatformNotFound { .. } => "platform_not_found",
@@ -978,11 +984,10 @@ impl RepositoryClient {
             "https" => {}
             "http" if self.base.scheme() == "http" || self.credential.is_anonymous() => {}
             "http" => {
-                return Err(token_error(
-                    "realm is plain HTTP while the registry is HTTPS; regcache sends \
-                     credentials over plain HTTP only to a registry marked insecure"
-                        .to_string(),
-                ));
+                return Err(Error::InsecureRealm {
+                    host: self.host.clone(),
+                    realm: realm.to_string(),
+                });
             }
             other => return Err(token_error(format!("realm scheme {other} is not http(s)"))),
         }
