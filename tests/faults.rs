@@ -551,17 +551,27 @@ async fn rate_limited_with_retry_after_as_http_date_is_waited_out() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rate_limited_without_retry_after_fails_the_pass_and_recovers() {
-    registry_fault_row(
+    // The three attempts of one pass answer 429 (a 429 closes the whole host, so a fault
+    // that never ended would keep closing it for the bystander too, for ever longer pauses,
+    // and the row would measure that race instead).
+    let rig = registry_fault_row(
         false,
         "RateLimited",
         |rig, _| {
             rig.proxy.add_rule(
-                Rule::new(&affected_path("tags/list"), Fault::too_many(None)).method("GET"),
+                Rule::new(&affected_path("tags/list"), Fault::too_many(None))
+                    .method("GET")
+                    .times(3),
             )
         },
         |e| e.contains("429") && e.contains("rate limiting"),
     )
     .await;
+    assert_eq!(
+        requests_of_first_failed_pass(&rig, "tag_list"),
+        3,
+        "two 429s waited out, the third ends the pass"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
