@@ -321,6 +321,11 @@ async fn a_registry_push_notification_warms_the_new_tag_at_once() {
              headers:\n        Authorization: [\"Bearer {token}\"]\n      timeout: 2s\n      threshold: 3\n      backoff: 200ms\n"
         );
         let registry = Registry::start_with(RegistryAuth::Anonymous, false, Some(&notifications));
+        // v1 is there before regcache starts: its first pass finds it.
+        registry
+            .pusher()
+            .push_image("wh/app", "v1", &ImageSpec::new(ManifestKind::Oci))
+            .await;
         let dir = tempfile::tempdir().unwrap();
         let host = registry.host();
         std::fs::write(
@@ -376,9 +381,6 @@ async fn a_registry_push_notification_warms_the_new_tag_at_once() {
         }
     };
     let pusher = registry.pusher();
-    pusher
-        .push_image("wh/app", "v1", &ImageSpec::new(ManifestKind::Oci))
-        .await;
     let host = registry.host();
     let http = support::http_client(None);
     let url = format!("http://127.0.0.1:{port}/api/v1/repositories/{host}/wh/app");
