@@ -67,15 +67,21 @@ fn leak_forms(host: &str) -> Vec<(String, String)> {
 /// Every value in a memcached server, as text (the framing's binary header aside).
 fn memcached_values(memcached: &support::Memcached) -> Vec<(String, String)> {
     // The LRU crawler's dump can come back empty or short for items written moments
-    // before (seen about once in four runs): dump again until it lists every item.
-    let items: usize = memcached
-        .stats()
-        .get("curr_items")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    // before (seen about once in four runs): dump again until it lists every item. The
+    // controller keeps writing meanwhile (a new index generation replaces the old chunks),
+    // so the count to reach is read on both sides of each dump.
+    let items = || -> usize {
+        memcached
+            .stats()
+            .get("curr_items")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let (keys, dump) = loop {
+    let (keys, dump, items) = loop {
+        let before = items();
         let dump = memcached.raw("lru_crawler metadump all\r\n");
+        let items = before.min(items());
         let keys: Vec<String> = dump
             .lines()
             .filter_map(|l| l.strip_prefix("key="))
@@ -83,7 +89,7 @@ fn memcached_values(memcached: &support::Memcached) -> Vec<(String, String)> {
             .map(percent_decode)
             .collect();
         if keys.len() >= items || std::time::Instant::now() > deadline {
-            break (keys, dump);
+            break (keys, dump, items);
         }
         std::thread::sleep(Duration::from_millis(100));
     };
