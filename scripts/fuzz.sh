@@ -13,7 +13,7 @@
 # New inputs go to fuzz/corpus-run/<target>/ (git-ignored), so repeated runs build on each
 # other; the checked-in seeds in fuzz/corpus/<target>/ are read, never written. A crash
 # worth keeping is copied into fuzz/corpus/<target>/crash-<what> by hand, where
-# tests/fuzz.rs replays it on every `cargo test`. Figures and commands: docs/fuzzing.md.
+# tests/it/fuzz.rs replays it on every `cargo test`. Figures and commands: docs/fuzzing.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

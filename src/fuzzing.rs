@@ -2,7 +2,7 @@
 //! panicking when a property regcache relies on does not hold.
 //!
 //! Both runners call these same functions: the cargo-fuzz targets in `fuzz/` (coverage-guided,
-//! libFuzzer) and `tests/fuzz.rs` (stable, replays `fuzz/corpus/` plus seeded mutations), so a
+//! libFuzzer) and `tests/it/fuzz.rs` (stable, replays `fuzz/corpus/` plus seeded mutations), so a
 //! property is written once and a crashing input added to the corpus becomes a regression
 //! test on stable. See `docs/fuzzing.md`.
 //!

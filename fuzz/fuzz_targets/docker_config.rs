@@ -1,3 +1,3 @@
 #![no_main]
-// The property lives in regcache::fuzzing::docker_config, shared with the stable runner tests/fuzz.rs.
+// The property lives in regcache::fuzzing::docker_config, shared with the stable runner tests/it/fuzz.rs.
 libfuzzer_sys::fuzz_target!(|data: &[u8]| regcache::fuzzing::docker_config(data));

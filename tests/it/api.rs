@@ -1,7 +1,7 @@
 //! The read API over HTTP: every endpoint and error reason, the registry webhook with a real
 //! warmer, and ServiceAccount authentication against the Kubernetes API emulator.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! The cache against real memcached: one and three instances, chunked indexes, generations,
 //! servers going away and coming back, scoping.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

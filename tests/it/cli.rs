@@ -1,6 +1,6 @@
 //! The `regcache inspect` and `regcache tags` commands, run as a user would run them.
 
-mod support;
+use crate::support;
 
 use support::{
     CANARY_PASSWORD, ImageSpec, IndexKind, ManifestKind, PlatformSpec, Registry, RegistryAuth,

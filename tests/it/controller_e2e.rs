@@ -1,7 +1,7 @@
 //! End to end: the real `regcache controller` binary against the Kubernetes API emulator,
 //! with the real token-auth registry and real memcached.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

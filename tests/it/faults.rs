@@ -9,7 +9,7 @@
 //! is an hour), and every wait polls with a generous deadline: nothing here depends on
 //! timing.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -1,5 +1,5 @@
 //! Self-tests of the integration-test harness in `tests/support`.
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 use support::*;

@@ -3,7 +3,7 @@
 //! Every metric `docs/metrics.md` lists must show up in a scrape, so docs and code cannot
 //! drift apart.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::Path;

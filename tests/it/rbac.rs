@@ -8,7 +8,7 @@
 //! its Roles and ClusterRoles, followed through their bindings to the chart's
 //! ServiceAccount, must allow every recorded request and grant nothing that no request used.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

@@ -1,7 +1,7 @@
 //! The registry client against the real distribution registry (every auth mode, TLS,
 //! every manifest kind) and against the fault proxy in front of it.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

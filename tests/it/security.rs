@@ -12,7 +12,7 @@
 //!   same repository exists — and tells them nothing about that watch's data.
 //! - Registry webhooks need the token.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! `regcache standalone --once` and `regcache get`, run as a user runs them, against the
 //! harness registry in every auth mode and real memcached.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! The warmer against the real registry (behind the fault proxy, which counts requests)
 //! and real memcached.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,24 @@
+//! regcache's integration tests, one module per area, in one test binary: the support code
+//! (`tests/support`: real registries, memcached, the fault proxy, the token server, the
+//! Kubernetes API emulator's client) compiles once, not once per area.
+//!
+//! Run one area with a filter: `cargo nextest run -E 'test(/^faults::/)'` or
+//! `cargo test --test it faults::`.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod api;
+mod cache;
+mod cli;
+mod controller_e2e;
+mod faults;
+mod fuzz;
+mod harness;
+mod metrics;
+mod packaging;
+mod rbac;
+mod registry;
+mod security;
+mod standalone;
+mod warmer;
