@@ -180,19 +180,8 @@ impl Standalone {
 
     /// The value of one series (`name{labels}` as exposed) on the process's `/metrics`.
     pub async fn metric(&mut self, series: &str) -> f64 {
-        let url = format!("{}/metrics", self.listener_url("metrics"));
-        let text = crate::support::http_client(None)
-            .get(&url)
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-            .text()
-            .await
-            .expect("metrics text");
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no {series} in /metrics"))
+        let url = self.listener_url("metrics");
+        crate::support::scrape_metric(url.trim_start_matches("http://"), series).await
     }
 }
 

@@ -334,18 +334,8 @@ impl<B: CacheWriter> MetadataStore<B> {
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<HashMap<String, super::Entry>, CacheError> {
-        let kind = keys.first().map_or("other", |k| keys::kind_of(k));
         let result = self.backend.get_many(keys).await;
-        match &result {
-            Ok(found) => {
-                let hits = found.len() as u64;
-                self.metrics
-                    .cache
-                    .read(kind, hits, (keys.len() as u64).saturating_sub(hits));
-            }
-            Err(e) => self.metrics.cache.error("get", e.metric_label()),
-        }
-        result
+        self.count_reads(keys, result)
     }
 
     /// [`CacheReader::get_many_available`], for warming: a down server's keys miss.
@@ -353,8 +343,17 @@ impl<B: CacheWriter> MetadataStore<B> {
         &self,
         keys: &[String],
     ) -> Result<HashMap<String, super::Entry>, CacheError> {
-        let kind = keys.first().map_or("other", |k| keys::kind_of(k));
         let result = self.backend.get_many_available(keys).await;
+        self.count_reads(keys, result)
+    }
+
+    /// Counts a batched read of `keys` in the cache metrics.
+    fn count_reads(
+        &self,
+        keys: &[String],
+        result: Result<HashMap<String, super::Entry>, CacheError>,
+    ) -> Result<HashMap<String, super::Entry>, CacheError> {
+        let kind = keys.first().map_or("other", |k| keys::kind_of(k));
         match &result {
             Ok(found) => {
                 let hits = found.len() as u64;

@@ -498,23 +498,14 @@ async fn a_webhook_sent_to_any_of_three_replicas_warms_the_pushed_tag() {
                 &ImageSpec::new(ManifestKind::Oci).seed(10 + i as u64),
             )
             .await;
-        let event = json!({"events": [{"action": "push",
-            "target": {"repository": "e2e/hook", "url": format!("http://{host}/v2/e2e/hook/manifests/{tag}")},
-            "request": {"host": host}}]});
-        let response = http
-            .post(format!("{api}/hooks/registry"))
-            .bearer_auth(HOOK_TOKEN)
-            .header(
-                "content-type",
-                "application/vnd.docker.distribution.events.v1+json",
-            )
-            .body(event.to_string())
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        let body: Value =
-            serde_json::from_slice(&response.bytes().await.unwrap_or_default()).unwrap_or_default();
+        let (status, body) = support::webhook::send_push(
+            replica.address("read API").await.as_str(),
+            HOOK_TOKEN,
+            &host,
+            "e2e/hook",
+            &tag,
+        )
+        .await;
         assert_eq!(status, 202, "replica {i}: {body}");
         assert_eq!(body["queued"], json!(["team/hook"]), "replica {i}");
         // The tag, with its digest, is served (by this replica, from the shared cache).

@@ -234,29 +234,15 @@ async fn record_access(extra_args: &[String], webhooks: bool) -> BTreeSet<Access
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let push = json!({"events": [{"action": "push",
-            "target": {"repository": "e2e/app", "url": format!("http://{host}/v2/e2e/app/manifests/v1")},
-            "request": {"host": host}}]});
-        let response = support::http_client(None)
-            .post(format!(
-                "http://{}/hooks/registry",
-                replica.address("read API").await
-            ))
-            .bearer_auth(HOOK_TOKEN)
-            .header(
-                "content-type",
-                "application/vnd.docker.distribution.events.v1+json",
-            )
-            .body(push.to_string())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            response.status(),
-            202,
-            "{}",
-            response.text().await.unwrap_or_default()
-        );
+        let (status, body) = support::webhook::send_push(
+            &replica.address("read API").await,
+            HOOK_TOKEN,
+            &host,
+            "e2e/app",
+            "v1",
+        )
+        .await;
+        assert_eq!(status, 202, "{body}");
         for path in &paths {
             emulator
                 .wait_for(path, within, |w| {

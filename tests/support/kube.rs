@@ -194,23 +194,7 @@ impl ControllerProcess {
     /// The sum of every series of the metric `name` (`0` when it has none) on the
     /// process's `/metrics`.
     pub async fn metric(&self, name: &str) -> f64 {
-        let url = format!("http://{}/metrics", self.address("metrics").await);
-        let text = super::http_client(None)
-            .get(&url)
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-            .text()
-            .await
-            .expect("metrics text");
-        text.lines()
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        super::scrape_metric(&self.address("metrics").await, name).await
     }
 
     /// The process id while it runs (benchmarks read its memory from /proc).

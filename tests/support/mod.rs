@@ -242,6 +242,30 @@ pub async fn wait_for_listener(log: &std::path::Path, what: &str) -> String {
     }
 }
 
+/// The sum of the series `series` on the `/metrics` page at `addr` (`HOST:PORT`): a bare
+/// metric name sums every series of it (`0` when it has none); `name{labels}` takes that
+/// one series.
+pub async fn scrape_metric(addr: &str, series: &str) -> f64 {
+    let url = format!("http://{addr}/metrics");
+    let text = http_client(None)
+        .get(&url)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(series).is_some_and(|rest| {
+                rest.starts_with(' ') || (rest.starts_with('{') && !series.ends_with('}'))
+            })
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// A benchmark setting from the environment, or its default.
 pub fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)

@@ -115,3 +115,33 @@ async fn handle(req: Request<hyper::body::Incoming>, st: &State) -> Response<Ful
         .body(Full::new(Bytes::new()))
         .unwrap()
 }
+
+/// Sends regcache's webhook endpoint on `api` (`HOST:PORT` of its read API) the
+/// notification the distribution registry at `host` sends when `repository:tag` is pushed,
+/// with the bearer `token`; returns the status and the JSON body (`Null` when not JSON).
+pub async fn send_push(
+    api: &str,
+    token: &str,
+    host: &str,
+    repository: &str,
+    tag: &str,
+) -> (u16, Value) {
+    let event = serde_json::json!({"events": [{"action": "push",
+        "target": {"repository": repository,
+                   "url": format!("http://{host}/v2/{repository}/manifests/{tag}")},
+        "request": {"host": host}}]});
+    let response = super::http_client(None)
+        .post(format!("http://{api}/hooks/registry"))
+        .bearer_auth(token)
+        .header(
+            "content-type",
+            "application/vnd.docker.distribution.events.v1+json",
+        )
+        .body(event.to_string())
+        .send()
+        .await
+        .expect("webhook request");
+    let status = response.status().as_u16();
+    let body = response.bytes().await.unwrap_or_default();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
