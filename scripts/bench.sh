@@ -8,7 +8,7 @@
 # The page is written only from a clean checkout of main, so that every figure on it comes
 # from code anyone can check out; BENCH_ALLOW_DIRTY=1 runs anyway and says so on the page.
 # Needs memcached, docker-registry and, for `memory`, the API emulator's venv
-# (tests/e2e/setup.sh, run by the bench itself); scripts/test.sh installs them. A bench
+# (tests/emulator/setup.sh, run by the bench itself); scripts/test.sh installs them. A bench
 # that fails (missing data, a server that did not start) stops the script; see DIR/NAME.err.
 #
 # Dataset sizes are the benches' defaults, except bigrepo, which runs at DESIGN.md's

@@ -25,13 +25,13 @@ fi
 # Debian starts memcached as a service on install; the tests start their own on free ports.
 
 # The Kubernetes API emulator (kmock, PyPI) for the controller's end-to-end tests.
-bash tests/e2e/setup.sh
+bash tests/emulator/setup.sh
 
 # The emulator's own tests first: the controller's end-to-end tests rely on it.
-tests/e2e/.venv/bin/python -m pytest -q tests/e2e
+tests/emulator/.venv/bin/python -m pytest -q tests/emulator
 # The Helm chart and examples/ (helm-python-sdk, kubernetes-validate, check-jsonschema and
 # yamllint come from the same venv).
-tests/e2e/.venv/bin/python -m pytest -q tests/chart
+tests/emulator/.venv/bin/python -m pytest -q tests/chart
 
 # tests/it/fuzz.rs runs every fuzz property (src/fuzzing.rs) over the checked-in corpus and this
 # many seeded mutations per target, on stable: the bounded fuzz run of CI (about half a

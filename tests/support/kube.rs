@@ -1,4 +1,4 @@
-//! The Kubernetes API emulator (tests/e2e: kmock with a real API server's habits) as a
+//! The Kubernetes API emulator (tests/emulator: kmock with a real API server's habits) as a
 //! child process, a small JSON client for it, and the `regcache controller` binary.
 
 use std::path::{Path, PathBuf};
@@ -13,16 +13,16 @@ fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Creates `tests/e2e/.venv` when missing (idempotent, quick when present).
+/// Creates `tests/emulator/.venv` when missing (idempotent, quick when present).
 fn ensure_venv() -> PathBuf {
-    let python = repo_root().join("tests/e2e/.venv/bin/python");
+    let python = repo_root().join("tests/emulator/.venv/bin/python");
     let status = Command::new("bash")
-        .arg(repo_root().join("tests/e2e/setup.sh"))
+        .arg(repo_root().join("tests/emulator/setup.sh"))
         .current_dir(repo_root())
         .stdout(Stdio::null())
         .status()
-        .expect("run tests/e2e/setup.sh");
-    assert!(status.success(), "tests/e2e/setup.sh failed");
+        .expect("run tests/emulator/setup.sh");
+    assert!(status.success(), "tests/emulator/setup.sh failed");
     python
 }
 
@@ -42,7 +42,7 @@ impl Emulator {
         let port_file = dir.path().join("port");
         let kubeconfig = dir.path().join("kubeconfig");
         let child = Command::new(python)
-            .arg(repo_root().join("tests/e2e/harness.py"))
+            .arg(repo_root().join("tests/emulator/server.py"))
             .args(["serve", "--exit-on-stdin-eof", "--port-file"])
             .arg(&port_file)
             .arg("--kubeconfig")

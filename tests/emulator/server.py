@@ -12,7 +12,7 @@ In pytest (see conftest.py for the fixtures)::
 
 From another language (the Rust end-to-end tests), as a process::
 
-    tests/e2e/.venv/bin/python tests/e2e/harness.py serve --port-file PATH --kubeconfig PATH
+    tests/emulator/.venv/bin/python tests/emulator/server.py serve --port-file PATH --kubeconfig PATH
 
 It writes the port (atomically, once listening) and a kubeconfig, then serves until SIGTERM
 or SIGINT (or, with --exit-on-stdin-eof, until its standard input closes). The admin API is
@@ -426,7 +426,7 @@ def _serve_main(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="harness.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="server.py", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve the Kubernetes API emulator until SIGTERM")
     serve.add_argument("--port", type=int, default=0, help="port to listen on (default: a free one)")

@@ -10,7 +10,7 @@ import pytest
 import requests
 import yaml
 
-from harness import ApiError, KubeClient, Proc, wait_for
+from server import ApiError, KubeClient, Proc, wait_for
 
 NS = "default"
 IRW = "regcache.io/v1alpha1/imagerepositorywatches"
@@ -475,8 +475,8 @@ def test_discovery(kube):
 
 def test_serve_cli_writes_port_and_kubeconfig_and_stops_on_sigterm(tmp_path):
     port_file, kubeconfig = tmp_path / "port", tmp_path / "kubeconfig"
-    harness_py = pathlib.Path(__file__).with_name("harness.py")
-    proc = Proc([sys.executable, harness_py, "serve", "--port-file", port_file, "--kubeconfig", kubeconfig],
+    server_py = pathlib.Path(__file__).with_name("server.py")
+    proc = Proc([sys.executable, server_py, "serve", "--port-file", port_file, "--kubeconfig", kubeconfig],
                 tmp_path / "serve.log").start()
     try:
         wait_for(port_file.exists, timeout=20)
@@ -504,8 +504,8 @@ def test_errors_are_kubernetes_status_objects_without_tracebacks(kube, server):
 
 def test_serve_cli_exits_when_stdin_closes(tmp_path):
     port_file = tmp_path / "port"
-    harness_py = pathlib.Path(__file__).with_name("harness.py")
-    proc = subprocess.Popen([sys.executable, str(harness_py), "serve", "--port-file", str(port_file),
+    server_py = pathlib.Path(__file__).with_name("server.py")
+    proc = subprocess.Popen([sys.executable, str(server_py), "serve", "--port-file", str(port_file),
                              "--exit-on-stdin-eof"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     try:
         wait_for(port_file.exists, timeout=20)

@@ -3,7 +3,7 @@ import pathlib
 
 import pytest
 
-from harness import EmulatorServer, KubeClient
+from server import EmulatorServer, KubeClient
 
 
 @pytest.fixture

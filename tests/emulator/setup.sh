@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates or updates tests/e2e/.venv with requirements.txt. Idempotent: when the venv already
+# Creates or updates tests/emulator/.venv with requirements.txt. Idempotent: when the venv already
 # matches requirements.txt (same file hash), it does nothing and returns at once.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -3,5 +3,5 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
-bash tests/e2e/setup.sh
-exec tests/e2e/.venv/bin/python -m pytest -q tests/e2e "$@"
+bash tests/emulator/setup.sh
+exec tests/emulator/.venv/bin/python -m pytest -q tests/emulator "$@"
