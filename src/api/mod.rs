@@ -353,11 +353,9 @@ async fn registry_hook<B: CacheWriter + 'static>(
             .flat_map(|r| warmer.request_repository(r, Priority::Webhook))
             .collect(),
         Some(forward) => {
-            let covering: Vec<TargetId> = warmer
-                .targets()
-                .into_iter()
-                .filter(|t| repositories.contains(&t.repository))
-                .map(|t| t.id.clone())
+            let covering: Vec<TargetId> = repositories
+                .iter()
+                .flat_map(|r| warmer.targets_of(r))
                 .collect();
             forward.request(&covering).await?;
             covering

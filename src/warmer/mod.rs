@@ -442,16 +442,20 @@ impl<B: CacheWriter + 'static> Warmer<B> {
 
     /// Asks for a pass of every target of `repository`; returns their ids.
     pub fn request_repository(&self, repository: &Repository, priority: Priority) -> Vec<TargetId> {
-        let ids: Vec<TargetId> = self
-            .slots()
-            .values()
-            .filter(|s| &s.target.repository == repository)
-            .map(|s| s.target.id.clone())
-            .collect();
+        let ids = self.targets_of(repository);
         for id in &ids {
             self.request(id, priority);
         }
         ids
+    }
+
+    /// The targets that warm `repository`.
+    pub fn targets_of(&self, repository: &Repository) -> Vec<TargetId> {
+        self.slots()
+            .values()
+            .filter(|s| &s.target.repository == repository)
+            .map(|s| s.target.id.clone())
+            .collect()
     }
 
     pub fn targets(&self) -> Vec<Arc<Target>> {
