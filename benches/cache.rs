@@ -18,8 +18,8 @@ use regcache::cache::keys::{self, Scope};
 use regcache::cache::memcached::{Memcached, MemcachedOptions};
 use regcache::cache::store::{ImageRecord, MetadataStore, TagEntry};
 use regcache::cache::{CacheReader, CacheStats, Millis};
+use regcache::image::PlatformImage;
 use regcache::image::{Digest, ImageRef, Platform, Repository};
-use regcache::registry::PlatformImage;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]

@@ -22,11 +22,11 @@ use crate::cache::store::{MetadataStore, TagEntry};
 use crate::cache::{CacheWriter, MAX_TTL, MIN_TTL, Millis, VALUE_MAGIC, decode_value};
 use crate::cache::{encode_value, ttl_for};
 use crate::credentials::{Credential, DockerConfig};
-use crate::image::{Digest, ImageRef, Platform, Reference, Repository, validate_tag};
+use crate::image::{Digest, ImageRef, Platform, Reference, Repository, parse_time, validate_tag};
 use crate::registry::auth::{Challenge, parse_www_authenticate};
 use crate::registry::manifest::{
     ImageConfig, Manifest, MediaKind, config_descriptor, detect_kind, digest_payload,
-    index_entries, parse_manifest, parse_time, platform_wanted,
+    index_entries, parse_manifest, platform_wanted,
 };
 use crate::warmer::glob::Glob;
 

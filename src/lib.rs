@@ -6,7 +6,6 @@
 pub mod api;
 pub mod cache;
 pub mod cli;
-pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod credentials;
@@ -14,6 +13,7 @@ pub mod credentials;
 pub mod fuzzing;
 pub mod image;
 pub mod registry;
+pub mod runtime;
 pub mod standalone;
 pub mod telemetry;
 pub mod warmer;

@@ -1,9 +1,9 @@
-//! `regcache standalone`: the same warmer without Kubernetes. Watches and their Secrets come
-//! from the YAML files you would `kubectl apply`; the cache is memcached or in memory.
+//! Standalone mode: the same warmer without Kubernetes. Watches and their Secrets come from
+//! the YAML files you would `kubectl apply` (loaded and planned here); `--once` warms each
+//! once. The command itself is `cli::standalone`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
@@ -28,137 +28,6 @@ pub enum StandaloneError {
     },
     #[error("no ImageRepositoryWatch found in {0}")]
     NoWatches(String),
-    #[error(transparent)]
-    Cache(#[from] crate::cache::CacheError),
-    #[error("cannot listen on {address}: {reason}")]
-    Bind { address: String, reason: String },
-    #[error(transparent)]
-    Platform(#[from] crate::controller::plan::PlatformFlagError),
-}
-
-/// `regcache standalone`.
-pub async fn run(
-    args: &crate::config::StandaloneArgs,
-) -> Result<std::process::ExitCode, StandaloneError> {
-    let manifests = Manifests::load(&args.watches)?;
-    if manifests.watches.is_empty() {
-        let list: Vec<String> = args
-            .watches
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
-        return Err(StandaloneError::NoWatches(list.join(", ")));
-    }
-    let defaults = Defaults::from_flags(&args.default_platforms, args.default_interval)?;
-    let metrics = Arc::new(crate::telemetry::Metrics::new());
-    let backend = crate::cache::open(&args.cache, &metrics).await?;
-    let (store, warmer) = crate::warmer::build(
-        backend,
-        &args.limits,
-        args.concurrent,
-        args.cache.answer_cache_mib,
-        metrics.clone(),
-    );
-    let planned = manifests.targets(&defaults);
-    tracing::info!(
-        watches = planned.len(),
-        skipped_documents = manifests.skipped,
-        "loaded manifests"
-    );
-    if args.once {
-        let summaries = warm_once(&warmer, planned, args.concurrent).await;
-        let out = match args.output {
-            crate::config::Format::Json => {
-                serde_json::to_string_pretty(&summaries).expect("summaries serialise")
-            }
-            crate::config::Format::Table => table(&summaries),
-        };
-        println!("{out}");
-        let failed = summaries.iter().filter(|s| s.failed()).count();
-        return Ok(if failed == 0 {
-            std::process::ExitCode::SUCCESS
-        } else {
-            tracing::error!(failed, "some watches failed");
-            std::process::ExitCode::FAILURE
-        });
-    }
-    for (w, p) in &planned {
-        if let Err(problem) = p {
-            tracing::error!(watch = %target_id(w), error = %problem.message, "not warmed");
-        }
-    }
-    register(&warmer, &planned);
-    let listen = |address: String, what: &'static str| async move {
-        crate::telemetry::listen(&address, what)
-            .await
-            .map_err(|e| StandaloneError::Bind {
-                address,
-                reason: e.to_string(),
-            })
-    };
-    let listener = listen(args.api_bind_address.clone(), "read API").await?;
-    let metrics_listener = listen(args.metrics_bind_address.clone(), "metrics").await?;
-    let probe_listener = listen(args.health_probe_bind_address.clone(), "health probes").await?;
-    // The watches come from files, listed already: readiness waits for the cache only.
-    let readiness = Arc::new(crate::telemetry::Readiness::default());
-    readiness.watches_synced();
-    let (stop_listeners, listeners_stopped) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let telemetry_tasks = crate::telemetry::spawn_listeners(
-        metrics_listener,
-        probe_listener,
-        metrics.clone(),
-        readiness.clone(),
-        listeners_stopped.clone(),
-    );
-    let pinger = {
-        let (store, readiness, metrics) = (store.clone(), readiness.clone(), metrics.clone());
-        tokio::spawn(async move {
-            crate::telemetry::watch_cache(store.backend(), &readiness, &metrics).await;
-        })
-    };
-    let router = crate::api::router(crate::api::ApiState {
-        store,
-        directory: Arc::new(warmer.clone()),
-        auth: crate::api::ApiAuth::None,
-        warmer: Some(warmer.clone()),
-        forward: None,
-        webhook_token: args
-            .webhook_token
-            .clone()
-            .map(crate::credentials::Secret::new),
-    });
-    let api = tokio::spawn(crate::api::serve(
-        listener,
-        router,
-        stopped(listeners_stopped),
-    ));
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let runner = tokio::spawn(warmer.clone().run(tx, async move {
-        let _ = stopped.await;
-    }));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("install SIGTERM handler");
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
-            Some(outcome) = rx.recv() => report(&outcome),
-        }
-    }
-    tracing::info!("shutting down");
-    let _ = stop.send(());
-    let _ = stop_listeners.send(true);
-    pinger.abort();
-    let _ = runner.await;
-    let _ = api.await;
-    for t in telemetry_tasks {
-        let _ = t.await;
-    }
-    Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// What the files hold, by namespace and name.
@@ -380,29 +249,6 @@ pub fn report(o: &Outcome) {
             tracing::warn!(watch = %o.id, repository = %o.repository, error = %e, "warm pass failed")
         }
     }
-}
-
-/// The summary as a table.
-pub fn table(rows: &[Summary]) -> String {
-    let mut lines = vec![[
-        "NAMESPACE".to_string(),
-        "NAME".to_string(),
-        "IMAGE".to_string(),
-        "TAGS".to_string(),
-        "LAST UPDATE".to_string(),
-        "LAST ERROR".to_string(),
-    ]];
-    for r in rows {
-        lines.push([
-            r.namespace.clone(),
-            r.name.clone(),
-            r.canonical_image_name.clone(),
-            r.tag_count.to_string(),
-            r.last_update.clone().unwrap_or_else(|| "-".into()),
-            r.last_error.clone().unwrap_or_else(|| "-".into()),
-        ]);
-    }
-    crate::cli::columns(&lines)
 }
 
 /// Keeps the warmer's targets for the read API and webhooks in standalone runs.

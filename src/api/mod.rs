@@ -45,6 +45,24 @@ impl<B: CacheWriter + 'static> WatchDirectory for Warmer<B> {
     }
 }
 
+/// Where webhook pushes go: whatever schedules passes (the warmer).
+pub trait PassRequests: Send + Sync + 'static {
+    /// The targets of `repository`.
+    fn targets_of(&self, repository: &Repository) -> Vec<TargetId>;
+    /// Asks for a pass of each target of `repository`; returns their ids.
+    fn request_repository(&self, repository: &Repository, priority: Priority) -> Vec<TargetId>;
+}
+
+impl<B: CacheWriter + 'static> PassRequests for Warmer<B> {
+    fn targets_of(&self, repository: &Repository) -> Vec<TargetId> {
+        Warmer::targets_of(self, repository)
+    }
+
+    fn request_repository(&self, repository: &Repository, priority: Priority) -> Vec<TargetId> {
+        Warmer::request_repository(self, repository, priority)
+    }
+}
+
 /// How callers of the read endpoints are authenticated and authorised.
 pub enum ApiAuth {
     /// Everyone may read everything (standalone mode, or behind an authenticating proxy).
@@ -60,7 +78,7 @@ pub struct ApiState<B> {
     pub directory: Arc<dyn WatchDirectory>,
     pub auth: ApiAuth,
     /// Where webhook pushes go (None: webhooks answer 503).
-    pub warmer: Option<Warmer<B>>,
+    pub warmer: Option<Arc<dyn PassRequests>>,
     /// A controller replica: pushes reach `warmer` only while this replica leads; otherwise
     /// they go to the leader through the API server (see [`Forward`]).
     pub forward: Option<Forward>,
@@ -122,7 +140,7 @@ struct Shared<B> {
     store: Arc<MetadataStore<B>>,
     directory: Arc<dyn WatchDirectory>,
     auth: Option<KubernetesAuth>,
-    warmer: Option<Warmer<B>>,
+    warmer: Option<Arc<dyn PassRequests>>,
     forward: Option<Forward>,
     webhook_token: Option<Secret>,
 }

@@ -4,7 +4,7 @@
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
-use crate::registry::manifest::parse_time;
+use crate::image::parse_time;
 
 /// Labels that carry a build time, most trusted first.
 pub const TIMESTAMP_LABELS: [&str; 2] = [

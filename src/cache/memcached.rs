@@ -213,7 +213,7 @@ pub struct Memcached {
     options: MemcachedOptions,
     ring: RwLock<Arc<Ring>>,
     stats: CacheStats,
-    metrics: Option<Arc<crate::telemetry::Metrics>>,
+    metrics: Option<super::CacheMetrics>,
 }
 
 impl Memcached {
@@ -231,7 +231,7 @@ impl Memcached {
     }
 
     /// Counts reads and writes that a failing server lost in `regcache_cache_errors_total`.
-    pub fn with_metrics(mut self, metrics: Arc<crate::telemetry::Metrics>) -> Memcached {
+    pub fn with_metrics(mut self, metrics: super::CacheMetrics) -> Memcached {
         self.metrics = Some(metrics);
         self
     }
@@ -388,7 +388,7 @@ impl Memcached {
             Err(e) => {
                 self.stats.error();
                 if let Some(m) = &self.metrics {
-                    m.cache.error("get", e.metric_label());
+                    m.error("get", e.metric_label());
                 }
                 Err(e)
             }
@@ -488,6 +488,28 @@ impl CacheReader for Memcached {
     fn stats(&self) -> &CacheStats {
         &self.stats
     }
+
+    async fn ping(&self) -> Result<(), CacheError> {
+        let ring = self.ring();
+        if ring.servers.is_empty() {
+            return Err(CacheError::NoServers);
+        }
+        // Ready when at least one server answers: the others cost only their keys.
+        let mut last = None;
+        for s in &ring.servers {
+            match self
+                .with_client(s, "version", |mut c| async move {
+                    let r = c.version().await;
+                    (c, r)
+                })
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(CacheError::NoServers))
+    }
 }
 
 impl CacheWriter for Memcached {
@@ -552,28 +574,6 @@ impl CacheWriter for Memcached {
             Ok(()) | Err(CacheError::Refused { .. }) => Ok(()),
             Err(e) => Err(e),
         }
-    }
-
-    async fn ping(&self) -> Result<(), CacheError> {
-        let ring = self.ring();
-        if ring.servers.is_empty() {
-            return Err(CacheError::NoServers);
-        }
-        // Ready when at least one server answers: the others cost only their keys.
-        let mut last = None;
-        for s in &ring.servers {
-            match self
-                .with_client(s, "version", |mut c| async move {
-                    let r = c.version().await;
-                    (c, r)
-                })
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or(CacheError::NoServers))
     }
 }
 

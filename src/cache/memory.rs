@@ -94,6 +94,10 @@ impl CacheReader for MemoryCache {
     fn stats(&self) -> &CacheStats {
         &self.stats
     }
+
+    async fn ping(&self) -> Result<(), CacheError> {
+        Ok(())
+    }
 }
 
 impl CacheWriter for MemoryCache {
@@ -115,10 +119,6 @@ impl CacheWriter for MemoryCache {
 
     async fn delete(&self, key: &str) -> Result<(), CacheError> {
         self.lock().remove(key);
-        Ok(())
-    }
-
-    async fn ping(&self) -> Result<(), CacheError> {
         Ok(())
     }
 }

@@ -12,7 +12,10 @@ pub mod discovery;
 pub mod keys;
 pub mod memcached;
 pub mod memory;
+mod metrics;
 pub mod store;
+
+pub use metrics::CacheMetrics;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -180,6 +183,9 @@ pub trait CacheReader: Send + Sync {
     fn item_limit(&self) -> usize;
 
     fn stats(&self) -> &CacheStats;
+
+    /// Checks the backend answers (for `/readyz`).
+    fn ping(&self) -> impl Future<Output = Result<(), CacheError>> + Send;
 }
 
 /// Writes bytes with their deadline.
@@ -193,9 +199,6 @@ pub trait CacheWriter: CacheReader {
     ) -> impl Future<Output = Result<(), CacheError>> + Send;
 
     fn delete(&self, key: &str) -> impl Future<Output = Result<(), CacheError>> + Send;
-
-    /// Checks the backend answers (for `/readyz`).
-    fn ping(&self) -> impl Future<Output = Result<(), CacheError>> + Send;
 }
 
 /// Operation counters, shared by both backends.
@@ -240,18 +243,33 @@ pub enum Backend {
     Memcached(std::sync::Arc<memcached::Memcached>),
 }
 
-/// Opens the cache the flags name: memcached servers listed or discovered by DNS SRV
-/// (refreshed in the background), else an in-memory cache.
+/// Where the cache lives: memcached servers listed, or found by DNS SRV, or neither (the
+/// in-memory cache).
+#[derive(Debug, Clone)]
+pub struct CacheOptions {
+    /// memcached servers, `HOST:PORT`.
+    pub servers: Vec<String>,
+    /// DNS SRV name listing the memcached servers (a headless Service).
+    pub service: Option<String>,
+    /// How often the SRV name is looked up again.
+    pub refresh: Duration,
+    /// Timeout of each memcached operation (and of connecting).
+    pub timeout: Duration,
+}
+
+/// Opens the cache `options` name: memcached servers listed or discovered by DNS SRV
+/// (refreshed in the background until `stop` resolves), else an in-memory cache.
 pub async fn open(
-    args: &crate::config::CacheArgs,
-    metrics: &std::sync::Arc<crate::telemetry::Metrics>,
+    options: &CacheOptions,
+    metrics: &CacheMetrics,
+    stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Backend, CacheError> {
-    let options = memcached::MemcachedOptions {
-        op_timeout: args.memcached_timeout,
-        connect_timeout: args.memcached_timeout,
+    let memcached_options = memcached::MemcachedOptions {
+        op_timeout: options.timeout,
+        connect_timeout: options.timeout,
         ..memcached::MemcachedOptions::default()
     };
-    if let Some(service) = &args.memcached_service {
+    if let Some(service) = &options.service {
         let discovery = discovery::SrvDiscovery::system(service)?;
         let initial = match discovery.discover().await {
             Ok(servers) => servers,
@@ -262,19 +280,19 @@ pub async fn open(
             }
         };
         let m = std::sync::Arc::new(
-            memcached::Memcached::new(initial, options).with_metrics(metrics.clone()),
+            memcached::Memcached::new(initial, memcached_options).with_metrics(metrics.clone()),
         );
         tokio::spawn(discovery::refresh_servers(
             m.clone(),
             discovery,
-            args.memcached_refresh,
-            futures::future::pending::<()>(),
+            options.refresh,
+            stop,
         ));
         return Ok(Backend::Memcached(m));
     }
-    if !args.memcached.is_empty() {
+    if !options.servers.is_empty() {
         return Ok(Backend::Memcached(std::sync::Arc::new(
-            memcached::Memcached::new(args.memcached.clone(), options)
+            memcached::Memcached::new(options.servers.clone(), memcached_options)
                 .with_metrics(metrics.clone()),
         )));
     }
@@ -319,6 +337,13 @@ impl CacheReader for Backend {
             Backend::Memcached(m) => m.stats(),
         }
     }
+
+    async fn ping(&self) -> Result<(), CacheError> {
+        match self {
+            Backend::Memory(m) => m.ping().await,
+            Backend::Memcached(m) => m.ping().await,
+        }
+    }
 }
 
 impl CacheWriter for Backend {
@@ -333,13 +358,6 @@ impl CacheWriter for Backend {
         match self {
             Backend::Memory(m) => m.delete(key).await,
             Backend::Memcached(m) => m.delete(key).await,
-        }
-    }
-
-    async fn ping(&self) -> Result<(), CacheError> {
-        match self {
-            Backend::Memory(m) => m.ping().await,
-            Backend::Memcached(m) => m.ping().await,
         }
     }
 }

@@ -11,7 +11,6 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -25,8 +24,7 @@ use super::keys::{self, Scope};
 use super::memcached::key_hash;
 use super::{CacheError, CacheWriter, Millis};
 use crate::image::{Digest, ImageRef, Platform, Reference, Repository};
-use crate::registry::{ImageMetadata, PlatformImage};
-use crate::telemetry::Metrics;
+use crate::image::{ImageMetadata, PlatformImage};
 
 /// One image (manifest or index) by digest, shared by every tag and repository of a scope
 /// that points at it.
@@ -290,7 +288,7 @@ pub struct MetadataStore<B> {
     backend: B,
     timestamp_labels: TimestampLabels,
     chunk_bytes: usize,
-    metrics: Arc<Metrics>,
+    metrics: super::CacheMetrics,
     /// Repository answers reused while their head is unchanged (`answers.rs`).
     answers: Answers,
 }
@@ -301,7 +299,7 @@ impl<B: CacheWriter> MetadataStore<B> {
             backend,
             timestamp_labels: TimestampLabels::default(),
             chunk_bytes: DEFAULT_CHUNK_BYTES,
-            metrics: Arc::default(),
+            metrics: super::CacheMetrics::default(),
             answers: Answers::new(0),
         }
     }
@@ -314,7 +312,7 @@ impl<B: CacheWriter> MetadataStore<B> {
     }
 
     /// Records `regcache_cache_*` into the process's metrics.
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+    pub fn with_metrics(mut self, metrics: super::CacheMetrics) -> Self {
         self.metrics = metrics;
         self
     }
@@ -326,9 +324,9 @@ impl<B: CacheWriter> MetadataStore<B> {
         match &result {
             Ok(found) => {
                 let hit = u64::from(found.is_some());
-                self.metrics.cache.read(kind, hit, 1 - hit);
+                self.metrics.read(kind, hit, 1 - hit);
             }
-            Err(e) => self.metrics.cache.error("get", e.metric_label()),
+            Err(e) => self.metrics.error("get", e.metric_label()),
         }
         result
     }
@@ -358,10 +356,9 @@ impl<B: CacheWriter> MetadataStore<B> {
             Ok(found) => {
                 let hits = found.len() as u64;
                 self.metrics
-                    .cache
                     .read(kind, hits, (keys.len() as u64).saturating_sub(hits));
             }
-            Err(e) => self.metrics.cache.error("get", e.metric_label()),
+            Err(e) => self.metrics.error("get", e.metric_label()),
         }
         result
     }
@@ -369,8 +366,8 @@ impl<B: CacheWriter> MetadataStore<B> {
     async fn set(&self, key: &str, value: &[u8], deadline: Millis) -> Result<(), CacheError> {
         let result = self.backend.set(key, value, deadline).await;
         match &result {
-            Ok(()) => self.metrics.cache.write(keys::kind_of(key), value.len()),
-            Err(e) => self.metrics.cache.error("set", e.metric_label()),
+            Ok(()) => self.metrics.write(keys::kind_of(key), value.len()),
+            Err(e) => self.metrics.error("set", e.metric_label()),
         }
         result
     }
@@ -378,8 +375,8 @@ impl<B: CacheWriter> MetadataStore<B> {
     async fn delete(&self, key: &str) -> Result<(), CacheError> {
         let result = self.backend.delete(key).await;
         match &result {
-            Ok(()) => self.metrics.cache.delete(),
-            Err(e) => self.metrics.cache.error("delete", e.metric_label()),
+            Ok(()) => self.metrics.delete(),
+            Err(e) => self.metrics.error("delete", e.metric_label()),
         }
         result
     }
@@ -917,7 +914,7 @@ impl<B: CacheWriter> MetadataStore<B> {
                 .head_to_read(scope, repository, last_head.as_ref())
                 .await?;
             if let Some(answer) = self.answers.get(&answer_key, &head) {
-                self.metrics.cache.answer(true, self.answers.bytes());
+                self.metrics.answer(true, self.answers.bytes());
                 return Ok(answer);
             }
             let chunks = if head.generation == 0 { 0 } else { head.chunks };
@@ -1032,7 +1029,7 @@ impl<B: CacheWriter> MetadataStore<B> {
             if complete {
                 self.answers.put(answer_key, head, out.clone());
             }
-            self.metrics.cache.answer(false, self.answers.bytes());
+            self.metrics.answer(false, self.answers.bytes());
             return Ok(out);
         }
         Err(self.not_cached(repository, last_head.as_ref()))
@@ -1183,7 +1180,7 @@ mod tests {
         ImageRecord {
             digest: digest.clone(),
             media_type: crate::registry::manifest::OCI_MANIFEST.to_string(),
-            created: crate::registry::manifest::parse_time(created),
+            created: crate::image::parse_time(created),
             labels,
             platforms: Vec::new(),
             available_platforms: Vec::new(),
@@ -1397,10 +1394,11 @@ mod tests {
 
     #[tokio::test]
     async fn repository_answers_are_reused_until_the_head_moves() {
-        let metrics = Arc::new(Metrics::default());
+        let mut metrics = crate::telemetry::MetricsRegistry::default();
+        let cache_metrics = super::super::CacheMetrics::register(metrics.root());
         let store = MetadataStore::new(MemoryCache::new(4096))
             .with_answer_cache(1 << 20)
-            .with_metrics(metrics.clone());
+            .with_metrics(cache_metrics);
         let answers = |result: &str| {
             let line = format!("regcache_cache_answers_total{{result=\"{result}\"}} ");
             metrics

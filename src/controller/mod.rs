@@ -6,6 +6,7 @@
 //! the warmer come back as reconcile triggers for their watch.
 
 pub mod leader;
+mod metrics;
 pub mod plan;
 pub mod resolve;
 
@@ -26,8 +27,8 @@ use tracing::Instrument;
 
 use crate::cache::CacheWriter;
 use crate::crd::{ImageRepositoryWatch, ImageRepositoryWatchStatus, REQUESTED_AT_ANNOTATION};
-use crate::telemetry::Readiness;
 use crate::warmer::{Outcome, Priority, Warmer};
+pub use metrics::ReconcileMetrics;
 use plan::{Defaults, desired_status, plan, target_id};
 
 /// Field manager of regcache's status writes.
@@ -58,8 +59,10 @@ pub struct Context<B> {
     /// read API knows each watch's repository and scope.
     leading: Arc<std::sync::atomic::AtomicBool>,
     failures: Mutex<HashMap<String, u32>>,
-    /// `/readyz`: set once the watches are listed (and the cache answers, see `serve`).
-    pub readiness: Arc<Readiness>,
+    /// Set once the first complete list of watches is in (`/readyz` waits for it).
+    pub watches_listed: Arc<std::sync::atomic::AtomicBool>,
+    /// `regcache_reconcile_*`.
+    pub metrics: ReconcileMetrics,
     /// Reconciles running at once (`--concurrent-reconciles`). Unbounded, 1,000 watches
     /// appearing together held 1,000 API requests and their buffers at once.
     pub concurrent_reconciles: u16,
@@ -82,9 +85,16 @@ impl<B> Context<B> {
             latest: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             leading: Arc::default(),
-            readiness: Arc::default(),
+            watches_listed: Arc::default(),
+            metrics: ReconcileMetrics::default(),
             concurrent_reconciles: 8,
         }
+    }
+
+    /// Whether the first complete list of watches is in.
+    pub fn watches_are_listed(&self) -> bool {
+        self.watches_listed
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn is_leading(&self) -> bool {
@@ -124,13 +134,13 @@ pub async fn reconcile<B: CacheWriter + 'static>(
     ctx: Arc<Context<B>>,
 ) -> Result<Action, ControllerError> {
     let started = std::time::Instant::now();
-    let metrics = ctx.warmer.metrics().clone();
+    let metrics = ctx.metrics.clone();
     // Instrumented rather than entered: an entered span would stay on the worker thread
     // across awaits and name this watch in other tasks' lines.
     let span =
         tracing::info_span!("reconcile", watch = %target_id(&watch), image = %watch.spec.image);
     let result = reconcile_watch(watch, ctx).instrument(span).await;
-    metrics.reconcile.reconciled(
+    metrics.reconciled(
         result.as_ref().err().map(ControllerError::metric_label),
         started.elapsed(),
     );
@@ -172,7 +182,7 @@ async fn reconcile_watch<B: CacheWriter + 'static>(
         patch_status(&ctx.client, &watch, &desired)
             .await
             .map_err(ControllerError::Kube)?;
-        ctx.warmer.metrics().reconcile.status_patched();
+        ctx.metrics.status_patched();
         announce(&ctx, &watch, &current, &desired).await;
     }
     tracing::debug!(
@@ -235,7 +245,7 @@ async fn announce<B: CacheWriter + 'static>(
         secondary: None,
     };
     match ctx.recorder.publish(&event, &watch.object_ref(&())).await {
-        Ok(()) => ctx.warmer.metrics().reconcile.event_published(),
+        Ok(()) => ctx.metrics.event_published(),
         Err(e) => tracing::warn!(error = %e, "cannot publish event"),
     }
 }
@@ -350,13 +360,15 @@ pub async fn run<B: CacheWriter + 'static>(
     // is no substitute: it wakes only the task that polled it last, and the controller's
     // runner waits on it to start reconciling.
     let (store, writer) = reflector::store();
-    let readiness = ctx.readiness.clone();
+    let listed_flag = ctx.watches_listed.clone();
     let listed = watcher(watches, watcher::Config::default())
         .reflect(writer)
         .inspect(move |event| {
-            if matches!(event, Ok(watcher::Event::InitDone)) && !readiness.watches_are_synced() {
+            use std::sync::atomic::Ordering;
+            if matches!(event, Ok(watcher::Event::InitDone)) && !listed_flag.load(Ordering::SeqCst)
+            {
                 tracing::info!("watches listed");
-                readiness.watches_synced();
+                listed_flag.store(true, Ordering::SeqCst);
             }
         })
         .applied_objects();
@@ -377,7 +389,7 @@ pub async fn run<B: CacheWriter + 'static>(
                 }
                 _ = gc.tick() => {
                     // Watches deleted since their target was planned stop warming.
-                    if outcome_ctx.readiness.watches_are_synced() {
+                    if outcome_ctx.watches_are_listed() {
                         let live: std::collections::HashSet<String> =
                             outcome_store.state().iter().map(|w| target_id(w)).collect();
                         for t in outcome_ctx.warmer.targets() {
@@ -420,202 +432,6 @@ fn tokio_stream_of<T: Send + 'static>(
     mut rx: mpsc::UnboundedReceiver<T>,
 ) -> impl futures::Stream<Item = T> + Send + 'static {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
-/// Failures that stop `regcache controller`.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error("cannot find the Kubernetes API (KUBECONFIG, then in-cluster): {0}")]
-    Config(#[source] kube::Error),
-    #[error(transparent)]
-    Cache(#[from] crate::cache::CacheError),
-    #[error(transparent)]
-    Platform(#[from] plan::PlatformFlagError),
-    #[error("lost leadership of lease {0}; exiting so a restart campaigns again")]
-    LostLeadership(String),
-    #[error("cannot listen on {address}: {reason}")]
-    Bind { address: String, reason: String },
-}
-
-/// Stops the listeners when the controller returns, whichever way it returns.
-struct ApiGuard(Option<tokio::sync::watch::Sender<bool>>);
-
-impl Drop for ApiGuard {
-    fn drop(&mut self) {
-        if let Some(tx) = self.0.take() {
-            let _ = tx.send(true);
-        }
-    }
-}
-
-/// Resolves when `stop` turns true (or its sender is gone).
-async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
-
-/// Aborts a background task when the controller returns.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-async fn listen(address: &str, what: &str) -> Result<tokio::net::TcpListener, ServeError> {
-    crate::telemetry::listen(address, what)
-        .await
-        .map_err(|e| ServeError::Bind {
-            address: address.to_string(),
-            reason: e.to_string(),
-        })
-}
-
-/// The API client, found as kube-rs does (`KUBECONFIG`, then in-cluster), naming itself
-/// `regcache/<version>` so audit logs and API server metrics show who made a call.
-async fn client() -> Result<Client, ServeError> {
-    let mut config = kube::Config::infer()
-        .await
-        .map_err(|e| ServeError::Config(kube::Error::InferConfig(e)))?;
-    config.headers.push((
-        http::header::USER_AGENT,
-        http::HeaderValue::from_static(concat!("regcache/", env!("CARGO_PKG_VERSION"))),
-    ));
-    Client::try_from(config).map_err(ServeError::Config)
-}
-
-/// `regcache controller`: the operator process.
-pub async fn serve(args: &crate::config::ControllerArgs) -> Result<(), ServeError> {
-    let client = client().await?;
-    let metrics = Arc::new(crate::telemetry::Metrics::new());
-    let backend = crate::cache::open(&args.cache, &metrics).await?;
-    let (store, warmer) = crate::warmer::build(
-        backend,
-        &args.limits,
-        args.concurrent,
-        args.cache.answer_cache_mib,
-        metrics.clone(),
-    );
-    let defaults = Defaults::from_flags(&args.default_platforms, args.default_interval)?;
-    let identity = args.pod_name.clone().unwrap_or_else(|| {
-        std::env::var("HOSTNAME")
-            .ok()
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| format!("regcache-{}", std::process::id()))
-    });
-    let mut ctx = Context::new(client.clone(), warmer, defaults, identity.clone());
-    ctx.concurrent_reconciles = args.concurrent_reconciles;
-    let ctx = Arc::new(ctx);
-
-    // Every replica serves reads, metrics and probes.
-    let listener = listen(&args.api.api_bind_address, "read API").await?;
-    let metrics_listener = listen(&args.metrics_bind_address, "metrics").await?;
-    let probe_listener = listen(&args.health_probe_bind_address, "health probes").await?;
-    let (stop_listeners, listeners_stopped) = tokio::sync::watch::channel(false);
-    let _api_guard = ApiGuard(Some(stop_listeners));
-    crate::telemetry::spawn_listeners(
-        metrics_listener,
-        probe_listener,
-        metrics.clone(),
-        ctx.readiness.clone(),
-        listeners_stopped.clone(),
-    );
-    let pinger = {
-        let (store, readiness, metrics) = (store.clone(), ctx.readiness.clone(), metrics.clone());
-        tokio::spawn(async move {
-            crate::telemetry::watch_cache(store.backend(), &readiness, &metrics).await;
-        })
-    };
-    let _pinger = AbortOnDrop(pinger);
-    let router = crate::api::router(crate::api::ApiState {
-        store,
-        directory: Arc::new(ctx.warmer.clone()),
-        auth: match args.api.api_auth {
-            crate::config::ApiAuthMode::Kubernetes => {
-                crate::api::ApiAuth::Kubernetes(client.clone())
-            }
-            crate::config::ApiAuthMode::None => crate::api::ApiAuth::None,
-        },
-        warmer: Some(ctx.warmer.clone()),
-        // Only the leader warms: another replica passes webhooks on through the API server.
-        forward: Some(crate::api::Forward {
-            client: client.clone(),
-            leading: ctx.leading_flag(),
-        }),
-        webhook_token: args
-            .api
-            .webhook_token
-            .clone()
-            .map(crate::credentials::Secret::new),
-    });
-    tokio::spawn(crate::api::serve(
-        listener,
-        router,
-        stopped(listeners_stopped),
-    ));
-
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let stop = async move {
-        let _ = stop_rx.await;
-    };
-    let signals = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        tracing::info!("shutting down");
-    };
-    if !args.leader_elect {
-        let controller = tokio::spawn(run(
-            ctx,
-            args.watch_namespace.clone(),
-            std::future::ready(()),
-            stop,
-        ));
-        signals.await;
-        let _ = stop_tx.send(());
-        let _ = controller.await;
-        return Ok(());
-    }
-    let elector = leader::LeaderElector::new(
-        client,
-        leader::LeaseSettings {
-            name: args.leader_election_id.clone(),
-            namespace: args.leader_election_namespace.clone(),
-            identity,
-            duration: args.lease_duration,
-            retry: args.lease_retry,
-        },
-    );
-    // Every replica plans watches (and serves reads); only the leader warms and writes.
-    let (led_tx, led_rx) = tokio::sync::oneshot::channel::<()>();
-    let controller = tokio::spawn(run(
-        ctx,
-        args.watch_namespace.clone(),
-        async move {
-            let _ = led_rx.await;
-        },
-        stop,
-    ));
-    tokio::pin!(signals);
-    let lost = tokio::select! {
-        _ = elector.acquire() => {
-            let _ = led_tx.send(());
-            tokio::select! {
-                _ = elector.hold() => true,
-                _ = &mut signals => false,
-            }
-        }
-        _ = &mut signals => false,
-    };
-    let _ = stop_tx.send(());
-    let _ = controller.await;
-    if lost {
-        return Err(ServeError::LostLeadership(args.leader_election_id.clone()));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

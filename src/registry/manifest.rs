@@ -10,11 +10,11 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chrono::{DateTime, Datelike as _, Utc};
+use chrono::{DateTime, Utc};
 use oci_spec::image::{ImageIndex, ImageManifest};
 use serde::Deserialize;
 
-use crate::image::{Digest, Platform};
+use crate::image::{Digest, Platform, parse_time};
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -301,20 +301,6 @@ impl ImageConfig {
             _ => None,
         }
     }
-}
-
-/// RFC 3339 timestamps as found in configs and labels; `None` for anything else
-/// (build dates in the wild are sometimes free text, which must not fail a pass).
-///
-/// The time must also be writable as RFC 3339 once in UTC, i.e. fall in years 0000..=9999:
-/// `0000-01-01T00:00:00+01:00` is year -1 in UTC, which serde writes as `-0001-12-31T23:00:00Z`.
-/// That is not RFC 3339, and clients of the read API that parse it strictly (Go's
-/// `time.Time`) would refuse the whole response.
-pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s.trim())
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
-        .filter(|t| (0..=9999).contains(&t.year()))
 }
 
 /// One entry of an index, as regcache sees it.

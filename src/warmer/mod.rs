@@ -4,6 +4,7 @@
 
 pub mod filter;
 pub mod glob;
+mod metrics;
 pub mod pass;
 pub mod schedule;
 
@@ -23,36 +24,10 @@ use crate::cache::store::MetadataStore;
 use crate::credentials::Credential;
 use crate::image::{Digest, Platform, Repository};
 use crate::registry::{Endpoint, RegistryClient, RequestKind};
-use crate::telemetry::{Metrics, PassReport};
 use filter::TagFilter;
+pub use metrics::{PassReport, WarmerMetrics};
 pub use pass::PassOptions;
 use schedule::jittered;
-
-/// The store and warmer over a cache backend, as `standalone` and `controller` run them.
-/// Every part records into `metrics`.
-pub fn build<B: CacheWriter + 'static>(
-    backend: B,
-    limits: &crate::config::RegistryLimits,
-    concurrency: usize,
-    answer_cache_mib: usize,
-    metrics: Arc<Metrics>,
-) -> (Arc<MetadataStore<B>>, Warmer<B>) {
-    let store = Arc::new(
-        MetadataStore::new(backend)
-            .with_metrics(metrics.clone())
-            .with_answer_cache(answer_cache_mib.saturating_mul(1 << 20)),
-    );
-    let warmer = Warmer::with_metrics(
-        RegistryClient::with_metrics(limits.client_options(), metrics.clone()),
-        store.clone(),
-        WarmerOptions {
-            concurrency: concurrency.max(1),
-            ..Default::default()
-        },
-        metrics,
-    );
-    (store, warmer)
-}
 
 /// Identifies a target: `namespace/name` of its watch (or of its manifest in standalone).
 pub type TargetId = String;
@@ -253,7 +228,7 @@ struct Slot {
 }
 
 struct Shared<B> {
-    metrics: Arc<Metrics>,
+    metrics: WarmerMetrics,
     registry: RegistryClient,
     store: Arc<MetadataStore<B>>,
     options: WarmerOptions,
@@ -307,7 +282,7 @@ impl<B: CacheWriter + 'static> Warmer<B> {
         store: Arc<MetadataStore<B>>,
         options: WarmerOptions,
     ) -> Self {
-        Self::with_metrics(registry, store, options, Arc::default())
+        Self::with_metrics(registry, store, options, WarmerMetrics::default())
     }
 
     /// A warmer recording `regcache_warmer_*` into the process's metrics.
@@ -315,7 +290,7 @@ impl<B: CacheWriter + 'static> Warmer<B> {
         registry: RegistryClient,
         store: Arc<MetadataStore<B>>,
         options: WarmerOptions,
-        metrics: Arc<Metrics>,
+        metrics: WarmerMetrics,
     ) -> Self {
         Warmer {
             shared: Arc::new(Shared {
@@ -335,10 +310,6 @@ impl<B: CacheWriter + 'static> Warmer<B> {
         self.shared.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.shared.metrics
-    }
-
     /// Records a finished pass. A pass whose target was removed or changed meanwhile
     /// counts, but does not touch the repository's series.
     fn record(&self, outcome: &Outcome, current: bool) {
@@ -354,7 +325,7 @@ impl<B: CacheWriter + 'static> Warmer<B> {
             "warm pass finished"
         );
         let published = current && outcome.published;
-        self.shared.metrics.warmer.pass(&PassReport {
+        self.shared.metrics.pass(&PassReport {
             watch: &outcome.id,
             repository: &outcome.repository,
             failure: outcome
@@ -381,7 +352,6 @@ impl<B: CacheWriter + 'static> Warmer<B> {
                     // The watch now names another repository: the old one's series go.
                     self.shared
                         .metrics
-                        .warmer
                         .forget(&target.id, &slot.target.repository.canonical());
                 }
                 slot.target = Arc::new(target);
@@ -407,7 +377,7 @@ impl<B: CacheWriter + 'static> Warmer<B> {
         }
         let n = slots.len();
         drop(slots);
-        self.shared.metrics.warmer.targets(n);
+        self.shared.metrics.targets(n);
         self.shared.wake.notify_one();
     }
 
@@ -418,7 +388,7 @@ impl<B: CacheWriter + 'static> Warmer<B> {
         let n = slots.len();
         drop(slots);
         if let Some(slot) = &removed {
-            let m = &self.shared.metrics.warmer;
+            let m = &self.shared.metrics;
             m.targets(n);
             m.forget(id, &slot.target.repository.canonical());
         }

@@ -415,8 +415,8 @@ async fn fetch_image(
     digest: &Digest,
     fetched: Option<FetchedManifest>,
     platforms: &[crate::image::Platform],
-    known: &[registry::PlatformImage],
-) -> Result<registry::ImageMetadata, registry::Error> {
+    known: &[crate::image::PlatformImage],
+) -> Result<crate::image::ImageMetadata, registry::Error> {
     let reference = Reference::Digest(digest.clone());
     let top = match fetched {
         Some(f) => f,

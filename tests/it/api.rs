@@ -511,7 +511,7 @@ async fn webhooks_ask_the_warmer_for_passes_of_the_pushed_repositories() {
         store: store.clone(),
         directory: Arc::new(warmer.clone()),
         auth: ApiAuth::None,
-        warmer: Some(warmer.clone()),
+        warmer: Some(Arc::new(warmer.clone())),
         forward: None,
         webhook_token: Some(Secret::new(HOOK_TOKEN)),
     })

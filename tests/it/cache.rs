@@ -581,11 +581,11 @@ fn series(text: &str, series: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_hits_misses_sizes_and_reads_lost_to_a_stopped_server() {
     let mut server = Server::start();
-    let metrics = Arc::new(regcache::telemetry::Metrics::new());
+    let metrics = regcache::runtime::Metrics::new();
     let store = MetadataStore::new(
-        Memcached::new(vec![server.addr()], options()).with_metrics(metrics.clone()),
+        Memcached::new(vec![server.addr()], options()).with_metrics(metrics.cache.clone()),
     )
-    .with_metrics(metrics.clone());
+    .with_metrics(metrics.cache.clone());
     let scope = Scope::public();
     let r = repo("registry.example/metrics/app");
     let d = Digest::sha256_of(b"image");

@@ -941,13 +941,13 @@ fn requests_by_status(text: &str, host: &str) -> std::collections::BTreeMap<(Str
 #[tokio::test(flavor = "multi_thread")]
 async fn every_attempt_is_in_the_metrics_with_its_status_or_error() {
     let (registry, proxy, _) = faulty(RegistryAuth::Anonymous).await;
-    let metrics = Arc::new(regcache::telemetry::Metrics::new());
+    let metrics = regcache::runtime::Metrics::new();
     let client = RegistryClient::with_metrics(
         ClientOptions {
             request_timeout: Duration::from_millis(500),
             ..options()
         },
-        metrics.clone(),
+        metrics.registry.clone(),
     );
     let rc = client
         .repository(

@@ -1,152 +1,11 @@
-//! The debugging commands, `regcache inspect` and `regcache tags`: ask a registry directly,
-//! like `skopeo inspect` and `crane ls`.
+//! `regcache get`: what the cache holds for a repository or an image, from a read API or
+//! straight from memcached, as a table or JSON.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::{InspectArgs, Output, RegistryArgs, TagsArgs};
-use crate::credentials::{CredentialsError, DockerConfig};
-use crate::image::{ImageError, ImageRef, Platform, Repository};
-use crate::registry::{self, Endpoint, RegistryClient, RepositoryClient};
-
-#[derive(Debug, thiserror::Error)]
-pub enum CliError {
-    #[error(transparent)]
-    Image(#[from] ImageError),
-    #[error(transparent)]
-    Credentials(#[from] CredentialsError),
-    #[error(transparent)]
-    Registry(#[from] registry::Error),
-    #[error("cannot read CA file {path}: {reason}")]
-    CaFile { path: PathBuf, reason: String },
-    #[error("invalid --platform {value:?}: {source}")]
-    Platform {
-        value: String,
-        #[source]
-        source: ImageError,
-    },
-    #[error(transparent)]
-    Get(GetError),
-}
-
-impl CliError {
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            CliError::Image(e) => e.metric_label(),
-            CliError::Credentials(e) => e.metric_label(),
-            CliError::Registry(e) => e.metric_label(),
-            CliError::CaFile { .. } => "ca_file",
-            CliError::Platform { .. } => "platform",
-            CliError::Get(_) => "get",
-        }
-    }
-}
-
-/// The docker config to read when `--docker-config` is not given, if one exists.
-fn default_docker_config() -> Option<PathBuf> {
-    let dir = std::env::var_os("DOCKER_CONFIG")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".docker")))?;
-    let path = dir.join("config.json");
-    path.is_file().then_some(path)
-}
-
-fn repository_client(
-    args: &RegistryArgs,
-    repository: &Repository,
-) -> Result<RepositoryClient, CliError> {
-    let credential = match args.docker_config.clone().or_else(default_docker_config) {
-        Some(path) => DockerConfig::from_file(&path)?.credential_for(repository.host()),
-        None => Default::default(),
-    };
-    let ca_pem = match &args.ca_file {
-        Some(path) => Some(Arc::new(std::fs::read(path).map_err(|e| {
-            CliError::CaFile {
-                path: path.clone(),
-                reason: e.to_string(),
-            }
-        })?)),
-        None => None,
-    };
-    let insecure = args
-        .insecure_registries
-        .iter()
-        .any(|h| h == repository.host() || h == repository.endpoint_host());
-    let client = RegistryClient::new(args.limits.client_options());
-    Ok(client.repository(repository, credential, &Endpoint { insecure, ca_pem })?)
-}
-
-/// `regcache inspect`: the image's metadata as pretty JSON.
-pub async fn inspect(args: &InspectArgs) -> Result<String, CliError> {
-    let reference = ImageRef::parse(&args.reference)?;
-    let platforms = args
-        .platforms
-        .iter()
-        .map(|p| {
-            Platform::parse(p).map_err(|source| CliError::Platform {
-                value: p.clone(),
-                source,
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let client = repository_client(&args.registry, &reference.repository)?;
-    let metadata = client.inspect(&reference.reference(), &platforms).await?;
-    Ok(serde_json::to_string_pretty(&metadata).expect("metadata serialises"))
-}
-
-/// `regcache tags`: one tag per line, or a JSON document.
-pub async fn tags(args: &TagsArgs) -> Result<String, CliError> {
-    let repository = Repository::parse(&args.repository)?;
-    let client = repository_client(&args.registry, &repository)?;
-    let tags = client.list_tags().await?;
-    Ok(match args.output {
-        Output::Text => tags.join("\n"),
-        Output::Json => serde_json::to_string_pretty(&serde_json::json!({
-            "canonicalName": repository.canonical(),
-            "tags": tags,
-        }))
-        .expect("tags serialise"),
-    })
-}
-
-/// An error and its sources on one line, without repeating text a wrapper already quoted.
-pub fn report(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = s.source();
-    }
-    out
-}
-
-/// Left-aligned columns separated by three spaces, like `kubectl get`.
-pub fn columns<const N: usize>(rows: &[[String; N]]) -> String {
-    let mut widths = [0usize; N];
-    for r in rows {
-        for (w, cell) in widths.iter_mut().zip(r) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    rows.iter()
-        .map(|r| {
-            let mut line = String::new();
-            for (i, cell) in r.iter().enumerate() {
-                if i + 1 < N {
-                    line.push_str(&format!("{cell:<w$}   ", w = widths[i]));
-                } else {
-                    line.push_str(cell);
-                }
-            }
-            line.trim_end().to_string()
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
+use super::columns;
+use super::flags::{Format, GetArgs};
+use crate::image::{ImageError, ImageRef};
 
 /// Failures of `regcache get`.
 #[derive(Debug, thiserror::Error)]
@@ -176,7 +35,7 @@ fn image_row(
     tag: &str,
     digest: &str,
     created: Option<chrono::DateTime<chrono::Utc>>,
-    platforms: &[crate::registry::PlatformImage],
+    platforms: &[crate::image::PlatformImage],
 ) -> [String; 5] {
     let platforms: Vec<String> = platforms
         .iter()
@@ -200,11 +59,11 @@ fn image_row(
 const HEADER: [&str; 5] = ["TAG", "DIGEST", "CREATED", "PLATFORMS", "AGE"];
 
 /// `regcache get`: a repository or an image, from the read API or memcached.
-pub async fn get(args: &crate::config::GetArgs) -> Result<String, GetError> {
+pub async fn get(args: &GetArgs) -> Result<String, GetError> {
     use crate::cache::store::{ImageInfo, RepositoryAnswer};
     let image = ImageRef::parse(&args.reference)?;
     let is_image = image.tag.is_some() || image.digest.is_some();
-    let json = args.output == crate::config::Format::Json;
+    let json = args.output == Format::Json;
     enum Got {
         Repo(RepositoryAnswer),
         Image(ImageInfo),

@@ -1,9 +1,15 @@
-//! Command-line flags (clap derive), each with an environment variable and a default.
+//! Command-line flags (clap derive), each with an environment variable and a default, and
+//! their conversion into the option types the modules own.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::cache::CacheOptions;
+use crate::registry::ClientOptions;
+use crate::registry::limiter::LimiterSettings;
+use crate::runtime::{ListenOptions, RuntimeOptions};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -38,6 +44,17 @@ pub struct LogOptions {
 pub enum LogFormat {
     Json,
     Text,
+}
+
+impl LogOptions {
+    /// The filter and format `telemetry::init` takes.
+    pub fn telemetry(&self) -> (String, crate::telemetry::LogFormat) {
+        let format = match self.log_format {
+            LogFormat::Json => crate::telemetry::LogFormat::Json,
+            LogFormat::Text => crate::telemetry::LogFormat::Text,
+        };
+        (self.log_level.clone(), format)
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -112,6 +129,20 @@ pub struct StandaloneArgs {
     pub cache: CacheArgs,
     #[command(flatten)]
     pub limits: RegistryLimits,
+}
+
+impl StandaloneArgs {
+    pub fn runtime_options(&self) -> RuntimeOptions {
+        runtime_options(&self.cache, &self.limits, self.concurrent)
+    }
+
+    pub fn listen_options(&self) -> ListenOptions {
+        ListenOptions {
+            api: self.api_bind_address.clone(),
+            metrics: self.metrics_bind_address.clone(),
+            probes: self.health_probe_bind_address.clone(),
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -195,6 +226,38 @@ pub struct ControllerArgs {
     pub limits: RegistryLimits,
 }
 
+impl ControllerArgs {
+    pub fn runtime_options(&self) -> RuntimeOptions {
+        runtime_options(&self.cache, &self.limits, self.concurrent)
+    }
+
+    pub fn listen_options(&self) -> ListenOptions {
+        ListenOptions {
+            api: self.api.api_bind_address.clone(),
+            metrics: self.metrics_bind_address.clone(),
+            probes: self.health_probe_bind_address.clone(),
+        }
+    }
+}
+
+fn runtime_options(
+    cache: &CacheArgs,
+    limits: &RegistryLimits,
+    concurrency: usize,
+) -> RuntimeOptions {
+    RuntimeOptions {
+        cache: CacheOptions {
+            servers: cache.memcached.clone(),
+            service: cache.memcached_service.clone(),
+            refresh: cache.memcached_refresh,
+            timeout: cache.memcached_timeout,
+        },
+        registry: limits.client_options(),
+        concurrency,
+        answer_cache_bytes: cache.answer_cache_mib.saturating_mul(1 << 20),
+    }
+}
+
 /// The read API and the registry webhook endpoint.
 #[derive(Args, Debug, Clone)]
 pub struct ApiArgs {
@@ -259,10 +322,10 @@ pub struct RegistryLimits {
 }
 
 impl RegistryLimits {
-    pub fn client_options(&self) -> crate::registry::ClientOptions {
-        crate::registry::ClientOptions {
+    pub fn client_options(&self) -> ClientOptions {
+        ClientOptions {
             request_timeout: self.request_timeout,
-            limiter: crate::registry::limiter::LimiterSettings {
+            limiter: LimiterSettings {
                 max_rate: self.registry_qps,
                 burst: self.registry_burst,
                 ..Default::default()

@@ -1,0 +1,78 @@
+//! The debugging commands, `regcache inspect` and `regcache tags`: ask a registry directly,
+//! like `skopeo inspect` and `crane ls`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::CliError;
+use super::flags::{InspectArgs, Output, RegistryArgs, TagsArgs};
+use crate::credentials::DockerConfig;
+use crate::image::{ImageRef, Platform, Repository};
+use crate::registry::{Endpoint, RegistryClient, RepositoryClient};
+
+/// The docker config to read when `--docker-config` is not given, if one exists.
+fn default_docker_config() -> Option<PathBuf> {
+    let dir = std::env::var_os("DOCKER_CONFIG")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".docker")))?;
+    let path = dir.join("config.json");
+    path.is_file().then_some(path)
+}
+
+fn repository_client(
+    args: &RegistryArgs,
+    repository: &Repository,
+) -> Result<RepositoryClient, CliError> {
+    let credential = match args.docker_config.clone().or_else(default_docker_config) {
+        Some(path) => DockerConfig::from_file(&path)?.credential_for(repository.host()),
+        None => Default::default(),
+    };
+    let ca_pem = match &args.ca_file {
+        Some(path) => Some(Arc::new(std::fs::read(path).map_err(|e| {
+            CliError::CaFile {
+                path: path.clone(),
+                reason: e.to_string(),
+            }
+        })?)),
+        None => None,
+    };
+    let insecure = args
+        .insecure_registries
+        .iter()
+        .any(|h| h == repository.host() || h == repository.endpoint_host());
+    let client = RegistryClient::new(args.limits.client_options());
+    Ok(client.repository(repository, credential, &Endpoint { insecure, ca_pem })?)
+}
+
+/// `regcache inspect`: the image's metadata as pretty JSON.
+pub async fn inspect(args: &InspectArgs) -> Result<String, CliError> {
+    let reference = ImageRef::parse(&args.reference)?;
+    let platforms = args
+        .platforms
+        .iter()
+        .map(|p| {
+            Platform::parse(p).map_err(|source| CliError::Platform {
+                value: p.clone(),
+                source,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let client = repository_client(&args.registry, &reference.repository)?;
+    let metadata = client.inspect(&reference.reference(), &platforms).await?;
+    Ok(serde_json::to_string_pretty(&metadata).expect("metadata serialises"))
+}
+
+/// `regcache tags`: one tag per line, or a JSON document.
+pub async fn tags(args: &TagsArgs) -> Result<String, CliError> {
+    let repository = Repository::parse(&args.repository)?;
+    let client = repository_client(&args.registry, &repository)?;
+    let tags = client.list_tags().await?;
+    Ok(match args.output {
+        Output::Text => tags.join("\n"),
+        Output::Json => serde_json::to_string_pretty(&serde_json::json!({
+            "canonicalName": repository.canonical(),
+            "tags": tags,
+        }))
+        .expect("tags serialise"),
+    })
+}
