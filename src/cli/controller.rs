@@ -85,13 +85,16 @@ pub async fn controller(args: &ControllerArgs) -> Result<(), ControllerCommandEr
     let token = runtime.token();
 
     if !args.leader_elect {
-        run(
+        // Spawned, to run on the runtime's workers: polled by `main`'s own `block_on`, the
+        // controller stopped reconciling after its first few (the fault matrix's long
+        // Retry-After row showed it).
+        let controller = tokio::spawn(run(
             ctx,
             args.watch_namespace.clone(),
             std::future::ready(()),
             token.cancelled_owned(),
-        )
-        .await;
+        ));
+        let _ = controller.await;
         runtime.shutdown().await;
         return Ok(());
     }

@@ -9,6 +9,7 @@
 mod support;
 
 mod api;
+mod architecture;
 mod cache;
 mod cli;
 mod controller_e2e;
