@@ -6,6 +6,8 @@
 //! under that watch's scope, so a caller never reaches metadata warmed with credentials
 //! through a watch it may not `get`.
 
+mod answer;
+mod answers;
 mod auth;
 mod error;
 pub mod webhook;
@@ -22,11 +24,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
 
-use crate::cache::CacheWriter;
-use crate::cache::store::MetadataStore;
+use crate::cache::{CacheReader, CacheWriter};
 use crate::credentials::Secret;
 use crate::image::{ImageRef, Repository};
 use crate::warmer::{Priority, Target, TargetId, Warmer};
+pub use answer::{ReadApi, RepositoryAnswer};
 use auth::{Caller, KubernetesAuth};
 pub use error::{ApiError, Reason};
 
@@ -74,7 +76,8 @@ pub enum ApiAuth {
 
 /// What the API serves from.
 pub struct ApiState<B> {
-    pub store: Arc<MetadataStore<B>>,
+    /// The answers, built from the cache.
+    pub read: ReadApi<B>,
     pub directory: Arc<dyn WatchDirectory>,
     pub auth: ApiAuth,
     /// Where webhook pushes go (None: webhooks answer 503).
@@ -137,7 +140,7 @@ impl Forward {
 }
 
 struct Shared<B> {
-    store: Arc<MetadataStore<B>>,
+    read: ReadApi<B>,
     directory: Arc<dyn WatchDirectory>,
     auth: Option<KubernetesAuth>,
     warmer: Option<Arc<dyn PassRequests>>,
@@ -148,9 +151,9 @@ struct Shared<B> {
 type AppState<B> = State<Arc<Shared<B>>>;
 
 /// The API's routes; serve them with [`serve`].
-pub fn router<B: CacheWriter + 'static>(state: ApiState<B>) -> Router {
+pub fn router<B: CacheReader + 'static>(state: ApiState<B>) -> Router {
     let shared = Arc::new(Shared {
-        store: state.store,
+        read: state.read,
         directory: state.directory,
         auth: match state.auth {
             ApiAuth::None => None,
@@ -185,7 +188,7 @@ pub async fn serve(
         .await
 }
 
-impl<B: CacheWriter + 'static> Shared<B> {
+impl<B: CacheReader + 'static> Shared<B> {
     /// `None` when authentication is off.
     async fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Caller>, ApiError> {
         match &self.auth {
@@ -255,7 +258,7 @@ fn json_bytes(body: impl Into<bytes::Bytes>) -> Response {
         .into_response()
 }
 
-async fn repository<B: CacheWriter + 'static>(
+async fn repository<B: CacheReader + 'static>(
     State(s): AppState<B>,
     headers: HeaderMap,
     name: Result<Path<String>, PathRejection>,
@@ -265,13 +268,13 @@ async fn repository<B: CacheWriter + 'static>(
     let repository = Repository::parse(&name).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let target = s.readable_target(&caller, &repository).await?;
     let body = s
-        .store
+        .read
         .repository_json(&target.scope, &repository, target.timestamp_labels)
         .await?;
     Ok(json_bytes(body))
 }
 
-async fn image<B: CacheWriter + 'static>(
+async fn image<B: CacheReader + 'static>(
     State(s): AppState<B>,
     headers: HeaderMap,
     reference: Result<Path<String>, PathRejection>,
@@ -281,13 +284,13 @@ async fn image<B: CacheWriter + 'static>(
     let image = ImageRef::parse(&reference).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let target = s.readable_target(&caller, &image.repository).await?;
     let body = s
-        .store
+        .read
         .image_json(&target.scope, &image, target.timestamp_labels)
         .await?;
     Ok(json_bytes(body))
 }
 
-async fn watch<B: CacheWriter + 'static>(
+async fn watch<B: CacheReader + 'static>(
     State(s): AppState<B>,
     headers: HeaderMap,
     path: Result<Path<(String, String)>, PathRejection>,
@@ -311,7 +314,7 @@ async fn watch<B: CacheWriter + 'static>(
             ))
         })?;
     let body = s
-        .store
+        .read
         .repository_json(&target.scope, &target.repository, target.timestamp_labels)
         .await?;
     Ok(json_bytes(body))
@@ -329,7 +332,7 @@ fn query_token(query: Option<&str>) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-async fn registry_hook<B: CacheWriter + 'static>(
+async fn registry_hook<B: CacheReader + 'static>(
     State(s): AppState<B>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,

@@ -6,7 +6,6 @@
 //! by digest, chunked tag indexes published under a generation, and the read API with its
 //! decorators. The byte format is documented in `docs/cache-schema.md`.
 
-pub mod answers;
 pub mod decorate;
 pub mod discovery;
 pub mod keys;

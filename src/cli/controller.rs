@@ -60,7 +60,7 @@ pub async fn controller(args: &ControllerArgs) -> Result<(), ControllerCommandEr
 
     // Every replica serves reads, metrics and probes.
     let router = crate::api::router(crate::api::ApiState {
-        store: runtime.store.clone(),
+        read: runtime.read_api(),
         directory: Arc::new(ctx.warmer.clone()),
         auth: match args.api.api_auth {
             ApiAuthMode::Kubernetes => crate::api::ApiAuth::Kubernetes(client.clone()),

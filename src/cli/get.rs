@@ -60,7 +60,8 @@ const HEADER: [&str; 5] = ["TAG", "DIGEST", "CREATED", "PLATFORMS", "AGE"];
 
 /// `regcache get`: a repository or an image, from the read API or memcached.
 pub async fn get(args: &GetArgs) -> Result<String, GetError> {
-    use crate::cache::store::{ImageInfo, RepositoryAnswer};
+    use crate::api::{ReadApi, RepositoryAnswer};
+    use crate::cache::store::ImageInfo;
     let image = ImageRef::parse(&args.reference)?;
     let is_image = image.tag.is_some() || image.digest.is_some();
     let json = args.output == Format::Json;
@@ -116,14 +117,14 @@ pub async fn get(args: &GetArgs) -> Result<String, GetError> {
             Got::Repo(serde_json::from_slice(&body).map_err(parse)?)
         }
     } else if !args.memcached.is_empty() {
-        let store = crate::cache::store::MetadataStore::new(
+        let store = std::sync::Arc::new(crate::cache::store::MetadataStore::new(
             crate::cache::memcached::Memcached::new(args.memcached.clone(), Default::default()),
-        );
+        ));
         let scope = crate::cache::keys::Scope::public();
         if is_image {
             Got::Image(store.get_image(&scope, &image).await?)
         } else {
-            let body = store
+            let body = ReadApi::new(store.clone())
                 .repository_json(&scope, &image.repository, false)
                 .await?;
             Got::Repo(serde_json::from_slice(&body).map_err(|e| {

@@ -64,7 +64,7 @@ pub async fn standalone(args: &StandaloneArgs) -> Result<ExitCode, StandaloneCom
     let warmer = runtime.warmer.clone();
     register(&warmer, &planned);
     let router = crate::api::router(crate::api::ApiState {
-        store: runtime.store.clone(),
+        read: runtime.read_api(),
         directory: Arc::new(warmer.clone()),
         auth: crate::api::ApiAuth::None,
         warmer: Some(Arc::new(warmer.clone())),

@@ -15,6 +15,7 @@ use std::sync::atomic::AtomicBool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::ReadApi;
 use crate::cache::store::MetadataStore;
 use crate::cache::{Backend, CacheError, CacheMetrics, CacheOptions};
 use crate::controller::ReconcileMetrics;
@@ -93,6 +94,7 @@ pub struct Runtime {
     pub metrics: Metrics,
     pub store: Arc<MetadataStore<Backend>>,
     pub warmer: Warmer<Backend>,
+    answer_cache_bytes: usize,
     token: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -109,11 +111,7 @@ impl Runtime {
             token.clone().cancelled_owned(),
         )
         .await?;
-        let store = Arc::new(
-            MetadataStore::new(backend)
-                .with_metrics(metrics.cache.clone())
-                .with_answer_cache(options.answer_cache_bytes),
-        );
+        let store = Arc::new(MetadataStore::new(backend).with_metrics(metrics.cache.clone()));
         let warmer = Warmer::with_metrics(
             RegistryClient::with_metrics(options.registry.clone(), metrics.registry.clone()),
             store.clone(),
@@ -127,9 +125,17 @@ impl Runtime {
             metrics,
             store,
             warmer,
+            answer_cache_bytes: options.answer_cache_bytes,
             token,
             tasks: JoinSet::new(),
         })
+    }
+
+    /// The read API's answers from the store, keeping recent repository answers.
+    pub fn read_api(&self) -> ReadApi<Backend> {
+        ReadApi::new(self.store.clone())
+            .with_answer_cache(self.answer_cache_bytes)
+            .with_metrics(self.metrics.cache.clone())
     }
 
     /// Cancelled when the process should stop.

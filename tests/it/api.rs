@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use regcache::api::{self, ApiAuth, ApiState, WatchDirectory};
+use regcache::api::{self, ApiAuth, ApiState, ReadApi, WatchDirectory};
 use regcache::cache::keys::Scope;
 use regcache::cache::memcached::{Memcached, MemcachedOptions};
 use regcache::cache::memory::MemoryCache;
@@ -239,7 +239,7 @@ fn open_state<B: CacheWriter + 'static>(
     directory: Arc<dyn WatchDirectory>,
 ) -> ApiState<B> {
     ApiState {
-        store,
+        read: ReadApi::new(store),
         directory,
         auth: ApiAuth::None,
         warmer: None,
@@ -508,7 +508,7 @@ async fn webhooks_ask_the_warmer_for_passes_of_the_pushed_repositories() {
         warmer.upsert(t);
     }
     let server = Server::start(ApiState {
-        store: store.clone(),
+        read: ReadApi::new(store.clone()),
         directory: Arc::new(warmer.clone()),
         auth: ApiAuth::None,
         warmer: Some(Arc::new(warmer.clone())),

@@ -16,7 +16,7 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 
-use super::store::RepositoryHead;
+use crate::cache::store::RepositoryHead;
 
 /// What an answer depends on besides the head.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

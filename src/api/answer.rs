@@ -1,0 +1,524 @@
+//! The read API's answers as JSON, built from the store's bytes: chunks are parsed without
+//! copying their tags, and image records go into an answer as stored. Repository answers
+//! are kept (`answers.rs`) and reused while the repository's head is unchanged.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
+
+use super::answers::{AnswerKey, Answers};
+use crate::cache::keys::{self, Scope};
+use crate::cache::store::{
+    ImageRecord, MetadataStore, READ_ATTEMPTS, ReadError, TagView, chunk_view, not_cached_help,
+};
+use crate::cache::{CacheError, CacheMetrics, CacheReader};
+use crate::image::{Digest, ImageRef, Reference, Repository};
+
+/// The bytes after the opening brace of a stored JSON object, if `value` is one; `None`
+/// for anything else, so a damaged item is left out rather than spliced into an answer.
+fn object_body(value: &[u8]) -> Option<&[u8]> {
+    let start = value.iter().position(|b| !b.is_ascii_whitespace())?;
+    if value[start] != b'{' || serde_json::from_slice::<IgnoredAny>(value).is_err() {
+        return None;
+    }
+    Some(&value[start + 1..])
+}
+
+/// Appends `s` as a JSON string.
+fn push_str(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(out, s).expect("writing to a Vec never fails");
+}
+
+/// The read API's repository answer (`docs/api.md`): each tag names its digest, and each
+/// cached image appears once, keyed by digest, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositoryAnswer {
+    pub canonical_name: String,
+    /// Every tag, sorted; `None` when the registry reported the tag's manifest unknown.
+    pub tags: BTreeMap<String, Option<Digest>>,
+    /// The cached images the tags point at.
+    pub images: BTreeMap<Digest, ImageRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_update: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// Builds the read API's answers from a store, keeping recent repository answers.
+pub struct ReadApi<B> {
+    store: Arc<MetadataStore<B>>,
+    answers: Answers,
+    metrics: CacheMetrics,
+}
+
+impl<B: CacheReader> ReadApi<B> {
+    /// Answers from `store`, keeping none (see [`Self::with_answer_cache`]).
+    pub fn new(store: Arc<MetadataStore<B>>) -> Self {
+        ReadApi {
+            store,
+            answers: Answers::new(0),
+            metrics: CacheMetrics::default(),
+        }
+    }
+
+    /// Keeps up to `bytes` of repository answers, each reused for as long as the
+    /// repository's head in the cache is unchanged.
+    pub fn with_answer_cache(mut self, bytes: usize) -> Self {
+        self.answers = Answers::new(bytes);
+        self
+    }
+
+    /// Records answers reused and built in `regcache_cache_answers_total`.
+    pub fn with_metrics(mut self, metrics: CacheMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    pub fn store(&self) -> &Arc<MetadataStore<B>> {
+        &self.store
+    }
+
+    /// The read API's repository answer ([`RepositoryAnswer`]) as JSON, built from the
+    /// stored bytes: chunks are parsed without copying their tags, and image records go
+    /// into the answer verbatim unless the timestamp-label decorator applies (forced by
+    /// `label_times`, or by the allowlist), which re-serialises each distinct image once.
+    pub async fn repository_json(
+        &self,
+        scope: &Scope,
+        repository: &Repository,
+        label_times: bool,
+    ) -> Result<Bytes, ReadError> {
+        let name = repository.canonical();
+        let decorate = label_times || self.store.timestamp_labels_apply(&name);
+        let answer_key = AnswerKey {
+            scope: scope.to_string(),
+            repository: name.clone(),
+            decorated: decorate,
+        };
+        let mut last_head = None;
+        for _ in 0..READ_ATTEMPTS {
+            let head = self
+                .store
+                .head_to_read(scope, repository, last_head.as_ref())
+                .await?;
+            if let Some(answer) = self.answers.get(&answer_key, &head) {
+                self.metrics.answer(true, self.answers.bytes());
+                return Ok(answer);
+            }
+            let chunks = if head.generation == 0 { 0 } else { head.chunks };
+            let chunk_keys: Vec<String> = (0..chunks)
+                .map(|i| keys::tag_chunk(scope, repository, head.generation, i))
+                .collect();
+            let found = if chunk_keys.is_empty() {
+                HashMap::new()
+            } else {
+                self.store.get_many(&chunk_keys).await?
+            };
+            let mut tags: Vec<TagView> = Vec::with_capacity(head.tag_count as usize);
+            let mut complete = true;
+            for (i, key) in (0..chunks).zip(&chunk_keys) {
+                match found
+                    .get(key)
+                    .and_then(|e| chunk_view(&e.value, head.generation, i))
+                {
+                    Some(c) => tags.extend(c.tags),
+                    None => {
+                        complete = false;
+                        break;
+                    }
+                }
+            }
+            if !complete {
+                last_head = Some(head);
+                continue;
+            }
+            tags.sort_unstable_by(|a, b| a.tag.cmp(&b.tag));
+            let mut digests: Vec<Digest> = {
+                let mut raw: Vec<&str> = tags.iter().filter_map(|t| t.digest).collect();
+                raw.sort_unstable();
+                raw.dedup();
+                // A digest that does not parse names no image item; its tags still list it.
+                raw.into_iter()
+                    .filter_map(|d| Digest::parse(d).ok())
+                    .collect()
+            };
+            digests.sort_unstable();
+            let image_keys: Vec<String> = digests.iter().map(|d| keys::image(scope, d)).collect();
+            let records = if image_keys.is_empty() {
+                HashMap::new()
+            } else {
+                self.store.get_many(&image_keys).await?
+            };
+
+            let record_bytes: usize = records.values().map(|e| e.value.len()).sum();
+            let mut out = Vec::with_capacity(256 + name.len() + tags.len() * 96 + record_bytes);
+            out.extend_from_slice(b"{\"canonicalName\":");
+            push_str(&mut out, &name);
+            out.extend_from_slice(b",\"tags\":{");
+            for (n, t) in tags.iter().enumerate() {
+                if n > 0 {
+                    out.push(b',');
+                }
+                push_str(&mut out, &t.tag);
+                out.push(b':');
+                match t.digest {
+                    Some(d) => push_str(&mut out, d),
+                    None => out.extend_from_slice(b"null"),
+                }
+            }
+            out.extend_from_slice(b"},\"images\":{");
+            let mut first = true;
+            // Every image record found and written: only then is the answer kept.
+            let mut complete = records.len() == digests.len();
+            for (digest, key) in digests.iter().zip(&image_keys) {
+                let Some(entry) = records.get(key) else {
+                    continue;
+                };
+                let mark = out.len();
+                if !first {
+                    out.push(b',');
+                }
+                push_str(&mut out, digest.as_str());
+                out.push(b':');
+                let written = if decorate {
+                    serde_json::from_slice::<ImageRecord>(&entry.value)
+                        .map(|r| {
+                            serde_json::to_writer(&mut out, &self.store.decorated(r))
+                                .expect("schema types serialise")
+                        })
+                        .is_ok()
+                } else {
+                    match object_body(&entry.value) {
+                        Some(_) => {
+                            out.extend_from_slice(&entry.value);
+                            true
+                        }
+                        None => false,
+                    }
+                };
+                if written {
+                    first = false;
+                } else {
+                    complete = false;
+                    out.truncate(mark);
+                }
+            }
+            out.push(b'}');
+            if let Some(t) = &head.last_update {
+                out.extend_from_slice(b",\"lastUpdate\":");
+                serde_json::to_writer(&mut out, t).expect("times serialise");
+            }
+            if let Some(e) = &head.last_error {
+                out.extend_from_slice(b",\"lastError\":");
+                push_str(&mut out, e);
+            }
+            out.push(b'}');
+            let out = Bytes::from(out);
+            if complete {
+                self.answers.put(answer_key, head, out.clone());
+            }
+            self.metrics.answer(false, self.answers.bytes());
+            return Ok(out);
+        }
+        Err(self.store.not_cached(repository, last_head.as_ref()))
+    }
+
+    /// The read API's answer for one image ([`ImageInfo`]) as JSON. By tag it reads the
+    /// head and the tag's chunk (parsed without copying), then the image record, which is
+    /// spliced into the answer as stored unless the timestamp-label decorator applies.
+    pub async fn image_json(
+        &self,
+        scope: &Scope,
+        image: &ImageRef,
+        label_times: bool,
+    ) -> Result<Vec<u8>, ReadError> {
+        let repository = &image.repository;
+        let name = repository.canonical();
+        let (digest, tag) = match image.reference() {
+            Reference::Digest(d) => (d, image.tag.clone()),
+            Reference::Tag(tag) => (
+                self.store.digest_of_tag(scope, repository, &tag).await?,
+                Some(tag),
+            ),
+        };
+        let not_cached = || ReadError::ImageNotCached {
+            repository: name.clone(),
+            digest: digest.to_string(),
+            help: not_cached_help(&name),
+        };
+        let entry = self
+            .store
+            .get(&keys::image(scope, &digest))
+            .await?
+            .ok_or_else(not_cached)?;
+        if label_times || self.store.timestamp_labels_apply(&name) {
+            let record: ImageRecord =
+                serde_json::from_slice(&entry.value).map_err(|e| CacheError::Corrupt {
+                    key: keys::image(scope, &digest),
+                    detail: e.to_string(),
+                })?;
+            let info = self.store.info(&name, tag.as_deref(), record, label_times);
+            return Ok(serde_json::to_vec(&info).expect("schema types serialise"));
+        }
+        let body = object_body(&entry.value).ok_or_else(|| CacheError::Corrupt {
+            key: keys::image(scope, &digest),
+            detail: "the image record is not a JSON object".to_string(),
+        })?;
+        let mut out = Vec::with_capacity(64 + name.len() + entry.value.len());
+        out.extend_from_slice(b"{\"canonicalName\":");
+        push_str(&mut out, &name);
+        if let Some(tag) = &tag {
+            out.extend_from_slice(b",\"tag\":");
+            push_str(&mut out, tag);
+        }
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'}') {
+            out.push(b',');
+        }
+        out.extend_from_slice(body);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::CacheWriter;
+    use crate::cache::Millis;
+    use crate::cache::decorate::TimestampLabels;
+    use crate::cache::memory::MemoryCache;
+    use crate::cache::store::TagEntry;
+    use std::time::Duration;
+
+    fn repo() -> Repository {
+        Repository::parse("ghcr.io/org/app").unwrap()
+    }
+
+    fn entry(tag: &str, digest: &Digest) -> TagEntry {
+        TagEntry {
+            tag: tag.to_string(),
+            digest: Some(digest.clone()),
+            fetched: 1,
+            deadline: 2,
+            interval: 3,
+        }
+    }
+
+    fn record(digest: &Digest, created: &str, label: Option<&str>) -> ImageRecord {
+        let mut labels = BTreeMap::new();
+        if let Some(l) = label {
+            labels.insert(
+                "org.opencontainers.image.created".to_string(),
+                l.to_string(),
+            );
+        }
+        ImageRecord {
+            digest: digest.clone(),
+            media_type: crate::registry::manifest::OCI_MANIFEST.to_string(),
+            created: crate::image::parse_time(created),
+            labels,
+            platforms: Vec::new(),
+            available_platforms: Vec::new(),
+        }
+    }
+
+    fn later() -> Millis {
+        Millis::now().plus(Duration::from_secs(3600))
+    }
+
+    /// The repository answer for `repo()`, and how many images it lists.
+    async fn answer(read: &ReadApi<MemoryCache>) -> (Bytes, usize) {
+        let body = read
+            .repository_json(&Scope::public(), &repo(), false)
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let images = v["images"].as_object().unwrap().len();
+        (body, images)
+    }
+
+    #[tokio::test]
+    async fn repository_answers_are_reused_until_the_head_moves() {
+        let mut metrics = crate::telemetry::MetricsRegistry::default();
+        let cache_metrics = CacheMetrics::register(metrics.root());
+        let store = Arc::new(MetadataStore::new(MemoryCache::new(4096)));
+        let read = ReadApi::new(store.clone())
+            .with_answer_cache(1 << 20)
+            .with_metrics(cache_metrics);
+        let answers = |result: &str| {
+            let line = format!("regcache_cache_answers_total{{result=\"{result}\"}} ");
+            metrics
+                .encode()
+                .lines()
+                .find_map(|l| l.strip_prefix(&line)?.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("no {line}"))
+        };
+        let scope = Scope::public();
+        let (d1, d2) = (Digest::sha256_of(b"one"), Digest::sha256_of(b"two"));
+        for d in [&d1, &d2] {
+            let rec = record(d, "2024-01-01T00:00:00Z", None);
+            store.put_image(&scope, &rec, later()).await.unwrap();
+        }
+        let entries = vec![entry("a", &d1), entry("b", &d2)];
+        store
+            .publish_index(&scope, &repo(), &entries, Utc::now(), later())
+            .await
+            .unwrap();
+        let (first, images) = answer(&read).await;
+        assert_eq!(images, 2);
+
+        // The head is unchanged: the kept answer is served, though a record has gone.
+        let d2_key = keys::image(&scope, &d2);
+        store.backend().delete(&d2_key).await.unwrap();
+        assert_eq!(answer(&read).await.0, first);
+        assert_eq!((answers("reused"), answers("built")), (1, 1));
+        assert!(metrics.encode().contains(&format!(
+            "regcache_cache_answer_cache_bytes {}",
+            first.len()
+        )));
+
+        // A new head (an error recorded) is read afresh; that answer misses d2's record,
+        // so it is not kept, and the record written again shows at the next read.
+        store
+            .record_error(&scope, &repo(), "registry down", later())
+            .await
+            .unwrap();
+        let (fresh, images) = answer(&read).await;
+        assert_eq!(images, 1);
+        assert!(
+            std::str::from_utf8(&fresh)
+                .unwrap()
+                .contains("registry down")
+        );
+        let rec = record(&d2, "2024-01-01T00:00:00Z", None);
+        store.put_image(&scope, &rec, later()).await.unwrap();
+        assert_eq!(answer(&read).await.1, 2);
+        assert_eq!((answers("reused"), answers("built")), (1, 3));
+
+        // Without an answer cache every read is built from memcached.
+        let uncached = Arc::new(MetadataStore::new(MemoryCache::new(4096)));
+        let uncached_read = ReadApi::new(uncached.clone());
+        uncached.put_image(&scope, &rec, later()).await.unwrap();
+        uncached
+            .publish_index(&scope, &repo(), &entries[1..], Utc::now(), later())
+            .await
+            .unwrap();
+        assert_eq!(answer(&uncached_read).await.1, 1);
+        uncached.backend().delete(&d2_key).await.unwrap();
+        assert_eq!(answer(&uncached_read).await.1, 0);
+    }
+
+    #[tokio::test]
+    async fn repository_json_lists_each_image_once_as_stored() {
+        let store = Arc::new(MetadataStore::new(MemoryCache::new(4096)));
+        let read = ReadApi::new(store.clone());
+        let scope = Scope::public();
+        let (d1, d2) = (Digest::sha256_of(b"one"), Digest::sha256_of(b"two"));
+        let rec = record(&d1, "2024-01-01T00:00:00Z", Some("2024-05-06T07:08:09Z"));
+        store.put_image(&scope, &rec, later()).await.unwrap();
+        let mut entries: Vec<TagEntry> = (0..300).map(|i| entry(&format!("a{i}"), &d1)).collect();
+        // d2's image is not cached; "gone" has no manifest.
+        entries.push(entry("b", &d2));
+        entries.push(TagEntry {
+            digest: None,
+            ..entry("gone", &d1)
+        });
+        let head = store
+            .publish_index(&scope, &repo(), &entries, Utc::now(), later())
+            .await
+            .unwrap();
+        assert!(head.chunks > 1, "{} chunks", head.chunks);
+
+        let body = read.repository_json(&scope, &repo(), false).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let tags = v["tags"].as_object().unwrap();
+        assert_eq!(tags.len(), 302);
+        assert_eq!(tags["a7"], d1.as_str());
+        assert_eq!(tags["b"], d2.as_str());
+        assert!(tags["gone"].is_null());
+        let mut sorted: Vec<&String> = tags.keys().collect();
+        sorted.sort();
+        assert_eq!(tags.keys().collect::<Vec<_>>(), sorted);
+        assert_eq!(v["images"].as_object().unwrap().len(), 1);
+        // The stored record, byte for byte.
+        let stored = store
+            .backend()
+            .get(&keys::image(&scope, &d1))
+            .await
+            .unwrap()
+            .unwrap()
+            .value;
+        assert!(body.windows(stored.len()).any(|w| w == &stored[..]));
+        assert_eq!(
+            v["images"][d1.as_str()],
+            serde_json::to_value(&rec).unwrap()
+        );
+        assert!(v["lastUpdate"].is_string());
+        let answer: RepositoryAnswer = serde_json::from_slice(&body).unwrap();
+        assert_eq!(answer.images[&d1], rec);
+        assert_eq!(answer.tags["gone"], None);
+
+        // Label times re-serialise the record with the label's time.
+        let decorated = read.repository_json(&scope, &repo(), true).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&decorated).unwrap();
+        assert!(
+            v["images"][d1.as_str()]["created"]
+                .as_str()
+                .unwrap()
+                .starts_with("2024-05-06T07:08:09"),
+            "{v}"
+        );
+
+        // Another scope sees nothing of this one.
+        let other = Scope::for_credential(
+            "ghcr.io",
+            "team",
+            &crate::credentials::Credential::basic("u", "p"),
+        );
+        assert!(matches!(
+            read.repository_json(&other, &repo(), false).await,
+            Err(ReadError::NotCached { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn image_json_answers_as_image_does() {
+        let scope = Scope::public();
+        let d = Digest::sha256_of(b"img");
+        let rec = record(&d, "1970-01-01T00:00:00Z", Some("2024-05-06T07:08:09Z"));
+        for patterns in [vec![], vec!["ghcr.io/org/*"]] {
+            let store = Arc::new(
+                MetadataStore::new(MemoryCache::new(4096))
+                    .with_timestamp_labels(TimestampLabels::new(&patterns).unwrap()),
+            );
+            let read = ReadApi::new(store.clone());
+            store.put_image(&scope, &rec, later()).await.unwrap();
+            let entries: Vec<TagEntry> = (0..200).map(|i| entry(&format!("v{i}"), &d)).collect();
+            store
+                .publish_index(&scope, &repo(), &entries, Utc::now(), later())
+                .await
+                .unwrap();
+            for reference in [
+                "ghcr.io/org/app:v42".to_string(),
+                format!("ghcr.io/org/app@{d}"),
+            ] {
+                let image = ImageRef::parse(&reference).unwrap();
+                let want =
+                    serde_json::to_value(store.get_image(&scope, &image).await.unwrap()).unwrap();
+                let got: serde_json::Value =
+                    serde_json::from_slice(&read.image_json(&scope, &image, false).await.unwrap())
+                        .unwrap();
+                assert_eq!(got, want, "{patterns:?} {reference}");
+            }
+            let missing = ImageRef::parse("ghcr.io/org/app:nope").unwrap();
+            assert!(matches!(
+                read.image_json(&scope, &missing, false).await,
+                Err(ReadError::TagNotFound { .. })
+            ));
+        }
+    }
+}

@@ -1,0 +1,422 @@
+//! Typed reads: image records, the head, whole indexes (one generation, never a mix), a
+//! repository's metadata and one image, with the read-time decorators applied.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::keys::{self, Scope};
+use super::schema::{TagChunk, chunk_view};
+use super::{ImageRecord, MetadataStore, READ_ATTEMPTS, RepositoryHead, TagEntry};
+use crate::cache::decorate::created_time;
+use crate::cache::memcached::key_hash;
+use crate::cache::{CacheError, CacheReader};
+use crate::image::{Digest, ImageRef, PlatformImage, Reference, Repository};
+
+/// What the library returns for a repository: images by tag, decorators applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositoryMetadata {
+    pub canonical_name: String,
+    /// Every tag, sorted.
+    pub tags: Vec<String>,
+    /// Images by tag, for the tags whose image is cached.
+    pub images: BTreeMap<String, ImageInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_update: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// One image as the read API shows it (decorators applied).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageInfo {
+    pub canonical_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    pub digest: Digest,
+    pub media_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<DateTime<Utc>>,
+    pub labels: BTreeMap<String, String>,
+    pub platforms: Vec<PlatformImage>,
+}
+
+/// Reads that found nothing usable.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum ReadError {
+    /// Never fetched successfully (or evicted). `last_error` is the last failure while the
+    /// repository has never been fetched successfully.
+    #[error("{repository} is not cached{}; {help}", last_error.as_ref().map(|e| format!(", last error: {e}")).unwrap_or_default())]
+    NotCached {
+        repository: String,
+        last_error: Option<String>,
+        help: String,
+    },
+    #[error("tag {tag} is not in the cached tags of {repository}")]
+    TagNotFound { repository: String, tag: String },
+    #[error("image {digest} of {repository} is not cached; {help}")]
+    ImageNotCached {
+        repository: String,
+        digest: String,
+        help: String,
+    },
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+}
+
+impl ReadError {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            ReadError::NotCached { .. } => "not_cached",
+            ReadError::TagNotFound { .. } => "tag_not_found",
+            ReadError::ImageNotCached { .. } => "image_not_cached",
+            ReadError::Cache(e) => e.metric_label(),
+        }
+    }
+}
+
+/// What to check when a repository is not cached.
+pub fn not_cached_help(repository: &str) -> String {
+    format!(
+        "check that an ImageRepositoryWatch covers {repository} (its status shows why warming \
+         fails), that regcache reaches memcached, and that you asked under the scope of the \
+         watch's credentials"
+    )
+}
+
+impl<B: CacheReader> MetadataStore<B> {
+    pub async fn get_image_record(
+        &self,
+        scope: &Scope,
+        digest: &Digest,
+    ) -> Result<Option<ImageRecord>, CacheError> {
+        self.get_json(&keys::image(scope, digest)).await
+    }
+
+    /// Which of `digests` are cached (one batched read), for warming: the records on a
+    /// server that cannot answer count as not cached, so only they are fetched again.
+    pub async fn cached_images(
+        &self,
+        scope: &Scope,
+        digests: &[Digest],
+    ) -> Result<HashMap<Digest, ImageRecord>, CacheError> {
+        let keys: Vec<String> = digests.iter().map(|d| keys::image(scope, d)).collect();
+        let found = self.get_many_available(&keys).await?;
+        let mut out = HashMap::with_capacity(found.len());
+        for (d, k) in digests.iter().zip(&keys) {
+            if let Some(e) = found.get(k)
+                && let Ok(r) = serde_json::from_slice::<ImageRecord>(&e.value)
+            {
+                out.insert(d.clone(), r);
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn head(
+        &self,
+        scope: &Scope,
+        repository: &Repository,
+    ) -> Result<Option<RepositoryHead>, CacheError> {
+        self.get_head(&keys::repository_head(scope, repository))
+            .await
+    }
+
+    /// A head, checked: one that decodes but names an impossible index is corrupt too.
+    pub(super) async fn get_head(&self, key: &str) -> Result<Option<RepositoryHead>, CacheError> {
+        match self.get_json::<RepositoryHead>(key).await? {
+            Some(head) => match head.invalid() {
+                Some(detail) => Err(CacheError::Corrupt {
+                    key: key.to_string(),
+                    detail,
+                }),
+                None => Ok(Some(head)),
+            },
+            None => Ok(None),
+        }
+    }
+
+    /// The head and every tag entry of one generation, or `None` when nothing is
+    /// published (or what was published is gone).
+    pub async fn read_index(
+        &self,
+        scope: &Scope,
+        repository: &Repository,
+    ) -> Result<Option<(RepositoryHead, Vec<TagEntry>)>, CacheError> {
+        self.read_chunks(scope, repository, None).await
+    }
+
+    /// Reads all chunks, or only the chunk that holds `only_tag`.
+    async fn read_chunks(
+        &self,
+        scope: &Scope,
+        repository: &Repository,
+        only_tag: Option<&str>,
+    ) -> Result<Option<(RepositoryHead, Vec<TagEntry>)>, CacheError> {
+        let mut last_generation = None;
+        for _ in 0..READ_ATTEMPTS {
+            let Some(head) = self.head(scope, repository).await? else {
+                return Ok(None);
+            };
+            if head.generation == 0 {
+                return Ok(Some((head, Vec::new())));
+            }
+            if last_generation == Some(head.generation) {
+                // Same generation as the last attempt and still incomplete: evicted.
+                return Ok(None);
+            }
+            last_generation = Some(head.generation);
+            let wanted: Vec<u32> = match only_tag {
+                Some(tag) if head.chunks > 0 => vec![(key_hash(tag) % head.chunks as u64) as u32],
+                _ => (0..head.chunks).collect(),
+            };
+            let keys: Vec<String> = wanted
+                .iter()
+                .map(|i| keys::tag_chunk(scope, repository, head.generation, *i))
+                .collect();
+            let found = self.get_many(&keys).await?;
+            let mut entries = Vec::new();
+            let mut complete = true;
+            for (i, key) in wanted.iter().zip(&keys) {
+                let chunk = found
+                    .get(key)
+                    .and_then(|e| serde_json::from_slice::<TagChunk>(&e.value).ok());
+                match chunk {
+                    Some(c) if c.generation == head.generation && c.index == *i => {
+                        entries.extend(c.tags)
+                    }
+                    _ => {
+                        complete = false;
+                        break;
+                    }
+                }
+            }
+            if complete {
+                entries.sort_by(|a, b| a.tag.cmp(&b.tag));
+                return Ok(Some((head, entries)));
+            }
+        }
+        Ok(None)
+    }
+
+    pub(crate) fn not_cached(
+        &self,
+        repository: &Repository,
+        head: Option<&RepositoryHead>,
+    ) -> ReadError {
+        let name = repository.canonical();
+        ReadError::NotCached {
+            // The error is worth showing only while nothing was ever fetched.
+            last_error: head
+                .filter(|h| h.last_update.is_none())
+                .and_then(|h| h.last_error.clone()),
+            help: not_cached_help(&name),
+            repository: name,
+        }
+    }
+
+    pub(crate) fn info(
+        &self,
+        canonical_name: &str,
+        tag: Option<&str>,
+        record: ImageRecord,
+        label_times: bool,
+    ) -> ImageInfo {
+        let applies = label_times || self.timestamp_labels.applies_to(canonical_name);
+        let platforms = record
+            .platforms
+            .into_iter()
+            .map(|mut p| {
+                p.created = created_time(applies, &p.labels, p.created);
+                p
+            })
+            .collect();
+        ImageInfo {
+            canonical_name: canonical_name.to_string(),
+            tag: tag.map(str::to_string),
+            created: created_time(applies, &record.labels, record.created),
+            digest: record.digest,
+            media_type: record.media_type,
+            labels: record.labels,
+            platforms,
+        }
+    }
+
+    /// The whole repository: tags, and each tag's image with decorators applied.
+    pub async fn get_image_repository_metadata(
+        &self,
+        scope: &Scope,
+        repository: &Repository,
+    ) -> Result<RepositoryMetadata, ReadError> {
+        self.repository_metadata(scope, repository, false).await
+    }
+
+    /// As [`Self::get_image_repository_metadata`]; `label_times` applies the
+    /// timestamp-label decorator whatever the allowlist says (a watch asked for it).
+    pub async fn repository_metadata(
+        &self,
+        scope: &Scope,
+        repository: &Repository,
+        label_times: bool,
+    ) -> Result<RepositoryMetadata, ReadError> {
+        let Some((head, entries)) = self.read_index(scope, repository).await? else {
+            let head = self.head(scope, repository).await.ok().flatten();
+            return Err(self.not_cached(repository, head.as_ref()));
+        };
+        if head.last_update.is_none() {
+            return Err(self.not_cached(repository, Some(&head)));
+        }
+        let mut digests: Vec<Digest> = entries.iter().filter_map(|e| e.digest.clone()).collect();
+        digests.sort();
+        digests.dedup();
+        let mut records = self.cached_images(scope, &digests).await?;
+        // Tags pointing at one digest are counted so the last of them takes the record
+        // itself instead of a copy.
+        let mut uses: HashMap<&Digest, usize> = HashMap::new();
+        for d in entries.iter().filter_map(|e| e.digest.as_ref()) {
+            *uses.entry(d).or_default() += 1;
+        }
+        let name = repository.canonical();
+        let mut images = BTreeMap::new();
+        for e in &entries {
+            let Some(d) = e.digest.as_ref() else { continue };
+            let left = uses.get_mut(d).expect("counted above");
+            *left -= 1;
+            let record = if *left == 0 {
+                records.remove(d)
+            } else {
+                records.get(d).cloned()
+            };
+            if let Some(record) = record {
+                images.insert(
+                    e.tag.clone(),
+                    self.info(&name, Some(&e.tag), record, label_times),
+                );
+            }
+        }
+        Ok(RepositoryMetadata {
+            canonical_name: name,
+            tags: entries.into_iter().map(|e| e.tag).collect(),
+            images,
+            last_update: head.last_update,
+            last_error: head.last_error,
+        })
+    }
+
+    /// One image by tag (head and one chunk) or by digest (one item).
+    pub async fn get_image(&self, scope: &Scope, image: &ImageRef) -> Result<ImageInfo, ReadError> {
+        self.image(scope, image, false).await
+    }
+
+    /// As [`Self::get_image`], with the timestamp-label decorator forced by `label_times`.
+    pub async fn image(
+        &self,
+        scope: &Scope,
+        image: &ImageRef,
+        label_times: bool,
+    ) -> Result<ImageInfo, ReadError> {
+        let repository = &image.repository;
+        let name = repository.canonical();
+        let (digest, tag) = match image.reference() {
+            Reference::Digest(d) => (d, image.tag.clone()),
+            Reference::Tag(tag) => {
+                let Some((head, entries)) = self.read_chunks(scope, repository, Some(&tag)).await?
+                else {
+                    let head = self.head(scope, repository).await.ok().flatten();
+                    return Err(self.not_cached(repository, head.as_ref()));
+                };
+                if head.last_update.is_none() {
+                    return Err(self.not_cached(repository, Some(&head)));
+                }
+                let digest = entries
+                    .into_iter()
+                    .find(|e| e.tag == tag)
+                    .and_then(|e| e.digest)
+                    .ok_or_else(|| ReadError::TagNotFound {
+                        repository: name.clone(),
+                        tag: tag.clone(),
+                    })?;
+                (digest, Some(tag))
+            }
+        };
+        let record = self
+            .get_image_record(scope, &digest)
+            .await?
+            .ok_or_else(|| ReadError::ImageNotCached {
+                repository: name.clone(),
+                digest: digest.to_string(),
+                help: not_cached_help(&name),
+            })?;
+        Ok(self.info(&name, tag.as_deref(), record, label_times))
+    }
+
+    /// `record` with the timestamp-label decorator applied.
+    pub(crate) fn decorated(&self, mut record: ImageRecord) -> ImageRecord {
+        record.created = created_time(true, &record.labels, record.created);
+        for p in &mut record.platforms {
+            p.created = created_time(true, &p.labels, p.created);
+        }
+        record
+    }
+
+    /// The head a read attempt follows. NotCached when nothing was ever fetched, or when
+    /// it names the same generation as the previous attempt (`last`), whose chunks were
+    /// incomplete: evicted, not being replaced.
+    pub(crate) async fn head_to_read(
+        &self,
+        scope: &Scope,
+        repository: &Repository,
+        last: Option<&RepositoryHead>,
+    ) -> Result<RepositoryHead, ReadError> {
+        let Some(head) = self.head(scope, repository).await? else {
+            return Err(self.not_cached(repository, None));
+        };
+        if head.last_update.is_none() || last.is_some_and(|h| h.generation == head.generation) {
+            return Err(self.not_cached(repository, Some(&head)));
+        }
+        Ok(head)
+    }
+
+    /// The digest `tag` points at: the head, then the one chunk that holds the tag.
+    pub(crate) async fn digest_of_tag(
+        &self,
+        scope: &Scope,
+        repository: &Repository,
+        tag: &str,
+    ) -> Result<Digest, ReadError> {
+        let mut last_head = None;
+        for _ in 0..READ_ATTEMPTS {
+            let head = self
+                .head_to_read(scope, repository, last_head.as_ref())
+                .await?;
+            let tag_not_found = || ReadError::TagNotFound {
+                repository: repository.canonical(),
+                tag: tag.to_string(),
+            };
+            if head.generation == 0 || head.chunks == 0 {
+                return Err(tag_not_found());
+            }
+            let index = (key_hash(tag) % head.chunks as u64) as u32;
+            let key = keys::tag_chunk(scope, repository, head.generation, index);
+            let found = self.get(&key).await?;
+            let Some(chunk) = found
+                .as_ref()
+                .and_then(|e| chunk_view(&e.value, head.generation, index))
+            else {
+                last_head = Some(head);
+                continue;
+            };
+            return chunk
+                .tags
+                .iter()
+                .find(|t| t.tag == tag)
+                .and_then(|t| t.digest)
+                .and_then(|d| Digest::parse(d).ok())
+                .ok_or_else(tag_not_found);
+        }
+        Err(self.not_cached(repository, last_head.as_ref()))
+    }
+}

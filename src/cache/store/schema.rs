@@ -1,0 +1,148 @@
+//! What the store keeps in the cache: image records, tag entries, the repository head,
+//! and tag chunks (with the borrowed view readers parse them through).
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::MAX_CHUNKS;
+use crate::image::{Digest, ImageMetadata, Platform, PlatformImage};
+
+/// One image (manifest or index) by digest, shared by every tag and repository of a scope
+/// that points at it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageRecord {
+    pub digest: Digest,
+    pub media_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub platforms: Vec<PlatformImage>,
+    /// For an index: every platform it lists; `platforms` holds those fetched so far.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub available_platforms: Vec<Platform>,
+}
+
+impl From<&ImageMetadata> for ImageRecord {
+    fn from(m: &ImageMetadata) -> Self {
+        ImageRecord {
+            digest: m.digest.clone(),
+            media_type: m.media_type.clone(),
+            created: m.created,
+            labels: m.labels.clone(),
+            platforms: m.platforms.clone(),
+            available_platforms: m.available_platforms.clone(),
+        }
+    }
+}
+
+impl ImageRecord {
+    /// Whether this record holds every platform in `wanted` (all when empty) that the
+    /// image has. A single-platform image always covers.
+    pub fn covers(&self, wanted: &[Platform]) -> bool {
+        self.available_platforms
+            .iter()
+            .filter(|p| wanted.is_empty() || wanted.iter().any(|w| w.matches(p)))
+            .all(|p| {
+                self.platforms
+                    .iter()
+                    .any(|have| have.platform.as_ref().is_some_and(|h| h.matches(p)))
+            })
+    }
+}
+
+/// The freshness written with an index: `last_update` moves only when a pass completed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Freshness {
+    pub last_update: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+}
+
+/// One tag of a repository and its refresh state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TagEntry {
+    pub tag: String,
+    /// `None` when the registry reported the tag's manifest unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Digest>,
+    /// When the tag was last resolved (Unix ms).
+    pub fetched: i64,
+    /// When it should be resolved again (Unix ms).
+    pub deadline: i64,
+    /// The current refresh interval (ms): doubles while the tag is unchanged, halves when
+    /// it moves.
+    pub interval: u64,
+}
+
+/// The small item readers start from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositoryHead {
+    pub canonical_name: String,
+    /// 0 while no index has ever been published.
+    pub generation: u64,
+    pub chunks: u32,
+    pub tag_count: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_update: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error_at: Option<DateTime<Utc>>,
+}
+
+impl RepositoryHead {
+    /// Why a decoded head cannot be one regcache wrote, if it cannot.
+    pub(super) fn invalid(&self) -> Option<String> {
+        if self.chunks > MAX_CHUNKS {
+            return Some(format!(
+                "the head names {} chunks, more than the {MAX_CHUNKS} regcache writes",
+                self.chunks
+            ));
+        }
+        // A writer publishes `generation + 1` at least; nothing can follow the maximum.
+        if self.generation == u64::MAX {
+            return Some("the head's generation is at its maximum".to_string());
+        }
+        None
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct TagChunk {
+    pub(super) generation: u64,
+    pub(super) index: u32,
+    pub(super) tags: Vec<TagEntry>,
+}
+
+/// One tag of a chunk, borrowed from the chunk's bytes: what a read needs, nothing copied
+/// (a tag is borrowed unless it holds a JSON escape; digests never do).
+#[derive(Deserialize)]
+pub(crate) struct TagView<'a> {
+    #[serde(borrow)]
+    pub(crate) tag: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub(crate) digest: Option<&'a str>,
+}
+
+/// A chunk as a reader sees it; `fetched`, `deadline` and `interval` are skipped.
+#[derive(Deserialize)]
+pub(crate) struct ChunkView<'a> {
+    pub(crate) generation: u64,
+    pub(crate) index: u32,
+    #[serde(borrow)]
+    pub(crate) tags: Vec<TagView<'a>>,
+}
+
+/// The chunk in `value` if it is chunk `index` of `generation`.
+pub(crate) fn chunk_view(value: &[u8], generation: u64, index: u32) -> Option<ChunkView<'_>> {
+    serde_json::from_slice::<ChunkView>(value)
+        .ok()
+        .filter(|c| c.generation == generation && c.index == index)
+}

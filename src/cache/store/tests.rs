@@ -1,0 +1,235 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::Utc;
+
+use super::*;
+use crate::cache::keys::Scope;
+use crate::cache::memory::MemoryCache;
+use crate::image::{Digest, ImageRef, Repository};
+
+fn repo() -> Repository {
+    Repository::parse("ghcr.io/org/app").unwrap()
+}
+
+fn entry(tag: &str, digest: &Digest) -> TagEntry {
+    TagEntry {
+        tag: tag.to_string(),
+        digest: Some(digest.clone()),
+        fetched: 1,
+        deadline: 2,
+        interval: 3,
+    }
+}
+
+fn record(digest: &Digest, created: &str, label: Option<&str>) -> ImageRecord {
+    let mut labels = BTreeMap::new();
+    if let Some(l) = label {
+        labels.insert(
+            "org.opencontainers.image.created".to_string(),
+            l.to_string(),
+        );
+    }
+    ImageRecord {
+        digest: digest.clone(),
+        media_type: crate::registry::manifest::OCI_MANIFEST.to_string(),
+        created: crate::image::parse_time(created),
+        labels,
+        platforms: Vec::new(),
+        available_platforms: Vec::new(),
+    }
+}
+
+fn later() -> Millis {
+    Millis::now().plus(Duration::from_secs(3600))
+}
+
+#[tokio::test]
+async fn small_chunks_round_trip_and_tag_lookup_reads_one_chunk() {
+    let store = MetadataStore::new(MemoryCache::new(4096));
+    let scope = Scope::public();
+    let d = Digest::sha256_of(b"image");
+    let entries: Vec<TagEntry> = (0..500).map(|i| entry(&format!("v{i}"), &d)).collect();
+    store
+        .put_image(&scope, &record(&d, "2024-01-01T00:00:00Z", None), later())
+        .await
+        .unwrap();
+    let head = store
+        .publish_index(&scope, &repo(), &entries, Utc::now(), later())
+        .await
+        .unwrap();
+    assert!(head.chunks > 10, "{} chunks", head.chunks);
+    let (_, read) = store.read_index(&scope, &repo()).await.unwrap().unwrap();
+    let mut want = entries.clone();
+    want.sort_by(|a, b| a.tag.cmp(&b.tag));
+    assert_eq!(read, want);
+
+    let hits_before = crate::cache::CacheStats::load(&store.backend().stats().hits);
+    let info = store
+        .get_image(&scope, &ImageRef::parse("ghcr.io/org/app:v42").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(info.digest, d);
+    let hits = crate::cache::CacheStats::load(&store.backend().stats().hits) - hits_before;
+    assert_eq!(hits, 3, "head, one chunk, one image");
+
+    // Republishing replaces the generation and removes the old chunks.
+    let before = store.backend().len();
+    store
+        .publish_index(&scope, &repo(), &entries[..10], Utc::now(), later())
+        .await
+        .unwrap();
+    assert!(store.backend().len() < before);
+    assert_eq!(
+        store
+            .read_index(&scope, &repo())
+            .await
+            .unwrap()
+            .unwrap()
+            .1
+            .len(),
+        10
+    );
+}
+
+#[tokio::test]
+async fn not_cached_semantics_and_last_error() {
+    let store = MetadataStore::new(MemoryCache::default());
+    let scope = Scope::public();
+    let err = store
+        .get_image_repository_metadata(&scope, &repo())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            ReadError::NotCached {
+                last_error: None,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("ImageRepositoryWatch"),
+        "help text: {err}"
+    );
+
+    store
+        .record_error(
+            &scope,
+            &repo(),
+            "registry ghcr.io refused the credentials",
+            later(),
+        )
+        .await
+        .unwrap();
+    let err = store
+        .get_image_repository_metadata(&scope, &repo())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("last error: registry ghcr.io refused"),
+        "{err}"
+    );
+
+    // Once fetched, an error no longer hides the data: it rides along.
+    let d = Digest::sha256_of(b"x");
+    store
+        .put_image(&scope, &record(&d, "2024-01-01T00:00:00Z", None), later())
+        .await
+        .unwrap();
+    store
+        .publish_index(&scope, &repo(), &[entry("v1", &d)], Utc::now(), later())
+        .await
+        .unwrap();
+    store
+        .record_error(&scope, &repo(), "429 from ghcr.io", later())
+        .await
+        .unwrap();
+    let m = store
+        .get_image_repository_metadata(&scope, &repo())
+        .await
+        .unwrap();
+    assert_eq!(m.tags, ["v1"]);
+    assert_eq!(m.last_error.as_deref(), Some("429 from ghcr.io"));
+    assert!(m.last_update.is_some());
+    assert!(matches!(
+        store
+            .get_image(&scope, &ImageRef::parse("ghcr.io/org/app:v2").unwrap())
+            .await,
+        Err(ReadError::TagNotFound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn timestamp_labels_decorate_on_read() {
+    let scope = Scope::public();
+    let d = Digest::sha256_of(b"reproducible");
+    let rec = record(&d, "1970-01-01T00:00:00Z", Some("2024-05-06T07:08:09Z"));
+    for (patterns, want) in [
+        (vec![], "1970-01-01T00:00:00+00:00"),
+        (vec!["ghcr.io/org/*"], "2024-05-06T07:08:09+00:00"),
+    ] {
+        let store = MetadataStore::new(MemoryCache::default())
+            .with_timestamp_labels(TimestampLabels::new(&patterns).unwrap());
+        store.put_image(&scope, &rec, later()).await.unwrap();
+        let by_digest = ImageRef::parse(&format!("ghcr.io/org/app@{d}")).unwrap();
+        let info = store.get_image(&scope, &by_digest).await.unwrap();
+        assert_eq!(info.created.unwrap().to_rfc3339(), want, "{patterns:?}");
+    }
+}
+
+/// A foreign or corrupt head naming 4 billion chunks (or the last generation) used to make
+/// a read build a key per chunk, gigabytes for one lookup, and a publish over it delete
+/// chunk by chunk, or overflow the generation. Such a head is now corrupt: reads report
+/// it at once, and the next publish replaces it.
+#[tokio::test]
+async fn a_head_naming_an_impossible_index_is_corrupt() {
+    let scope = Scope::public();
+    let key = keys::repository_head(&scope, &repo());
+    let d = Digest::sha256_of(b"x");
+    let cases = [
+        (1, u32::MAX, true),
+        (u64::MAX, 1, true),
+        (7, MAX_CHUNKS + 1, true),
+        // Valid, but the next generation would be the maximum (found by cargo-fuzz once
+        // the maximum was refused).
+        (u64::MAX - 1, 1, false),
+    ];
+    for (generation, chunks, corrupt) in cases {
+        let store = MetadataStore::new(MemoryCache::default());
+        let head = format!(
+            r#"{{"canonicalName":"ghcr.io/org/app","generation":{generation},"chunks":{chunks},"tagCount":1,"lastUpdate":"2024-05-01T14:00:00Z"}}"#
+        );
+        store
+            .backend()
+            .set(&key, head.as_bytes(), later())
+            .await
+            .unwrap();
+
+        let read = store.read_index(&scope, &repo()).await;
+        assert_eq!(
+            matches!(read, Err(CacheError::Corrupt { .. })),
+            corrupt,
+            "{generation}/{chunks}: {read:?}"
+        );
+        let by_tag = ImageRef::parse("ghcr.io/org/app:v1").unwrap();
+        let image = store.get_image(&scope, &by_tag).await;
+        assert_eq!(
+            matches!(image, Err(ReadError::Cache(CacheError::Corrupt { .. }))),
+            corrupt,
+            "{generation}/{chunks}: {image:?}"
+        );
+
+        let entries = vec![entry("v1", &d)];
+        let published = store
+            .publish_index(&scope, &repo(), &entries, Utc::now(), later())
+            .await
+            .unwrap();
+        assert!(published.generation < u64::MAX && published.chunks == 1);
+        let (head, read) = store.read_index(&scope, &repo()).await.unwrap().unwrap();
+        assert_eq!((head, read), (published, entries));
+    }
+}
