@@ -176,7 +176,15 @@ async fn reconcile_watch<B: CacheWriter + 'static>(
         }
     }
     let outcome = ctx.latest(&id);
-    let desired = desired_status(&watch, &planned, outcome.as_ref(), requested_at.as_deref());
+    let now =
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+    let desired = desired_status(
+        &watch,
+        &planned,
+        outcome.as_ref(),
+        requested_at.as_deref(),
+        &now,
+    );
     let patch = desired != current && ctx.is_leading();
     if patch {
         patch_status(&ctx.client, &watch, &desired)

@@ -180,10 +180,6 @@ pub fn plan(
     })
 }
 
-fn now() -> Time {
-    Time(k8s_openapi::jiff::Timestamp::now())
-}
-
 /// The `Ready` condition, keeping the previous transition time when status and reason
 /// are unchanged, so an unchanged status compares equal and is not written again.
 fn ready(
@@ -192,10 +188,11 @@ fn ready(
     reason: &str,
     message: String,
     generation: Option<i64>,
+    now: &Time,
 ) -> Condition {
     let last_transition_time = match previous {
         Some(p) if p.status == status && p.reason == reason => p.last_transition_time.clone(),
-        _ => now(),
+        _ => now.clone(),
     };
     Condition {
         type_: READY.to_string(),
@@ -218,12 +215,14 @@ fn failure_reason(kind: Option<FailureKind>) -> &'static str {
     }
 }
 
-/// What the watch's status should be, from the plan's result and the latest outcome.
+/// What the watch's status should be, from the plan's result and the latest outcome;
+/// `now` is the transition time of a condition that changes.
 pub fn desired_status(
     watch: &ImageRepositoryWatch,
     planned: &Result<Target, Problem>,
     outcome: Option<&Outcome>,
     requested_at: Option<&str>,
+    now: &Time,
 ) -> ImageRepositoryWatchStatus {
     let current = watch.status.clone().unwrap_or_default();
     let previous = current.ready();
@@ -243,6 +242,7 @@ pub fn desired_status(
             problem.reason,
             problem.message.clone(),
             generation,
+            now,
         ),
         (Ok(_), _) if watch.spec.suspend => ready(
             previous,
@@ -250,6 +250,7 @@ pub fn desired_status(
             reasons::SUSPENDED,
             "warming is suspended (spec.suspend); cached data is kept".to_string(),
             generation,
+            now,
         ),
         (Ok(_), Some(o)) => {
             // A failed pass reports the last update its cache still knows, and the cache
@@ -273,6 +274,7 @@ pub fn desired_status(
                     reasons::SUCCEEDED,
                     format!("{} tags of {} cached", o.tags, o.repository),
                     generation,
+                    now,
                 ),
                 Some(e) => ready(
                     previous,
@@ -280,6 +282,7 @@ pub fn desired_status(
                     failure_reason(o.failure),
                     e.clone(),
                     generation,
+                    now,
                 ),
             }
         }
@@ -294,6 +297,7 @@ pub fn desired_status(
                 reasons::PROGRESSING,
                 "waiting for the first warm pass".to_string(),
                 generation,
+                now,
             ),
         },
     };
@@ -311,6 +315,15 @@ mod tests {
         w.metadata.namespace = Some("team".into());
         w.metadata.generation = Some(3);
         w
+    }
+
+    /// The clock of a reconcile, and of one a minute later.
+    fn at() -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(1_767_000_000).unwrap())
+    }
+
+    fn later() -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(1_767_000_060).unwrap())
     }
 
     fn spec(image: &str) -> ImageRepositoryWatchSpec {
@@ -445,14 +458,14 @@ mod tests {
     fn status_from_outcomes_is_stable_and_kstatus_shaped() {
         let w = watch(spec("nginx"));
         let planned = plan(&w, &Resolved::default(), &Defaults::default());
-        let pending = desired_status(&w, &planned, None, None);
+        let pending = desired_status(&w, &planned, None, None, &at());
         assert_eq!(pending.ready().unwrap().status, "Unknown");
         assert_eq!(
             pending.canonical_image_name.as_deref(),
             Some("docker.io/library/nginx")
         );
 
-        let ok = desired_status(&w, &planned, Some(&outcome(None, None)), None);
+        let ok = desired_status(&w, &planned, Some(&outcome(None, None)), None, &at());
         let cond = ok.ready().unwrap();
         assert_eq!(
             (cond.status.as_str(), cond.reason.as_str()),
@@ -464,11 +477,18 @@ mod tests {
         assert_eq!(ok.latest_tags, ["v2", "v1"]);
         assert_eq!(ok.last_update.as_deref(), Some("2026-01-02T03:04:05+00:00"));
 
-        // Same inputs on top of that status: identical, so no patch is sent.
+        assert_eq!(
+            cond.last_transition_time,
+            at(),
+            "a new condition changes at now"
+        );
+
+        // Same inputs on top of that status, later: identical (the transition time is
+        // kept), so no patch is sent.
         let mut w2 = w.clone();
         w2.status = Some(ok.clone());
         assert_eq!(
-            desired_status(&w2, &planned, Some(&outcome(None, None)), None),
+            desired_status(&w2, &planned, Some(&outcome(None, None)), None, &later()),
             ok
         );
 
@@ -480,12 +500,14 @@ mod tests {
                 Some(FailureKind::Unauthorized),
             )),
             None,
+            &at(),
         );
         let cond = failed.ready().unwrap();
         assert_eq!(
             (cond.status.as_str(), cond.reason.as_str()),
             ("False", reasons::UNAUTHORIZED)
         );
+        assert_eq!(cond.last_transition_time, at());
         assert!(failed.last_error.is_some());
         assert_eq!(failed.last_update, ok.last_update, "kept from the outcome");
 
@@ -496,14 +518,14 @@ mod tests {
             Some(FailureKind::Cache),
         );
         forgotten.last_update = None;
-        let kept = desired_status(&w2, &planned, Some(&forgotten), None);
+        let kept = desired_status(&w2, &planned, Some(&forgotten), None, &at());
         assert_eq!(kept.last_update, ok.last_update, "not forgotten");
         assert!(kept.last_error.is_some());
         // ... but not across a change of repository.
         let mut moved = w2.clone();
         moved.status.as_mut().unwrap().canonical_image_name =
             Some("docker.io/library/redis".into());
-        let other = desired_status(&moved, &planned, Some(&forgotten), None);
+        let other = desired_status(&moved, &planned, Some(&forgotten), None, &at());
         assert_eq!(other.last_update, None);
         // A newer update from the pass wins.
         let mut newer = outcome(None, None);
@@ -511,7 +533,7 @@ mod tests {
             .ok()
             .map(|t| t.to_utc());
         assert_eq!(
-            desired_status(&w2, &planned, Some(&newer), None)
+            desired_status(&w2, &planned, Some(&newer), None, &at())
                 .last_update
                 .as_deref(),
             Some("2026-02-01T00:00:00+00:00")
@@ -523,6 +545,7 @@ mod tests {
             &plan(&bad, &Resolved::default(), &Defaults::default()),
             None,
             None,
+            &at(),
         );
         assert_eq!(s.ready().unwrap().reason, reasons::INVALID_IMAGE);
 
@@ -534,10 +557,11 @@ mod tests {
             &plan(&sw, &Resolved::default(), &Defaults::default()),
             None,
             None,
+            &at(),
         );
         assert_eq!(s.ready().unwrap().reason, reasons::SUSPENDED);
         assert_eq!(
-            desired_status(&w, &planned, None, Some("123"))
+            desired_status(&w, &planned, None, Some("123"), &at())
                 .last_handled_requested_at
                 .as_deref(),
             Some("123")

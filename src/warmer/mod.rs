@@ -2,6 +2,7 @@
 //! reports an outcome per pass. It owns scheduling; the registry client owns requests and
 //! per-host limits; the cache owns storage.
 
+mod decide;
 pub mod filter;
 pub mod glob;
 mod metrics;

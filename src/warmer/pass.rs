@@ -1,13 +1,14 @@
 //! One warm pass over one target: list, filter, HEAD the due tags, GET only unseen
 //! digests, publish. The request economy of DESIGN.md's refresh algorithm lives here.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures::StreamExt;
 
-use super::schedule::{self, Change, Decision, RefreshPolicy};
+use super::decide::{self, Fetched, Merged, TagPlan};
+use super::schedule::{Change, RefreshPolicy};
 use super::{FailureKind, Outcome, TagChange, TagChangeKind, Target};
 use crate::cache::store::{Freshness, ImageRecord, MetadataStore, TagEntry};
 use crate::cache::{CacheWriter, Millis};
@@ -142,40 +143,19 @@ pub async fn run<B: CacheWriter>(
     let prev: HashMap<String, TagEntry> = previous
         .map(|(_, entries)| entries.into_iter().map(|e| (e.tag.clone(), e)).collect())
         .unwrap_or_default();
-    let prev_digests: Vec<Digest> = {
-        let set: HashSet<&Digest> = kept
-            .iter()
-            .filter_map(|t| prev.get(t).and_then(|e| e.digest.as_ref()))
-            .collect();
-        set.into_iter().cloned().collect()
-    };
     let mut records: HashMap<Digest, ImageRecord> = store
-        .cached_images(scope, &prev_digests)
+        .cached_images(scope, &decide::cached_digests(&kept, &prev))
         .await
         .unwrap_or_default();
 
     // 3. Decide per tag.
-    let mut entries: BTreeMap<String, TagEntry> = BTreeMap::new();
-    let mut to_resolve = Vec::new();
-    let mut to_fetch: HashMap<Digest, Option<FetchedManifest>> = HashMap::new();
-    for tag in &kept {
-        let p = prev.get(tag);
-        let cached = p
-            .and_then(|e| e.digest.as_ref())
-            .and_then(|d| records.get(d))
-            .is_some_and(|r| r.covers(&target.platforms));
-        match schedule::should_refresh(p, cached, now) {
-            Decision::Fresh => {
-                entries.insert(tag.clone(), p.cloned().expect("fresh implies an entry"));
-            }
-            Decision::FetchImage => {
-                let e = p.cloned().expect("fetch implies an entry");
-                to_fetch.insert(e.digest.clone().expect("fetch implies a digest"), None);
-                entries.insert(tag.clone(), e);
-            }
-            Decision::Resolve(_) => to_resolve.push(tag.clone()),
-        }
-    }
+    let TagPlan {
+        mut entries,
+        to_resolve,
+        to_fetch,
+    } = decide::plan_tags(&kept, &prev, &records, &target.platforms, now);
+    let mut to_fetch: HashMap<Digest, Option<FetchedManifest>> =
+        to_fetch.into_iter().map(|d| (d, None)).collect();
 
     // 4. HEAD the due tags.
     let mut failures = Failures::default();
@@ -220,17 +200,11 @@ pub async fn run<B: CacheWriter>(
     }
     // Requests still in flight after a 429 are cancelled here.
     drop(heads);
-    {
-        let answered: HashSet<&str> = resolved.iter().map(|(t, _)| t.as_str()).collect();
-        for tag in &to_resolve {
-            if !entries.contains_key(tag) && !answered.contains(tag.as_str()) {
-                // Abandoned after a 429: keep the previous entry if there is one.
-                if let Some(p) = prev.get(tag) {
-                    entries.insert(tag.clone(), p.clone());
-                }
-            }
-        }
-    }
+    decide::keep_cached(
+        decide::unanswered(&to_resolve, &resolved),
+        &prev,
+        &mut entries,
+    );
     drop(to_resolve);
 
     // 5. Which resolved digests need metadata: those not cached (one batched read).
@@ -247,13 +221,8 @@ pub async fn run<B: CacheWriter>(
             Err(e) => tracing::warn!(error = %e, "cannot read cached images; fetching them"),
         }
     }
-    for (_, d) in &resolved {
-        if let Some(d) = d {
-            let covered = records.get(d).is_some_and(|r| r.covers(&target.platforms));
-            if !covered {
-                to_fetch.entry(d.clone()).or_insert(None);
-            }
-        }
+    for d in decide::digests_to_get(&resolved, &records, &target.platforms) {
+        to_fetch.entry(d).or_insert(None);
     }
 
     // 6. GET each needed digest once, however many tags point at it.
@@ -327,26 +296,32 @@ pub async fn run<B: CacheWriter>(
         }
         drop(fetches);
         // Digests neither fetched nor failed were abandoned after a 429.
+        let fetched = Fetched {
+            records: &records,
+            failed: &failed,
+            unknown: &unknown,
+        };
         for (tag, d) in &resolved {
-            let digest_ok = d.as_ref().is_none_or(|d| {
-                records.contains_key(d) && !failed.contains(d) && !unknown.contains(d)
-            });
-            let d = d.clone().filter(|d| !unknown.contains(d));
-            if digest_ok || d.is_none() {
-                let (entry, change) =
-                    schedule::resolved_entry(&options.policy, tag, prev.get(tag), d, now);
-                note_change(&mut outcome, tag, prev.get(tag), &entry, change);
-                entries.insert(tag.clone(), entry);
-            } else if let Some(p) = prev.get(tag) {
-                entries.insert(tag.clone(), p.clone());
+            let previous = prev.get(tag);
+            match decide::merge_resolved(&options.policy, tag, d.as_ref(), previous, &fetched, now)
+            {
+                Merged::Updated(entry, change) => {
+                    note_change(&mut outcome, tag, previous, &entry, change);
+                    entries.insert(tag.clone(), entry);
+                }
+                Merged::Kept(entry) => {
+                    entries.insert(tag.clone(), entry);
+                }
+                Merged::Dropped => {}
             }
         }
     } else {
-        for (tag, _) in &resolved {
-            if let Some(p) = prev.get(tag) {
-                entries.entry(tag.clone()).or_insert_with(|| p.clone());
-            }
-        }
+        // A 429 stopped the HEADs: nothing is fetched, resolved tags keep what was cached.
+        decide::keep_cached(
+            resolved.iter().map(|(t, _)| t.as_str()),
+            &prev,
+            &mut entries,
+        );
     }
 
     // 7. Publish: the index moves forward; lastUpdate only if nothing failed.
