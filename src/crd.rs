@@ -8,10 +8,10 @@ use serde::{Deserialize, Serialize};
 
 /// Annotation asking for an immediate rescan; any new value triggers one (Flux's
 /// `reconcile.fluxcd.io/requestedAt` habit: `kubectl annotate irw X regcache.io/requestedAt="$(date +%s)" --overwrite`).
-pub const REQUESTED_AT_ANNOTATION: &str = "regcache.io/requestedAt";
+pub(crate) const REQUESTED_AT_ANNOTATION: &str = "regcache.io/requestedAt";
 
 /// The condition kstatus and `kubectl wait --for=condition=Ready` read.
-pub const READY: &str = "Ready";
+pub(crate) const READY: &str = "Ready";
 
 /// Reasons of the `Ready` condition (PascalCase, stable: tools switch on them).
 pub mod reasons {
@@ -282,7 +282,7 @@ impl ImageRepositoryWatchStatus {
 }
 
 /// The CRD as YAML, as committed in `crds/`.
-pub fn crd_yaml() -> String {
+pub(crate) fn crd_yaml() -> String {
     use kube::CustomResourceExt;
     let crd = ImageRepositoryWatch::crd();
     format!(

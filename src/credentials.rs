@@ -278,7 +278,7 @@ fn entry_credential(
 
 /// Docker config keys come as `https://index.docker.io/v1/`, `registry.example.com`,
 /// `http://host:5000/v2/` ...; reduce them to the canonical host used by image references.
-pub fn normalize_host_key(key: &str) -> String {
+pub(crate) fn normalize_host_key(key: &str) -> String {
     let key = key.trim().to_ascii_lowercase();
     let key = key.as_str();
     let without_scheme = key

@@ -9,7 +9,7 @@ pub mod cli;
 pub mod controller;
 pub mod crd;
 pub mod credentials;
-#[doc(hidden)]
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod image;
 pub mod registry;

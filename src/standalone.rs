@@ -211,7 +211,7 @@ impl Summary {
 }
 
 /// Warms every watch once, `concurrency` at a time, in file order.
-pub async fn warm_once<B: CacheWriter + 'static>(
+pub(crate) async fn warm_once<B: CacheWriter + 'static>(
     warmer: &Warmer<B>,
     planned: Vec<(ImageRepositoryWatch, Result<Target, Problem>)>,
     concurrency: usize,
@@ -252,7 +252,7 @@ pub fn report(o: &Outcome) {
 }
 
 /// Keeps the warmer's targets for the read API and webhooks in standalone runs.
-pub fn register<B: CacheWriter + 'static>(
+pub(crate) fn register<B: CacheWriter + 'static>(
     warmer: &Warmer<B>,
     planned: &[(ImageRepositoryWatch, Result<Target, Problem>)],
 ) -> usize {

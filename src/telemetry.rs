@@ -27,7 +27,7 @@ pub enum LogFormat {
 
 /// Installs the global subscriber. `filter` is a level or a full tracing filter
 /// (`info`, `regcache=trace,info`).
-pub fn init(filter: &str, format: LogFormat) -> Result<(), String> {
+pub(crate) fn init(filter: &str, format: LogFormat) -> Result<(), String> {
     use std::io::IsTerminal;
     let env_filter =
         EnvFilter::try_new(filter).map_err(|e| format!("invalid --log-level {filter:?}: {e}"))?;
@@ -44,9 +44,9 @@ pub fn init(filter: &str, format: LogFormat) -> Result<(), String> {
 }
 
 /// A gauge holding a float (rates, ages).
-pub type GaugeF64 = Gauge<f64, AtomicU64>;
+pub(crate) type GaugeF64 = Gauge<f64, AtomicU64>;
 /// A family of histograms sharing one bucket layout.
-pub type HistogramFamily<S> = Family<S, Histogram, fn() -> Histogram>;
+pub(crate) type HistogramFamily<S> = Family<S, Histogram, fn() -> Histogram>;
 
 /// `result="..."`: success / failure, hit / miss and the like.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -62,13 +62,13 @@ pub struct ReasonLabels {
 
 /// Buckets for request and reconcile durations: 5 ms .. ~80 s, a cached HEAD on loopback
 /// up to a slow token endpoint or a huge page.
-pub fn seconds_histogram() -> Histogram {
+pub(crate) fn seconds_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 15))
 }
 
 /// Buckets for item sizes: 64 B .. 16 MiB by 4x, an image record up to the largest
 /// memcached item sizes.
-pub fn bytes_histogram() -> Histogram {
+pub(crate) fn bytes_histogram() -> Histogram {
     Histogram::new(exponential_buckets(64.0, 4.0, 10))
 }
 

@@ -20,9 +20,9 @@ use super::error::{ApiError, Reason};
 
 /// How long a review answer is reused. Short, so a revoked token or a removed RoleBinding
 /// stops working within half a minute, yet a polling client costs two API calls per 30 s.
-pub const REVIEW_TTL: Duration = Duration::from_secs(30);
+pub(crate) const REVIEW_TTL: Duration = Duration::from_secs(30);
 /// Every review call to the Kubernetes API gives up after this; the caller gets a 503.
-pub const REVIEW_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const REVIEW_TIMEOUT: Duration = Duration::from_secs(5);
 /// Cached answers kept at most (per kind); past it, expired ones go, then all of them.
 const MAX_CACHED: usize = 10_000;
 

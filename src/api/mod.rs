@@ -34,7 +34,7 @@ pub use error::{ApiError, Reason};
 
 /// Largest webhook body read. Registry notifications batch a few events; Harbor and Docker
 /// Hub send one push each. 1 MiB is far above any of them.
-pub const MAX_WEBHOOK_BODY: usize = 1 << 20;
+pub(crate) const MAX_WEBHOOK_BODY: usize = 1 << 20;
 
 /// Which watches exist: the read API answers only for repositories some watch covers.
 pub trait WatchDirectory: Send + Sync + 'static {

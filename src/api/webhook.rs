@@ -15,7 +15,7 @@ const DOCKER_HUB: &str = "docker.io";
 
 /// The repositories a notification reports pushed, canonical, sorted and without
 /// duplicates; events that are not pushes are skipped. The error says what is wrong.
-pub fn pushed_repositories(body: &[u8]) -> Result<Vec<Repository>, String> {
+pub(crate) fn pushed_repositories(body: &[u8]) -> Result<Vec<Repository>, String> {
     let payload: Value =
         serde_json::from_slice(body).map_err(|e| format!("the payload is not JSON: {e}"))?;
     if !payload.is_object() {

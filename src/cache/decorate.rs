@@ -7,7 +7,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use crate::image::parse_time;
 
 /// Labels that carry a build time, most trusted first.
-pub const TIMESTAMP_LABELS: [&str; 2] = [
+pub(crate) const TIMESTAMP_LABELS: [&str; 2] = [
     "org.opencontainers.image.created",
     "org.label-schema.build-date",
 ];
@@ -77,7 +77,7 @@ impl TimestampLabels {
 
 /// The created time to report: for an allowlisted repository, the first timestamp label
 /// that parses; otherwise (or when none parses) the config's.
-pub fn created_time(
+pub(crate) fn created_time(
     applies: bool,
     labels: &std::collections::BTreeMap<String, String>,
     config_created: Option<chrono::DateTime<chrono::Utc>>,

@@ -17,10 +17,6 @@ use hickory_resolver::{Resolver, TokioResolver};
 use super::CacheError;
 use super::memcached::Memcached;
 
-/// How often the server list is looked up again by default: a memcached pod added by
-/// scaling is in use within this long.
-pub const DEFAULT_REFRESH: Duration = Duration::from_secs(30);
-
 pub struct SrvDiscovery {
     service: String,
     resolver: TokioResolver,

@@ -9,7 +9,7 @@ use crate::image::{Digest, Repository};
 
 /// Every key starts with this; a new schema gets a new prefix so old and new readers can
 /// share one memcached during an upgrade.
-pub const PREFIX: &str = "rc1";
+pub(crate) const PREFIX: &str = "rc1";
 
 /// memcached refuses longer keys.
 pub const MAX_KEY_LEN: usize = 250;
@@ -74,7 +74,7 @@ impl std::fmt::Display for Scope {
 
 /// The repository part of a key: the canonical name when it is short, else
 /// `sha256-` and the first 40 hex digits of the sha256 of the canonical name.
-pub fn repository_part(repository: &Repository) -> String {
+pub(crate) fn repository_part(repository: &Repository) -> String {
     let name = repository.canonical();
     if name.len() <= MAX_NAME_IN_KEY {
         name
@@ -105,7 +105,7 @@ pub fn tag_chunk(scope: &Scope, repository: &Repository, generation: u64, chunk:
 }
 
 /// The kind of item a key names (`image`, `repository_head`, `tag_chunk`), for metrics.
-pub fn kind_of(key: &str) -> &'static str {
+pub(crate) fn kind_of(key: &str) -> &'static str {
     let mut parts = key.splitn(3, ':');
     match (parts.next(), parts.next()) {
         (Some(PREFIX), Some("img")) => "image",

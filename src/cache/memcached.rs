@@ -23,7 +23,7 @@ use super::{
 
 /// Points per server on the hash ring: with 160, each of n servers owns close to 1/n of
 /// the keys, and adding a server moves about 1/(n+1) of them.
-pub const RING_POINTS: u32 = 160;
+pub(crate) const RING_POINTS: u32 = 160;
 
 #[derive(Clone, Debug)]
 pub struct MemcachedOptions {

@@ -14,7 +14,7 @@ use super::{
 
 /// memcached's default item size is 1 MiB, key and item header included; keeping 1 KiB
 /// free leaves room for the longest key and memcached's own overhead.
-pub const DEFAULT_ITEM_LIMIT: usize = (1 << 20) - 1024;
+pub(crate) const DEFAULT_ITEM_LIMIT: usize = (1 << 20) - 1024;
 
 pub struct MemoryCache {
     items: Mutex<HashMap<String, (Bytes, Instant)>>,

@@ -25,14 +25,14 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 /// First bytes of every value: `R`, `C`, format version 1. Then the deadline, then the
 /// payload.
-pub const VALUE_MAGIC: [u8; 3] = [b'R', b'C', 1];
+pub(crate) const VALUE_MAGIC: [u8; 3] = [b'R', b'C', 1];
 const HEADER_LEN: usize = VALUE_MAGIC.len() + 8;
 
 /// Entries live at least this long, so a registry outage of an hour never empties the
 /// cache by expiry alone.
-pub const MIN_TTL: Duration = Duration::from_secs(3600);
+pub(crate) const MIN_TTL: Duration = Duration::from_secs(3600);
 /// memcached reads a TTL above 30 days as an absolute Unix time; stay below it.
-pub const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600 - 1);
+pub(crate) const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600 - 1);
 
 /// A point in time as Unix milliseconds: the cache's 64-bit deadline format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -76,12 +76,12 @@ pub struct Entry {
 
 /// How long memcached keeps an entry: twice the time to its deadline, at least
 /// [`MIN_TTL`], below memcached's 30-day absolute-time threshold.
-pub fn ttl_for(deadline: Millis, now: Millis) -> Duration {
+pub(crate) fn ttl_for(deadline: Millis, now: Millis) -> Duration {
     (now.until(deadline) * 2).clamp(MIN_TTL, MAX_TTL)
 }
 
 /// Frames a payload with its deadline: magic, i64 big-endian Unix ms, payload.
-pub fn encode_value(deadline: Millis, payload: &[u8]) -> Bytes {
+pub(crate) fn encode_value(deadline: Millis, payload: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(HEADER_LEN + payload.len());
     b.put_slice(&VALUE_MAGIC);
     b.put_i64(deadline.0);
@@ -91,7 +91,7 @@ pub fn encode_value(deadline: Millis, payload: &[u8]) -> Bytes {
 
 /// Reads a framed value; `None` for anything that is not one (another writer's data, a
 /// future format): treated as a miss, never a panic.
-pub fn decode_value(raw: Bytes) -> Option<Entry> {
+pub(crate) fn decode_value(raw: Bytes) -> Option<Entry> {
     if raw.len() < HEADER_LEN || raw[..VALUE_MAGIC.len()] != VALUE_MAGIC {
         return None;
     }

@@ -388,7 +388,7 @@ pub struct RegistryArgs {
 /// Parses a flag's duration: Go's syntax as watches take it (`500ms`, `90s`, `1h30m`,
 /// [`crate::crd::duration`]), plus two forms for the command line only: days (`7d`) and a
 /// bare number of seconds (`45`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let days = s
         .strip_suffix('d')

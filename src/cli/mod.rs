@@ -91,7 +91,7 @@ pub fn report(e: &dyn std::error::Error) -> String {
 }
 
 /// Left-aligned columns separated by three spaces, like `kubectl get`.
-pub fn columns<const N: usize>(rows: &[[String; N]]) -> String {
+pub(crate) fn columns<const N: usize>(rows: &[[String; N]]) -> String {
     let mut widths = [0usize; N];
     for r in rows {
         for (w, cell) in widths.iter_mut().zip(r) {

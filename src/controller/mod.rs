@@ -32,7 +32,7 @@ pub use metrics::ReconcileMetrics;
 use plan::{Defaults, desired_status, plan, target_id};
 
 /// Field manager of regcache's status writes.
-pub const FIELD_MANAGER: &str = "regcache-controller";
+pub(crate) const FIELD_MANAGER: &str = "regcache-controller";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
@@ -260,7 +260,7 @@ async fn announce<B: CacheWriter + 'static>(
 
 /// Flux's per-object backoff for transient failures: 750 ms doubling to 15 min, reset by
 /// a successful reconcile.
-pub fn error_policy<B>(
+pub(crate) fn error_policy<B>(
     watch: Arc<ImageRepositoryWatch>,
     error: &ControllerError,
     ctx: Arc<Context<B>>,

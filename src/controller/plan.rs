@@ -86,7 +86,7 @@ pub struct Resolved {
 }
 
 /// `namespace/name`: the warmer's id for a watch.
-pub fn target_id(watch: &ImageRepositoryWatch) -> String {
+pub(crate) fn target_id(watch: &ImageRepositoryWatch) -> String {
     format!(
         "{}/{}",
         watch.namespace().unwrap_or_default(),
@@ -105,7 +105,7 @@ pub fn repository(watch: &ImageRepositoryWatch) -> Result<Repository, Problem> {
 }
 
 /// Validates the spec and builds the warmer target.
-pub fn plan(
+pub(crate) fn plan(
     watch: &ImageRepositoryWatch,
     resolved: &Resolved,
     defaults: &Defaults,
@@ -217,7 +217,7 @@ fn failure_reason(kind: Option<FailureKind>) -> &'static str {
 
 /// What the watch's status should be, from the plan's result and the latest outcome;
 /// `now` is the transition time of a condition that changes.
-pub fn desired_status(
+pub(crate) fn desired_status(
     watch: &ImageRepositoryWatch,
     planned: &Result<Target, Problem>,
     outcome: Option<&Outcome>,

@@ -8,12 +8,15 @@ use super::plan::{Problem, Resolved, target_id};
 use crate::crd::{ImageRepositoryWatch, reasons};
 use crate::credentials::DockerConfig;
 
-pub const DOCKER_CONFIG_JSON: &str = "kubernetes.io/dockerconfigjson";
-pub const DOCKER_CFG: &str = "kubernetes.io/dockercfg";
+pub(crate) const DOCKER_CONFIG_JSON: &str = "kubernetes.io/dockerconfigjson";
+pub(crate) const DOCKER_CFG: &str = "kubernetes.io/dockercfg";
 
 /// The secret names a watch depends on, pull secrets first (they win over the
 /// ServiceAccount's, as with kubelet).
-pub fn secret_names(watch: &ImageRepositoryWatch, account: Option<&ServiceAccount>) -> Vec<String> {
+pub(crate) fn secret_names(
+    watch: &ImageRepositoryWatch,
+    account: Option<&ServiceAccount>,
+) -> Vec<String> {
     let mut names: Vec<String> = watch
         .spec
         .pull_secrets
@@ -32,7 +35,7 @@ pub fn secret_names(watch: &ImageRepositoryWatch, account: Option<&ServiceAccoun
 
 /// Parses one pull secret. Errors name the watch, the secret and what is wrong, never
 /// the secret's content.
-pub fn docker_config_of(
+pub(crate) fn docker_config_of(
     watch: &ImageRepositoryWatch,
     secret: &Secret,
 ) -> Result<DockerConfig, Problem> {
@@ -102,7 +105,7 @@ pub async fn resolve(
 /// ServiceAccount, `Some(None)` when it names one that does not exist; `secret` finds a
 /// Secret of the watch's namespace by name. Standalone mode calls this with manifests
 /// from files.
-pub fn resolve_with(
+pub(crate) fn resolve_with(
     watch: &ImageRepositoryWatch,
     account: Option<Option<ServiceAccount>>,
     secret: impl Fn(&str) -> Option<Secret>,

@@ -58,7 +58,7 @@ pub struct PlatformImage {
 /// `0000-01-01T00:00:00+01:00` is year -1 in UTC, which serde writes as `-0001-12-31T23:00:00Z`.
 /// That is not RFC 3339, and clients of the read API that parse it strictly (Go's
 /// `time.Time`) would refuse the whole response.
-pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+pub(crate) fn parse_time(s: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(s.trim())
         .ok()
         .map(|t| t.with_timezone(&Utc))

@@ -9,15 +9,16 @@ mod metadata;
 mod platform;
 mod reference;
 
-pub use metadata::{ImageMetadata, PlatformImage, parse_time};
+pub(crate) use metadata::parse_time;
+pub use metadata::{ImageMetadata, PlatformImage};
 pub use platform::Platform;
 pub use reference::{Digest, DigestAlgorithm, ImageRef, Reference, Repository, validate_tag};
 
 /// Canonical host name of Docker Hub, as it appears in canonical repository names.
-pub const DOCKER_HUB: &str = "docker.io";
+pub(crate) const DOCKER_HUB: &str = "docker.io";
 
 /// Host that actually serves Docker Hub's registry API; `docker.io` itself does not.
-pub const DOCKER_HUB_ENDPOINT: &str = "registry-1.docker.io";
+pub(crate) const DOCKER_HUB_ENDPOINT: &str = "registry-1.docker.io";
 
 /// Host names that all mean Docker Hub and are rewritten to [`DOCKER_HUB`].
 const DOCKER_HUB_ALIASES: [&str; 4] = [

@@ -30,7 +30,7 @@ pub enum Challenge {
 
 /// Parses one `WWW-Authenticate` value. Unknown schemes give `None`; with several
 /// challenges in one header the first known one wins, Bearer before Basic.
-pub fn parse_www_authenticate(header: &str) -> Option<Challenge> {
+pub(crate) fn parse_www_authenticate(header: &str) -> Option<Challenge> {
     let challenges = split_challenges(header);
     let mut basic = None;
     for (scheme, params) in challenges {
@@ -123,7 +123,7 @@ fn split_challenges(header: &str) -> Vec<(String, Params)> {
 }
 
 /// The scope string a registry expects for pulling one repository.
-pub fn pull_scope(repository_path: &str) -> String {
+pub(crate) fn pull_scope(repository_path: &str) -> String {
     format!("repository:{repository_path}:pull")
 }
 
@@ -139,7 +139,7 @@ pub struct TokenResponse {
 }
 
 /// The token spec's default lifetime when `expires_in` is absent.
-pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
 /// Renew this long before expiry so a token never lapses mid-request.
 const RENEW_MARGIN: Duration = Duration::from_secs(10);
 

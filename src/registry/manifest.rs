@@ -20,8 +20,9 @@ pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-pub const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
-pub const DOCKER_SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
+pub(crate) const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
+pub(crate) const DOCKER_SCHEMA1_SIGNED: &str =
+    "application/vnd.docker.distribution.manifest.v1+prettyjws";
 
 /// Sent as `Accept` on every manifest request. Without the OCI types some registries
 /// (distribution among them) answer 404 for OCI content; without the Docker types, others
@@ -116,7 +117,10 @@ fn malformed(kind: &'static str, e: impl std::fmt::Display) -> ParseError {
 
 /// Works out the kind from the `Content-Type` header, falling back to the body's own
 /// `mediaType` and then its shape (some registries send `application/json`).
-pub fn detect_kind(content_type: Option<&str>, body: &[u8]) -> Result<MediaKind, ParseError> {
+pub(crate) fn detect_kind(
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<MediaKind, ParseError> {
     if let Some(kind) = content_type.and_then(MediaKind::from_media_type) {
         return Ok(kind);
     }
@@ -136,7 +140,7 @@ pub fn detect_kind(content_type: Option<&str>, body: &[u8]) -> Result<MediaKind,
     }
 }
 
-pub fn parse_manifest(kind: MediaKind, body: &[u8]) -> Result<Manifest, ParseError> {
+pub(crate) fn parse_manifest(kind: MediaKind, body: &[u8]) -> Result<Manifest, ParseError> {
     match kind {
         MediaKind::OciManifest | MediaKind::DockerManifest => {
             let m: ImageManifest =
@@ -157,7 +161,7 @@ pub fn parse_manifest(kind: MediaKind, body: &[u8]) -> Result<Manifest, ParseErr
 /// The bytes a manifest's digest is computed over. For signed schema1 that is the
 /// payload without the JWS signatures, rebuilt from the protected header's
 /// `formatLength`/`formatTail`; for everything else, the body itself.
-pub fn digest_payload(
+pub(crate) fn digest_payload(
     kind: MediaKind,
     body: &[u8],
 ) -> Result<std::borrow::Cow<'_, [u8]>, ParseError> {
@@ -319,7 +323,10 @@ pub struct IndexEntry {
 /// The entries of an index, with digests checked for syntax. `body` is the index itself:
 /// `oci-spec` 0.10 reads `platform.os_version` where the spec says `os.version`, so that
 /// one field is read from the raw document.
-pub fn index_entries(index: &ImageIndex, body: &[u8]) -> Result<Vec<IndexEntry>, ParseError> {
+pub(crate) fn index_entries(
+    index: &ImageIndex,
+    body: &[u8],
+) -> Result<Vec<IndexEntry>, ParseError> {
     #[derive(Deserialize)]
     struct RawIndex {
         #[serde(default)]
@@ -378,14 +385,14 @@ pub fn index_entries(index: &ImageIndex, body: &[u8]) -> Result<Vec<IndexEntry>,
 }
 
 /// The config descriptor of an image manifest.
-pub fn config_descriptor(manifest: &ImageManifest) -> Result<(Digest, u64), ParseError> {
+pub(crate) fn config_descriptor(manifest: &ImageManifest) -> Result<(Digest, u64), ParseError> {
     let d = manifest.config();
     let digest = Digest::parse(d.digest().as_ref()).map_err(|e| malformed("image manifest", e))?;
     Ok((digest, d.size()))
 }
 
 /// Whether an index entry is wanted: every platform when `wanted` is empty.
-pub fn platform_wanted(platform: Option<&Platform>, wanted: &[Platform]) -> bool {
+pub(crate) fn platform_wanted(platform: Option<&Platform>, wanted: &[Platform]) -> bool {
     match platform {
         None => wanted.is_empty(),
         Some(p) => wanted.is_empty() || wanted.iter().any(|w| w.matches(p)),

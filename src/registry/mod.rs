@@ -34,11 +34,11 @@ use limiter::{HostLimiter, LimiterSettings};
 use manifest::{ImageConfig, Manifest, MediaKind};
 pub use metrics::RegistryMetrics;
 pub use operations::next_link;
-pub use transport::check_ca_bundle;
+pub(crate) use transport::check_ca_bundle;
 use transport::{error_chain, tls_config};
 
 /// Header carrying a manifest's digest in distribution responses.
-pub const DIGEST_HEADER: &str = "docker-content-digest";
+pub(crate) const DIGEST_HEADER: &str = "docker-content-digest";
 
 /// Client-wide settings. Defaults are for production; tests shorten the waits.
 #[derive(Clone, Debug)]

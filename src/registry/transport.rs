@@ -16,7 +16,7 @@ use super::{Error, RepositoryClient, RequestKind, Result, lock};
 use crate::credentials::{Credential, Secret};
 
 /// Checks a PEM CA bundle the way a client would load it, for validating user input early.
-pub fn check_ca_bundle(pem: &[u8]) -> std::result::Result<(), String> {
+pub(crate) fn check_ca_bundle(pem: &[u8]) -> std::result::Result<(), String> {
     tls_config(Some(pem)).map(|_| ())
 }
 

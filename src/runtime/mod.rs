@@ -22,7 +22,8 @@ use crate::controller::ReconcileMetrics;
 use crate::registry::{ClientOptions, RegistryClient, RegistryMetrics};
 use crate::telemetry::MetricsRegistry;
 use crate::warmer::{Warmer, WarmerMetrics, WarmerOptions};
-pub use probes::{Readiness, watch_cache};
+pub use probes::Readiness;
+pub(crate) use probes::watch_cache;
 
 /// Every metric family of the process, each module's group registered into one registry.
 /// Clones record into the same families.

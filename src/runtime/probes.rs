@@ -49,7 +49,7 @@ const PING_WHILE_DOWN: Duration = Duration::from_secs(1);
 const PING_WHILE_UP: Duration = Duration::from_secs(10);
 
 /// Pings the cache forever, recording each result for `/readyz` and the `reachable` gauge.
-pub async fn watch_cache<B: CacheReader>(
+pub(crate) async fn watch_cache<B: CacheReader>(
     backend: &B,
     readiness: &Readiness,
     metrics: &CacheMetrics,
@@ -72,7 +72,7 @@ pub async fn watch_cache<B: CacheReader>(
 }
 
 /// `/metrics` in the OpenMetrics text format.
-pub fn metrics_router(metrics: Metrics) -> axum::Router {
+pub(crate) fn metrics_router(metrics: Metrics) -> axum::Router {
     axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
@@ -91,7 +91,7 @@ pub fn metrics_router(metrics: Metrics) -> axum::Router {
 }
 
 /// `/healthz` (the process serves: 200) and `/readyz` (200, or 503 with the reason).
-pub fn probes_router(readiness: Arc<Readiness>) -> axum::Router {
+pub(crate) fn probes_router(readiness: Arc<Readiness>) -> axum::Router {
     use axum::http::StatusCode;
     axum::Router::new()
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))

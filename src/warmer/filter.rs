@@ -6,7 +6,7 @@ use super::glob::Glob;
 
 /// Signature, attestation and SBOM tags that cosign and friends attach to images
 /// (`sha256-<digest>.sig`): metadata about images, not images to deploy.
-pub const SIGNATURE_PATTERNS: [&str; 3] = ["sha256-*.sig", "sha256-*.att", "sha256-*.sbom"];
+pub(crate) const SIGNATURE_PATTERNS: [&str; 3] = ["sha256-*.sig", "sha256-*.att", "sha256-*.sbom"];
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum FilterError {
@@ -111,7 +111,7 @@ impl TagFilter {
 }
 
 /// Compares strings with digit runs as numbers: `v2` < `v10`, `1.9` < `1.10`.
-pub fn natural_cmp(a: &str, b: &str) -> Ordering {
+pub(crate) fn natural_cmp(a: &str, b: &str) -> Ordering {
     let (mut a, mut b) = (a.as_bytes(), b.as_bytes());
     loop {
         match (a.first(), b.first()) {

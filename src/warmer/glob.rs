@@ -15,10 +15,10 @@ use std::fmt;
 
 /// Alternatives one pattern may expand to (`{a,b}{c,d}` is four); more is refused, so a
 /// pattern cannot make matching or memory blow up.
-pub const MAX_ALTERNATIVES: usize = 256;
+pub(crate) const MAX_ALTERNATIVES: usize = 256;
 
 /// How deep `{...}` groups may nest.
-pub const MAX_DEPTH: usize = 16;
+pub(crate) const MAX_DEPTH: usize = 16;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Token {

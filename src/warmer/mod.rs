@@ -31,7 +31,7 @@ pub use pass::PassOptions;
 use schedule::jittered;
 
 /// Identifies a target: `namespace/name` of its watch (or of its manifest in standalone).
-pub type TargetId = String;
+pub(crate) type TargetId = String;
 
 /// Everything the warmer needs to keep one repository warm.
 #[derive(Debug, Clone)]

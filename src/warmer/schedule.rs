@@ -51,7 +51,11 @@ pub enum DueReason {
 
 /// `image_cached`: whether the entry's digest has a cached record covering the wanted
 /// platforms (ignored for entries without a digest).
-pub fn should_refresh(entry: Option<&TagEntry>, image_cached: bool, now: Millis) -> Decision {
+pub(crate) fn should_refresh(
+    entry: Option<&TagEntry>,
+    image_cached: bool,
+    now: Millis,
+) -> Decision {
     let Some(entry) = entry else {
         return Decision::Resolve(DueReason::NewTag);
     };
@@ -86,7 +90,7 @@ pub fn classify(previous: Option<&TagEntry>, resolved: Option<&crate::image::Dig
 /// The next interval: new tags start at `new_tag`; unchanged ones double, moved ones
 /// halve, within `[min, max]`. A missing manifest is treated as unchanged once seen
 /// missing twice (it may come back).
-pub fn next_interval(
+pub(crate) fn next_interval(
     policy: &RefreshPolicy,
     previous: Option<&TagEntry>,
     change: Change,
@@ -106,13 +110,13 @@ pub fn next_interval(
 
 /// `interval` spread by ±`jitter`, chosen from `seed` (the tag and the time) so it is
 /// stable for one input and different across tags.
-pub fn jittered(interval: Duration, jitter: f64, seed: &str) -> Duration {
+pub(crate) fn jittered(interval: Duration, jitter: f64, seed: &str) -> Duration {
     let unit = (key_hash(seed) % 10_000) as f64 / 10_000.0;
     interval.mul_f64(1.0 - jitter + 2.0 * jitter * unit)
 }
 
 /// The entry to store for a resolved tag.
-pub fn resolved_entry(
+pub(crate) fn resolved_entry(
     policy: &RefreshPolicy,
     tag: &str,
     previous: Option<&TagEntry>,

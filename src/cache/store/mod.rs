@@ -22,7 +22,8 @@ use serde::Serialize;
 use super::decorate::TimestampLabels;
 use super::keys;
 use super::{CacheError, CacheMetrics, CacheReader, CacheWriter, Millis};
-pub use read::{ImageInfo, ReadError, RepositoryMetadata, not_cached_help};
+pub(crate) use read::not_cached_help;
+pub use read::{ImageInfo, ReadError, RepositoryMetadata};
 pub use schema::{Freshness, ImageRecord, RepositoryHead, TagEntry};
 pub(crate) use schema::{TagView, chunk_view};
 
@@ -31,7 +32,7 @@ const CHUNK_OVERHEAD: usize = 512;
 /// Target size of a tag chunk. Smaller than an item may be: looking up one tag reads and
 /// parses one chunk, so 128 KiB (~900 tags) keeps that cheap, while a full read of 200,000
 /// tags is still only ~300 keys in one multi-get.
-pub const DEFAULT_CHUNK_BYTES: usize = 128 << 10;
+pub(crate) const DEFAULT_CHUNK_BYTES: usize = 128 << 10;
 /// Chunks written or deleted at once.
 const WRITE_CONCURRENCY: usize = 8;
 /// How often a reader goes back to the head when a generation changes under it.
@@ -40,7 +41,7 @@ pub(crate) const READ_ATTEMPTS: usize = 4;
 /// by the head, so without a bound a foreign head claiming 4 billion chunks makes one read
 /// build 4 billion keys. regcache never writes near it: at the default chunk size it is
 /// 8 GiB of tag index, ~50 million tags (a 200,000-tag repository takes ~40 chunks).
-pub const MAX_CHUNKS: u32 = 1 << 16;
+pub(crate) const MAX_CHUNKS: u32 = 1 << 16;
 
 /// regcache's view of a cache backend.
 pub struct MetadataStore<B> {

@@ -79,7 +79,7 @@ impl ReadError {
 }
 
 /// What to check when a repository is not cached.
-pub fn not_cached_help(repository: &str) -> String {
+pub(crate) fn not_cached_help(repository: &str) -> String {
     format!(
         "check that an ImageRepositoryWatch covers {repository} (its status shows why warming \
          fails), that regcache reaches memcached, and that you asked under the scope of the \
