@@ -8,6 +8,10 @@
 //! `cargo bench --bench memory` (env `BENCH_WATCHES` 1000, `BENCH_TAGS` tags per
 //! repository 100, `BENCH_IMAGES` distinct images per repository 10, `BENCH_CONCURRENT`
 //! 8, `BENCH_INTERVAL` 1m, `BENCH_STEADY_SECS` 90).
+//!
+//! `BENCH_SECRETS` (default 0) unrelated Secrets of `BENCH_SECRET_KIB` KiB each (default
+//! 64, the size of a Helm release Secret) are created in another namespace first: the
+//! controller watches Secrets cluster-wide, and the idle figures show what they cost it.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -29,6 +33,35 @@ fn print_memory(what: &str, m: Memory) {
         mib(m.rss),
         mib(m.hwm)
     );
+}
+
+/// Helm-release-like Secrets no watch names, created a few at a time.
+async fn create_unrelated_secrets(emulator: &Emulator, n: usize, kib: usize) {
+    use base64::Engine as _;
+    use futures::StreamExt;
+    const SECRETS: &str = "/api/v1/namespaces/apps/secrets";
+    let payload: Vec<u8> = (0..kib * 1024).map(|i| (i * 7 % 251) as u8).collect();
+    let data = base64::engine::general_purpose::STANDARD.encode(&payload);
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let data = data.clone();
+            async move {
+                emulator
+                    .create(
+                        SECRETS,
+                        json!({
+                            "apiVersion": "v1", "kind": "Secret", "type": "helm.sh/release.v1",
+                            "metadata": {"name": format!("sh.helm.release.v1.app{i}.v1"),
+                                         "namespace": "apps"},
+                            "data": {"release": data},
+                        }),
+                    )
+                    .await;
+            }
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<()>>()
+        .await;
 }
 
 #[tokio::main]
@@ -88,6 +121,16 @@ async fn main() {
     );
 
     let emulator = Emulator::start();
+    let secrets = support::env_usize("BENCH_SECRETS", 0);
+    let secret_kib = support::env_usize("BENCH_SECRET_KIB", 64);
+    if secrets > 0 {
+        let t = Instant::now();
+        create_unrelated_secrets(&emulator, secrets, secret_kib).await;
+        println!(
+            "{secrets} unrelated Secrets of {secret_kib} KiB in namespace apps, created in {:.1}s",
+            t.elapsed().as_secs_f64()
+        );
+    }
     let dir = tempfile::tempdir().unwrap();
     let controller = ControllerProcess::start(
         &emulator.kubeconfig,
@@ -107,10 +150,26 @@ async fn main() {
     );
     controller.address("read API").await;
     let pid = controller.pid().expect("controller runs");
+    // The controller has listed every Secret when its watch of them starts.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while emulator.counters().await["watches_started"]["v1/secrets"].as_u64() < Some(1) {
+        assert!(
+            Instant::now() < deadline,
+            "the controller never watched Secrets"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let idle = Memory::of(pid).expect("controller memory");
     println!("regcache controller (pid {pid}), {concurrent} passes at once:");
-    print_memory("idle, no watches", idle);
+    print_memory(
+        &if secrets > 0 {
+            format!("idle, no watches, {secrets} unrelated Secrets")
+        } else {
+            "idle, no watches".to_string()
+        },
+        idle,
+    );
 
     let sampler = RssSampler::start(pid, Duration::from_millis(200));
     let t = Instant::now();

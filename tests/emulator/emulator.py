@@ -749,6 +749,16 @@ class RegcacheEmulator(KubernetesEmulator):
             return True
         return check
 
+    @staticmethod
+    def _metadata_only(request: kmock.Request) -> bool:
+        """Whether the client asked for metadata only (`Accept: ...;as=PartialObjectMetadata...`),
+        as kube-rs's metadata watcher does; the API server then sends no spec, data or status."""
+        return "as=PartialObjectMetadata" in (request.headers.get("Accept") or "")
+
+    @staticmethod
+    def _partial(obj: dict[str, Any]) -> dict[str, Any]:
+        return {"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": obj.get("metadata") or {}}
+
     async def _serve_fetch(self, request: kmock.Request) -> Any:
         res = self._res_of(request)
         if request.subresource not in (None, _STATUS) or (request.subresource and not self._has_status(res)):
@@ -767,8 +777,24 @@ class RegcacheEmulator(KubernetesEmulator):
         check = self._filter(request)
         av, kind = self._gvk(res)
         items = [obj for (_, ns, name), obj in self._all(res) if check(ns, name, obj)]
-        return {"apiVersion": av, "kind": f"{kind}List",
-                "metadata": {"resourceVersion": str(self._rv)}, "items": items}
+        # Pages as the API server sends them (`limit`, then `continue` with the token given),
+        # so a client listing many large objects holds one page at a time.
+        meta: dict[str, Any] = {"resourceVersion": str(self._rv)}
+        try:
+            start = int(request.params.get("continue") or 0)
+            limit = int(request.params.get("limit") or 0)
+        except ValueError:
+            raise status_error(400, "BadRequest", "invalid limit or continue")
+        if limit > 0:
+            if start + limit < len(items):
+                meta["continue"] = str(start + limit)
+            items = items[start:start + limit]
+        else:
+            items = items[start:]
+        if self._metadata_only(request):
+            return {"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+                    "metadata": meta, "items": [self._partial(o) for o in items]}
+        return {"apiVersion": av, "kind": f"{kind}List", "metadata": meta, "items": items}
 
     async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[Any]:
         res = self._res_of(request)
@@ -782,11 +808,12 @@ class RegcacheEmulator(KubernetesEmulator):
         self.counters.watches_started[rname] += 1
         epoch = self._watch_epoch  # a drop from now on ends this stream
         av, kind = self._gvk(res)
+        shown = self._partial if self._metadata_only(request) else (lambda o: o)
 
         # Build the start under no await: the snapshot and the log position are consistent.
         initial: list[dict[str, Any]] = []
         if since in ("", "0"):
-            initial = [{"type": "ADDED", "object": obj} for (_, ns, name), obj in self._all(res) if check(ns, name, obj)]
+            initial = [{"type": "ADDED", "object": shown(obj)} for (_, ns, name), obj in self._all(res) if check(ns, name, obj)]
             cursor = self._rv
         else:
             try:
@@ -809,7 +836,7 @@ class RegcacheEmulator(KubernetesEmulator):
                 cursor = e.rv
                 if e.res == res and check(e.namespace, e.name, e.obj):
                     self.counters.watch_events[rname] += 1
-                    yield {"type": e.type, "object": e.obj}
+                    yield {"type": e.type, "object": shown(e.obj)}
             now = loop.time()
             if deadline is not None and now >= deadline:
                 break

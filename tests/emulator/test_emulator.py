@@ -249,6 +249,44 @@ def test_watch_without_resource_version_starts_with_current_objects(kube):
     assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "b")]
 
 
+def test_metadata_only_lists_and_watches_leave_out_data(kube):
+    # kube-rs's metadata watcher asks for PartialObjectMetadata: the Secret's data must not come.
+    accept = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+    start = kube.list("secrets", NS)["metadata"]["resourceVersion"]
+    kube.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "big", "namespace": NS},
+                 "data": {"blob": "QUJD" * 1000}})
+    url = kube.url + kube.path("secrets", NS)
+    listed = kube.session.get(url, headers={"Accept": accept}, timeout=10).json()
+    assert listed["kind"] == "PartialObjectMetadataList"
+    assert [i["metadata"]["name"] for i in listed["items"]] == ["big"]
+    assert all(set(i) == {"apiVersion", "kind", "metadata"} for i in listed["items"]), listed
+    params = {"watch": "true", "timeoutSeconds": "1", "resourceVersion": start}
+    with kube.session.get(url, params=params, headers={"Accept": accept.replace("List", "")}, stream=True,
+                          timeout=11) as response:
+        events = [json.loads(line) for line in response.iter_lines() if line]
+    assert [(e["type"], e["object"]["kind"]) for e in events] == [("ADDED", "PartialObjectMetadata")]
+    assert "data" not in events[0]["object"]
+    # Without the header, the whole object.
+    assert kube.list("secrets", NS)["items"][0]["data"]["blob"].startswith("QUJD")
+
+
+def test_lists_come_in_pages_when_a_limit_is_asked(kube):
+    for i in range(5):
+        kube.create(irw(f"p{i}"))
+    url = kube.url + kube.path("irw", NS)
+    names, token, pages = [], None, 0
+    while True:
+        params = {"limit": "2"} | ({"continue": token} if token else {})
+        page = kube.session.get(url, params=params, timeout=10).json()
+        pages += 1
+        assert len(page["items"]) <= 2
+        names += [i["metadata"]["name"] for i in page["items"]]
+        token = page["metadata"].get("continue")
+        if not token:
+            break
+    assert (pages, names) == (3, [f"p{i}" for i in range(5)])
+
+
 def test_live_watch_and_bookmarks(kube, server):
     server.emulator.bookmark_interval = 0.2
     start = kube.list("irw")["metadata"]["resourceVersion"]
