@@ -83,16 +83,26 @@ impl Manifests {
     }
 
     fn add_documents(&mut self, path: &Path, text: &str) -> Result<(), StandaloneError> {
-        use serde::Deserialize as _;
-        for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        // YAML 1.2 scalars as Kubernetes reads them (`yes` and `0755` stay strings), and no
+        // source lines quoted in errors: they could hold a Secret's values.
+        let options = serde_saphyr::options! {
+            strict_booleans: true,
+            leading_zero_numbers_as_strings: true,
+            underscored_numbers_as_strings: true,
+            with_snippet: false,
+        };
+        let mut input = text.as_bytes();
+        // Empty documents are skipped, so `index` counts the documents that hold something.
+        let documents =
+            serde_saphyr::read_with_options::<_, serde_json::Value>(&mut input, options);
+        for (i, doc) in documents.enumerate() {
             let index = i + 1;
             let parse_err = |reason: String| StandaloneError::Parse {
                 path: path.to_path_buf(),
                 index,
                 reason,
             };
-            let value =
-                serde_json::Value::deserialize(doc).map_err(|e| parse_err(e.to_string()))?;
+            let value = doc.map_err(|e| parse_err(e.to_string()))?;
             if value.is_null() {
                 continue;
             }
@@ -332,5 +342,22 @@ metadata: {name: other}
             .unwrap()
             .to_string();
         assert!(err.contains("missing.yaml"), "{err}");
+
+        // Broken YAML: the error names the place, and never quotes the file's lines (a
+        // Secret's values may be on them).
+        std::fs::write(
+            &f,
+            "kind: Other\n---\napiVersion: v1\nkind: Secret\nstringData:\n  password: hunter2-canary\n   token: [unclosed\n",
+        )
+        .unwrap();
+        let err = Manifests::load(std::slice::from_ref(&f))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("w.yaml") && err.contains("document 2") && err.contains("line 7"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2"), "{err}");
     }
 }
