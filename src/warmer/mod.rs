@@ -8,186 +8,25 @@ pub mod glob;
 mod metrics;
 pub mod pass;
 pub mod schedule;
+mod target;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use serde::Serialize;
 use tokio::sync::{Notify, broadcast, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::cache::CacheWriter;
-use crate::cache::keys::Scope;
 use crate::cache::store::MetadataStore;
-use crate::credentials::Credential;
-use crate::image::{Digest, Platform, Repository};
-use crate::registry::{Endpoint, RegistryClient, RequestKind};
-use filter::TagFilter;
+use crate::image::Repository;
+use crate::registry::{RegistryClient, RequestKind};
 pub use metrics::{PassReport, WarmerMetrics};
 pub use pass::PassOptions;
 use schedule::jittered;
-
-/// Identifies a target: `namespace/name` of its watch (or of its manifest in standalone).
-pub(crate) type TargetId = String;
-
-/// Everything the warmer needs to keep one repository warm.
-#[derive(Debug, Clone)]
-pub struct Target {
-    pub id: TargetId,
-    pub repository: Repository,
-    pub credential: Credential,
-    pub scope: Scope,
-    pub endpoint: Endpoint,
-    pub filter: TagFilter,
-    /// Platforms of multi-platform images to keep; empty for all.
-    pub platforms: Vec<Platform>,
-    /// How often to list tags.
-    pub interval: Duration,
-    /// Report created times from timestamp labels when reading this repository.
-    pub timestamp_labels: bool,
-}
-
-impl Target {
-    /// Whether a new version of the target changes what a pass does (so it runs now).
-    fn differs(&self, other: &Target) -> bool {
-        self.repository != other.repository
-            || self.credential != other.credential
-            || self.scope != other.scope
-            || self.endpoint != other.endpoint
-            || self.platforms != other.platforms
-            || self.interval != other.interval
-            || format!("{:?}", self.filter) != format!("{:?}", other.filter)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum TagChangeKind {
-    New,
-    Moved,
-}
-
-/// A tag that appeared or moved to another digest in a pass.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TagChange {
-    pub tag: String,
-    pub kind: TagChangeKind,
-    pub from: Option<Digest>,
-    pub to: Option<Digest>,
-}
-
-/// What kind of failure ended or spoiled a pass, for status reasons and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum FailureKind {
-    Unauthorized,
-    RateLimited,
-    RepositoryNotFound,
-    RegistryUnavailable,
-    Cache,
-    Other,
-}
-
-impl FailureKind {
-    /// A short stable name, for metrics labels.
-    pub fn metric_label(self) -> &'static str {
-        match self {
-            FailureKind::Unauthorized => "unauthorized",
-            FailureKind::RateLimited => "rate_limited",
-            FailureKind::RepositoryNotFound => "repository_not_found",
-            FailureKind::RegistryUnavailable => "registry_unavailable",
-            FailureKind::Cache => "cache",
-            FailureKind::Other => "other",
-        }
-    }
-
-    pub fn of(e: &crate::registry::Error) -> FailureKind {
-        use crate::registry::Error as E;
-        match e {
-            E::Unauthorized { .. } | E::Forbidden { .. } => FailureKind::Unauthorized,
-            E::RateLimited { .. } => FailureKind::RateLimited,
-            E::NameUnknown { .. } => FailureKind::RepositoryNotFound,
-            E::Connect { .. }
-            | E::Timeout { .. }
-            | E::Transport { .. }
-            | E::Server { .. }
-            | E::Tls { .. }
-            | E::TokenEndpoint { .. } => FailureKind::RegistryUnavailable,
-            _ => FailureKind::Other,
-        }
-    }
-}
-
-/// What one pass did, for status, events, metrics and logs.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Outcome {
-    pub id: TargetId,
-    pub repository: String,
-    /// Tags listed by the registry.
-    pub listed: usize,
-    /// Tags in the published index (after filters and budget).
-    pub tags: usize,
-    /// Left out by filters or the budget.
-    pub excluded: usize,
-    /// Tags whose manifest the registry reports unknown.
-    pub missing: usize,
-    /// Image records fetched and cached in this pass.
-    pub images_updated: usize,
-    /// Distinct images (digests) the published index points at.
-    pub images: usize,
-    /// Whether this pass published an index (`tags` and `images` describe the cache).
-    pub published: bool,
-    pub requests: BTreeMap<RequestKind, u64>,
-    pub changes: Vec<TagChange>,
-    pub error: Option<String>,
-    /// The kind of the first failure, when `error` is set.
-    pub failure: Option<FailureKind>,
-    /// The ten most recently created tags, newest first.
-    pub latest_tags: Vec<String>,
-    pub last_update: Option<DateTime<Utc>>,
-    /// Set after a 429: the host asked for this pause.
-    pub retry_after: Option<Duration>,
-    pub duration: Duration,
-}
-
-impl Outcome {
-    fn new(target: &Target) -> Outcome {
-        Outcome {
-            id: target.id.clone(),
-            repository: target.repository.canonical(),
-            listed: 0,
-            tags: 0,
-            excluded: 0,
-            missing: 0,
-            images_updated: 0,
-            images: 0,
-            published: false,
-            requests: BTreeMap::new(),
-            changes: Vec::new(),
-            error: None,
-            failure: None,
-            latest_tags: Vec::new(),
-            last_update: None,
-            retry_after: None,
-            duration: Duration::ZERO,
-        }
-    }
-
-    pub fn requests_of(&self, kind: RequestKind) -> u64 {
-        self.requests.get(&kind).copied().unwrap_or(0)
-    }
-}
-
-/// Why a pass was asked for out of turn.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Priority {
-    ManualRescan,
-    Webhook,
-    RotatedSecret,
-}
+pub(crate) use target::TargetId;
+pub use target::{FailureKind, Outcome, Priority, TagChange, TagChangeKind, Target};
 
 #[derive(Debug, Clone)]
 pub struct WarmerOptions {
