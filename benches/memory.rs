@@ -270,7 +270,7 @@ async fn main() {
         grown as f64 / stat("bytes").max(1) as f64
     );
     println!(
-        "target (DESIGN.md): at most 64 MiB resident with 1,000 watches and 100,000 tags; \
+        "target (the design): at most 64 MiB resident with 1,000 watches and 100,000 tags; \
          peak VmHWM here {:.1} MiB with {watches} watches and {} tags ({log_lines} log lines)",
         mib(steady.hwm),
         watches * tags

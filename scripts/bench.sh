@@ -2,7 +2,7 @@
 # Runs the benchmarks one after another (they share the machine's cores, so never in
 # parallel), keeps each one's output in DIR (default target/bench-results), and, when it ran
 # all of them, writes docs/benchmarks.md from this one run (scripts/bench_report.py): the
-# machine, what else ran meanwhile, a summary against DESIGN.md's targets and each bench's
+# machine, what else ran meanwhile, a summary against the design's targets and each bench's
 # output. Extra arguments name the benches to run (then the page is left alone).
 #
 # The page is written only from a clean checkout of main, so that every figure on it comes
@@ -11,7 +11,7 @@
 # (tests/emulator/setup.sh, run by the bench itself); scripts/test.sh installs them. A bench
 # that fails (missing data, a server that did not start) stops the script; see DIR/NAME.err.
 #
-# Dataset sizes are the benches' defaults, except bigrepo, which runs at DESIGN.md's
+# Dataset sizes are the benches' defaults, except bigrepo, which runs at the design's
 # 200,000 tags (BIGREPO_TAGS to change it; about 7 minutes and 6 GB of seeded storage).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -132,7 +132,7 @@ def render(results, doc):
         "`scripts/test.sh` installs); `scripts/bench.sh NAME...` runs some benches without",
         "rewriting this page.",
         "",
-        "## Summary against the targets in DESIGN.md",
+        "## Summary against the targets of the design",
         "",
         "| target | measured | bench |",
         "|---|---|---|",

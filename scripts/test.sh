@@ -33,7 +33,7 @@ tests/emulator/.venv/bin/python -m pytest -q tests/emulator
 # yamllint come from the same venv).
 tests/emulator/.venv/bin/python -m pytest -q tests/chart
 
-# tests/it/fuzz.rs runs every fuzz property (src/fuzzing.rs) over the checked-in corpus and this
+# tests/it/fuzz.rs runs every fuzz property (src/fuzzing/) over the checked-in corpus and this
 # many seeded mutations per target, on stable: the bounded fuzz run of CI (about half a
 # minute). docs/fuzzing.md has the longer cargo-fuzz runs.
 export REGCACHE_FUZZ_CASES="${REGCACHE_FUZZ_CASES:-20000}"

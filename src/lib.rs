@@ -1,7 +1,8 @@
 //! regcache: an always-warm cache of container-image metadata, fed by a Kubernetes operator.
 //!
-//! The crate is one library with a thin binary (`src/main.rs`). Module boundaries follow
-//! DESIGN.md: only `registry` speaks HTTP to registries; only `cache` knows memcached.
+//! The crate is one library with a thin binary (`src/main.rs`). The modules and their order
+//! are in `docs/architecture.md`: only `registry` speaks HTTP to registries, only `cache`
+//! knows memcached, and a module imports only the modules below it.
 
 pub mod api;
 pub mod cache;

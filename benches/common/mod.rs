@@ -186,7 +186,7 @@ impl Standalone {
 }
 
 /// A line for the summary table of docs/benchmarks.md, which scripts/bench.sh collects
-/// from every bench's output: the DESIGN.md target and what this run measured.
+/// from every bench's output: the design's target and what this run measured.
 pub fn summary(target: &str, measured: &str) {
     println!("summary | {target} | {measured}");
 }

@@ -6,7 +6,7 @@ use crate::credentials::Credential;
 use crate::image::{Digest, ImageRef, Platform, Reference, Repository, validate_tag};
 use crate::warmer::glob::Glob;
 
-/// Image references, repositories, digests, tags and platforms (`src/image.rs`), and the
+/// Image references, repositories, digests, tags and platforms (`src/image/`), and the
 /// cache keys built from them.
 ///
 /// Properties: a parsed reference's canonical string re-parses to the same value (cache keys

@@ -1,5 +1,6 @@
 //! One warm pass over one target: list, filter, HEAD the due tags, GET only unseen
-//! digests, publish. The request economy of DESIGN.md's refresh algorithm lives here.
+//! digests, publish. The request economy of the refresh algorithm (`docs/design-notes.md`, Warmer) lives here;
+//! its decisions are the pure functions of `decide.rs`.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};

@@ -920,7 +920,7 @@ class RegcacheEmulator(KubernetesEmulator):
 
     async def _admin_token(self, request: kmock.Request) -> Any:
         body = self._body(request) or {}
-        self.tokens[body["token"]] = body.get("user") or {"username": "e2e"}
+        self.tokens[body["token"]] = body.get("user") or {"username": "emulator-user"}
         return {"tokens": len(self.tokens)}
 
     async def _admin_config(self, request: kmock.Request) -> Any:

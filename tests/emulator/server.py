@@ -192,7 +192,7 @@ def _kind_of(obj: Mapping[str, Any]) -> str:
 class KubeClient:
     """Just enough of a Kubernetes client for tests, over plain HTTP with `requests`."""
 
-    def __init__(self, url: str, field_manager: str = "e2e-harness", timeout: float = 10.0) -> None:
+    def __init__(self, url: str, field_manager: str = "emulator-client", timeout: float = 10.0) -> None:
         self.url = url.rstrip("/")
         self.field_manager = field_manager
         self.timeout = timeout

@@ -34,6 +34,7 @@ pub mod process;
 pub mod proxy;
 pub mod pusher;
 pub mod registry;
+pub mod rig;
 pub mod seed;
 pub mod server;
 pub mod token;
