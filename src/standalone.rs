@@ -324,15 +324,17 @@ metadata: {name: other}
     fn parse_errors_name_file_and_document() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("w.yaml");
-        std::fs::write(
-            &f,
+        // The error `Manifests::load` gives for a file holding `text`.
+        let load_error = |text: &str| {
+            std::fs::write(&f, text).unwrap();
+            Manifests::load(std::slice::from_ref(&f))
+                .err()
+                .unwrap()
+                .to_string()
+        };
+        let err = load_error(
             "kind: Other\n---\napiVersion: regcache.io/v1alpha1\nkind: ImageRepositoryWatch\nmetadata: {name: x}\nspec: {interval: 5m}\n",
-        )
-        .unwrap();
-        let err = Manifests::load(std::slice::from_ref(&f))
-            .err()
-            .unwrap()
-            .to_string();
+        );
         assert!(
             err.contains("w.yaml") && err.contains("document 2") && err.contains("image"),
             "{err}"
@@ -345,15 +347,9 @@ metadata: {name: other}
 
         // Broken YAML: the error names the place, and never quotes the file's lines (a
         // Secret's values may be on them).
-        std::fs::write(
-            &f,
+        let err = load_error(
             "kind: Other\n---\napiVersion: v1\nkind: Secret\nstringData:\n  password: hunter2-canary\n   token: [unclosed\n",
-        )
-        .unwrap();
-        let err = Manifests::load(std::slice::from_ref(&f))
-            .err()
-            .unwrap()
-            .to_string();
+        );
         assert!(
             err.contains("w.yaml") && err.contains("document 2") && err.contains("line 7"),
             "{err}"

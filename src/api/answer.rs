@@ -288,47 +288,10 @@ impl<B: CacheReader> ReadApi<B> {
 mod tests {
     use super::*;
     use crate::cache::CacheWriter;
-    use crate::cache::Millis;
     use crate::cache::decorate::TimestampLabels;
     use crate::cache::memory::MemoryCache;
     use crate::cache::store::TagEntry;
-    use std::time::Duration;
-
-    fn repo() -> Repository {
-        Repository::parse("ghcr.io/org/app").unwrap()
-    }
-
-    fn entry(tag: &str, digest: &Digest) -> TagEntry {
-        TagEntry {
-            tag: tag.to_string(),
-            digest: Some(digest.clone()),
-            fetched: 1,
-            deadline: 2,
-            interval: 3,
-        }
-    }
-
-    fn record(digest: &Digest, created: &str, label: Option<&str>) -> ImageRecord {
-        let mut labels = BTreeMap::new();
-        if let Some(l) = label {
-            labels.insert(
-                "org.opencontainers.image.created".to_string(),
-                l.to_string(),
-            );
-        }
-        ImageRecord {
-            digest: digest.clone(),
-            media_type: crate::registry::manifest::OCI_MANIFEST.to_string(),
-            created: crate::image::parse_time(created),
-            labels,
-            platforms: Vec::new(),
-            available_platforms: Vec::new(),
-        }
-    }
-
-    fn later() -> Millis {
-        Millis::now().plus(Duration::from_secs(3600))
-    }
+    use crate::cache::store::tests::{entry, later, record, repo};
 
     /// The repository answer for `repo()`, and how many images it lists.
     async fn answer(read: &ReadApi<MemoryCache>) -> (Bytes, usize) {

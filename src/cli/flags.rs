@@ -137,11 +137,11 @@ impl StandaloneArgs {
     }
 
     pub fn listen_options(&self) -> ListenOptions {
-        ListenOptions {
-            api: self.api_bind_address.clone(),
-            metrics: self.metrics_bind_address.clone(),
-            probes: self.health_probe_bind_address.clone(),
-        }
+        listen_options(
+            &self.api_bind_address,
+            &self.metrics_bind_address,
+            &self.health_probe_bind_address,
+        )
     }
 }
 
@@ -232,11 +232,19 @@ impl ControllerArgs {
     }
 
     pub fn listen_options(&self) -> ListenOptions {
-        ListenOptions {
-            api: self.api.api_bind_address.clone(),
-            metrics: self.metrics_bind_address.clone(),
-            probes: self.health_probe_bind_address.clone(),
-        }
+        listen_options(
+            &self.api.api_bind_address,
+            &self.metrics_bind_address,
+            &self.health_probe_bind_address,
+        )
+    }
+}
+
+fn listen_options(api: &str, metrics: &str, probes: &str) -> ListenOptions {
+    ListenOptions {
+        api: api.to_string(),
+        metrics: metrics.to_string(),
+        probes: probes.to_string(),
     }
 }
 

@@ -13,7 +13,7 @@ mod publish;
 mod read;
 mod schema;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::HashMap;
 

@@ -8,11 +8,12 @@ use crate::cache::keys::Scope;
 use crate::cache::memory::MemoryCache;
 use crate::image::{Digest, ImageRef, Repository};
 
-fn repo() -> Repository {
+/// The repository the store tests (and the read API's) use.
+pub(crate) fn repo() -> Repository {
     Repository::parse("ghcr.io/org/app").unwrap()
 }
 
-fn entry(tag: &str, digest: &Digest) -> TagEntry {
+pub(crate) fn entry(tag: &str, digest: &Digest) -> TagEntry {
     TagEntry {
         tag: tag.to_string(),
         digest: Some(digest.clone()),
@@ -22,7 +23,7 @@ fn entry(tag: &str, digest: &Digest) -> TagEntry {
     }
 }
 
-fn record(digest: &Digest, created: &str, label: Option<&str>) -> ImageRecord {
+pub(crate) fn record(digest: &Digest, created: &str, label: Option<&str>) -> ImageRecord {
     let mut labels = BTreeMap::new();
     if let Some(l) = label {
         labels.insert(
@@ -40,7 +41,7 @@ fn record(digest: &Digest, created: &str, label: Option<&str>) -> ImageRecord {
     }
 }
 
-fn later() -> Millis {
+pub(crate) fn later() -> Millis {
     Millis::now().plus(Duration::from_secs(3600))
 }
 
