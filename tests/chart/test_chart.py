@@ -90,7 +90,7 @@ SCENARIOS = {
     "api-auth-none": {"apiAuth": "none"},
 }
 
-# The API calls regcache makes (DESIGN.md, src/controller, src/api/auth.rs), as
+# The API calls regcache makes (src/controller, src/api/auth.rs, src/cli/controller.rs), as
 # (apiGroup, resource, verb). The chart must grant exactly these.
 WATCH_RULES = {
     ("regcache.io", "imagerepositorywatches", "list"),
@@ -566,7 +566,7 @@ def test_render_cli_fails_loudly():
 
 ROOT = HERE.parents[1]
 def config_flags_and_envs() -> tuple[set[str], set[str]]:
-    source = (ROOT / "src" / "config.rs").read_text()
+    source = (ROOT / "src" / "cli" / "flags.rs").read_text()
     fields = {f.replace("_", "-") for f in re.findall(r"pub (\w+):", source)}
     longs = set(re.findall(r'long\s*=\s*"([\w-]+)"', source))
     envs = set(re.findall(r'env\s*=\s*"(\w+)"', source))
