@@ -1,5 +1,6 @@
 //! The command line: clap flags (each with an env var, `flags`), converted into each module's
-//! own options type, and the commands. The top of the module order: nothing imports `cli`.
+//! own options type, and the commands. Only `fuzzing` sits above it in the module order,
+//! and it does not import `cli` either.
 
 mod controller;
 pub mod flags;
