@@ -12,7 +12,6 @@ mod auth;
 mod error;
 pub mod webhook;
 
-use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
@@ -150,7 +149,7 @@ struct Shared<B> {
 
 type AppState<B> = State<Arc<Shared<B>>>;
 
-/// The API's routes; serve them with [`serve`].
+/// The API's routes; `runtime::serve` serves them.
 pub fn router<B: CacheReader + 'static>(state: ApiState<B>) -> Router {
     let shared = Arc::new(Shared {
         read: state.read,
@@ -174,18 +173,6 @@ pub fn router<B: CacheReader + 'static>(state: ApiState<B>) -> Router {
         .route("/hooks/registry", post(registry_hook::<B>))
         .fallback(|| async { ApiError::not_found("no such endpoint; see docs/api.md") })
         .with_state(shared)
-}
-
-/// Serves `router` on `listener` until `shutdown` resolves, then lets requests in flight
-/// finish.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
 }
 
 impl<B: CacheReader + 'static> Shared<B> {

@@ -166,11 +166,14 @@ impl Runtime {
             (probe_listener, probes::probes_router(readiness.clone())),
         ];
         for (listener, router) in routers {
-            self.tasks.spawn(serve(
-                listener,
-                router,
-                self.token.clone().cancelled_owned(),
-            ));
+            let shutdown = self.token.clone().cancelled_owned();
+            // A failing listener is logged: a probe listener that dies must not take the
+            // warmer down with it.
+            self.tasks.spawn(async move {
+                if let Err(e) = serve(listener, router, shutdown).await {
+                    tracing::error!(error = %e, "listener failed");
+                }
+            });
         }
         let (store, metrics, token) = (
             self.store.clone(),
@@ -229,19 +232,15 @@ pub async fn bind(address: &str, what: &str) -> Result<tokio::net::TcpListener, 
     Ok(listener)
 }
 
-/// Serves `router` until `shutdown` resolves, then lets requests in flight finish. A
-/// failure is logged: a probe listener that dies must not take the warmer down with it.
+/// Serves `router` until `shutdown` resolves, then lets requests in flight finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: axum::Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) {
-    if let Err(e) = axum::serve(listener, router)
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
-    {
-        tracing::error!(error = %e, "listener failed");
-    }
 }
 
 #[cfg(test)]

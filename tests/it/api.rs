@@ -111,9 +111,13 @@ impl Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel();
-        let done = tokio::spawn(api::serve(listener, api::router(state), async {
-            let _ = stopped.await;
-        }));
+        let done = tokio::spawn(regcache::runtime::serve(
+            listener,
+            api::router(state),
+            async {
+                let _ = stopped.await;
+            },
+        ));
         Server {
             base,
             stop: Some(stop),
