@@ -118,18 +118,28 @@ pub async fn controller(args: &ControllerArgs) -> Result<(), ControllerCommandEr
         },
         token.clone().cancelled_owned(),
     ));
-    let lost = tokio::select! {
+    // (lost leadership, led until shut down)
+    let (lost, led) = tokio::select! {
         _ = elector.acquire() => {
             let _ = led_tx.send(());
             tokio::select! {
-                _ = elector.hold() => true,
-                _ = token.cancelled() => false,
+                _ = elector.hold() => (true, false),
+                _ = token.cancelled() => (false, true),
             }
         }
-        _ = token.cancelled() => false,
+        _ = token.cancelled() => (false, false),
     };
     token.cancel();
     let _ = controller.await;
+    // A leader shutting down gives the Lease up once it has stopped writing, so another
+    // replica takes over at its next retry rather than after the lease duration.
+    if led {
+        match elector.release().await {
+            Ok(true) => tracing::info!(lease = %args.leader_election_id, "released the lease"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "could not release the lease"),
+        }
+    }
     runtime.shutdown().await;
     if lost {
         return Err(ControllerCommandError::LostLeadership(

@@ -110,6 +110,33 @@ impl LeaderElector {
         }
     }
 
+    /// Gives the lease up, when this candidate holds it: the holder is cleared, so another
+    /// candidate takes it at its next retry instead of waiting for the lease to expire.
+    /// Called on a graceful shutdown, after the controller stopped writing.
+    pub async fn release(&self) -> Result<bool, kube::Error> {
+        let Some(mut lease) = self.api.get_opt(&self.settings.name).await? else {
+            return Ok(false);
+        };
+        let mut spec = lease.spec.clone().unwrap_or_default();
+        if spec.holder_identity.as_deref() != Some(self.settings.identity.as_str()) {
+            return Ok(false);
+        }
+        spec.holder_identity = None;
+        spec.renew_time = Some(now());
+        lease.spec = Some(spec);
+        // With the resourceVersion read above: if the lease changed hands meanwhile, the
+        // 409 leaves the new holder alone.
+        match self
+            .api
+            .replace(&self.settings.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Waits until this candidate leads.
     pub async fn acquire(&self) {
         let mut last = None;

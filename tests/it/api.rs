@@ -1,5 +1,6 @@
 //! The read API over HTTP: every endpoint and error reason, the registry webhook with a real
-//! warmer, and ServiceAccount authentication against the Kubernetes API emulator.
+//! warmer, and ServiceAccount authentication through a real API server's TokenReview and
+//! SubjectAccessReview.
 
 use crate::support;
 
@@ -599,8 +600,9 @@ async fn webhooks_ask_the_warmer_for_passes_of_the_pushed_repositories() {
     server.stop().await;
 }
 
-async fn kube_client(emulator: &support::kube::Emulator) -> kube::Client {
-    let kubeconfig = kube::config::Kubeconfig::read_from(&emulator.kubeconfig).unwrap();
+/// A kube client as the API server's admin.
+async fn kube_client(server: &support::apiserver::ApiServer) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(&server.kubeconfig).unwrap();
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
         .await
         .unwrap();
@@ -610,21 +612,37 @@ async fn kube_client(emulator: &support::kube::Emulator) -> kube::Client {
 #[tokio::test(flavor = "multi_thread")]
 async fn service_account_tokens_are_reviewed_by_the_kubernetes_api() {
     support::install_crypto_provider();
-    let emulator = tokio::task::spawn_blocking(support::kube::Emulator::start)
+    let cluster = tokio::task::spawn_blocking(support::apiserver::ApiServer::start)
         .await
         .unwrap();
-    for (token, user) in [("reader-token", "reader"), ("denied-token", "outsider")] {
-        emulator
-            .create(
-                "/_emulator/tokens",
-                json!({"token": token, "user": {"username": format!("system:serviceaccount:web:{user}"),
-                       "groups": ["system:serviceaccounts"]}}),
-            )
-            .await;
-    }
+    cluster.namespace("web").await;
+    // `reader` may get the watches in `web` (a Role and RoleBinding, as a user would write
+    // them); `outsider` is a ServiceAccount with no access granted.
+    let reader = cluster.service_account_token("web", "reader").await;
+    let outsider = cluster.service_account_token("web", "outsider").await;
+    let rbac = "/apis/rbac.authorization.k8s.io/v1/namespaces/web";
+    cluster
+        .create(
+            &format!("{rbac}/roles"),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                   "metadata": {"name": "watch-reader", "namespace": "web"},
+                   "rules": [{"apiGroups": ["regcache.io"], "resources": ["imagerepositorywatches"],
+                              "verbs": ["get"]}]}),
+        )
+        .await;
+    cluster
+        .create(
+            &format!("{rbac}/rolebindings"),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                   "metadata": {"name": "watch-reader", "namespace": "web"},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                               "name": "watch-reader"},
+                   "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": "web"}]}),
+        )
+        .await;
     let (store, directory, _) = fixture().await;
     let server = Server::start(ApiState {
-        auth: ApiAuth::Kubernetes(kube_client(&emulator).await),
+        auth: ApiAuth::Kubernetes(kube_client(&cluster).await),
         ..open_state(store, directory)
     })
     .await;
@@ -635,34 +653,24 @@ async fn service_account_tokens_are_reviewed_by_the_kubernetes_api() {
     let unknown = server.get(path, Some("not-a-token")).await;
     assert_eq!(reason(&unknown), (401, "Unauthorized"), "{}", unknown.1);
 
-    let (status, body) = server.get(path, Some("reader-token")).await;
+    let (status, body) = server.get(path, Some(&reader)).await;
     assert_eq!(status, 200, "{body}");
-    let (status, body) = server
-        .get("/api/v1/images/nginx:v1", Some("reader-token"))
-        .await;
+    let (status, body) = server.get("/api/v1/images/nginx:v1", Some(&reader)).await;
     assert_eq!(status, 200, "{body}");
     let (status, body) = server
         .get(
             "/api/v1/namespaces/web/imagerepositorywatches/nginx",
-            Some("reader-token"),
+            Some(&reader),
         )
         .await;
     assert_eq!(status, 200, "{body}");
 
-    let configured = support::http_client(None)
-        .put(emulator.url("/_emulator/config"))
-        .header("content-type", "application/json")
-        .body(json!({"access_allowed": false}).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert!(configured.status().is_success());
-    let denied = server.get(path, Some("denied-token")).await;
+    let denied = server.get(path, Some(&outsider)).await;
     assert_eq!(reason(&denied), (403, "Forbidden"), "{}", denied.1);
     let denied = server
         .get(
             "/api/v1/namespaces/web/imagerepositorywatches/nginx",
-            Some("denied-token"),
+            Some(&outsider),
         )
         .await;
     assert_eq!(reason(&denied), (403, "Forbidden"), "{}", denied.1);
@@ -670,16 +678,16 @@ async fn service_account_tokens_are_reviewed_by_the_kubernetes_api() {
     let denied = server
         .get(
             "/api/v1/namespaces/web/imagerepositorywatches/gone",
-            Some("denied-token"),
+            Some(&outsider),
         )
         .await;
     assert_eq!(reason(&denied), (403, "Forbidden"), "{}", denied.1);
 
-    // Each token was reviewed once (the unknown one too): answers are cached.
-    let counters = emulator.counters().await;
-    assert_eq!(
-        counters["changes"]["authentication.k8s.io/v1/tokenreviews"], 3,
-        "{counters:#}"
-    );
+    // Each token was reviewed once (the unknown one too): answers are cached. The API
+    // server's own request counter says so.
+    let reviews = cluster
+        .request_count(&[("resource", "tokenreviews"), ("verb", "POST")])
+        .await;
+    assert_eq!(reviews, 3.0);
     server.stop().await;
 }

@@ -1,5 +1,6 @@
-//! End to end: the real `regcache controller` binary against the Kubernetes API emulator,
-//! with the real token-auth registry and real memcached.
+//! End to end: the real `regcache controller` binary against a real API server (etcd and
+//! kube-apiserver), installed by its Helm chart and running as the chart's ServiceAccount
+//! under the chart's RBAC, with the real token-auth registry and real memcached.
 
 use crate::support;
 
@@ -12,7 +13,8 @@ use regcache::cache::store::MetadataStore;
 use regcache::credentials::Credential;
 use regcache::image::Repository;
 use serde_json::{Value, json};
-use support::kube::{ControllerProcess, Emulator, pull_secret, ready_is};
+use support::cluster::Cluster;
+use support::kube::{ControllerProcess, KubeClient, pull_secret, ready_is};
 use support::{CANARY_PASSWORD, ImageSpec, ManifestKind, Registry, RegistryAuth, TEST_USER};
 
 const NS: &str = "team";
@@ -20,28 +22,34 @@ const WATCHES: &str = "/apis/regcache.io/v1alpha1/namespaces/team/imagerepositor
 const SECRETS: &str = "/api/v1/namespaces/team/secrets";
 
 /// Annotates the watch for a rescan and waits until the controller has handled it.
-async fn request_rescan(emulator: &Emulator, path: &str, value: &str) {
-    emulator
+async fn request_rescan(cluster: &KubeClient, path: &str, value: &str) {
+    cluster
         .merge_patch(
             path,
             json!({"metadata": {"annotations": {"regcache.io/requestedAt": value}}}),
         )
         .await;
-    emulator
+    cluster
         .wait_for(path, Duration::from_secs(30), |w| {
             w["status"]["lastHandledRequestedAt"] == value
         })
         .await;
 }
 
-/// Status writes the emulator received (no-ops included) and the changes they made.
-async fn status_writes(emulator: &Emulator) -> (u64, u64) {
-    let c = emulator.counters().await;
-    let key = "regcache.io/v1alpha1/imagerepositorywatches/status";
-    (
-        c["writes"][key].as_u64().unwrap_or(0),
-        c["changes"][key].as_u64().unwrap_or(0),
-    )
+/// Status writes the API server served for watches (by its own request counter, no-ops
+/// included).
+async fn status_writes(cluster: &Cluster) -> f64 {
+    let mut writes = 0.0;
+    for verb in ["APPLY", "PATCH", "PUT"] {
+        writes += cluster
+            .request_count(&[
+                ("resource", "imagerepositorywatches"),
+                ("subresource", "status"),
+                ("verb", verb),
+            ])
+            .await;
+    }
+    writes
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -58,12 +66,12 @@ async fn watch_with_pull_secret_warms_survives_rotation_and_does_not_loop() {
             .await;
     }
     let memcached = support::Memcached::start();
-    let emulator = Emulator::start();
+    let cluster = Cluster::install(&[NS], &[]).await;
     let host = registry.host();
-    emulator
+    cluster
         .create(SECRETS, pull_secret(NS, "regcred", &host, CANARY_PASSWORD))
         .await;
-    emulator
+    cluster
         .create(
             WATCHES,
             json!({
@@ -76,13 +84,22 @@ async fn watch_with_pull_secret_warms_survives_rotation_and_does_not_loop() {
         )
         .await;
     let dir = tempfile::tempdir().unwrap();
-    let controller = ControllerProcess::start(
-        &emulator.kubeconfig,
+    let controller = cluster.controller(
         &["--memcached", &memcached.addr(), "--log-level", "debug"],
         dir.path().join("controller.log"),
     );
     let path = format!("{WATCHES}/app");
-    let watch = emulator
+    // `kubectl wait` returns once the controller says Ready.
+    let waited = cluster.kubectl_ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "irw/app",
+        "-n",
+        NS,
+        "--timeout=60s",
+    ]);
+    assert!(waited.contains("condition met"), "{waited}");
+    let watch = cluster
         .wait_for(
             &path,
             Duration::from_secs(60),
@@ -100,15 +117,23 @@ async fn watch_with_pull_secret_warms_survives_rotation_and_does_not_loop() {
         watch["metadata"]["generation"]
     );
     let first_update = watch["status"]["lastUpdate"].clone();
+    // `kubectl get irw` fills the printer columns from the status.
+    let table = cluster.kubectl_ok(&["get", "irw", "-n", NS]);
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(
+        &row[..4],
+        ["app", &format!("{host}/e2e/app"), "3", "True"],
+        "{table}"
+    );
 
     // Rotate to a wrong password: the pass fails, Ready goes False, data stays cached.
-    emulator
+    cluster
         .merge_patch(
             &format!("{SECRETS}/regcred"),
             json!({"data": pull_secret(NS, "regcred", &host, "wrong-password")["data"]}),
         )
         .await;
-    let failed = emulator
+    let failed = cluster
         .wait_for(
             &path,
             Duration::from_secs(60),
@@ -138,41 +163,62 @@ async fn watch_with_pull_secret_warms_survives_rotation_and_does_not_loop() {
     );
 
     // Fix it: recovers.
-    emulator
+    cluster
         .merge_patch(
             &format!("{SECRETS}/regcred"),
             json!({"data": pull_secret(NS, "regcred", &host, CANARY_PASSWORD)["data"]}),
         )
         .await;
-    let recovered = emulator
+    let recovered = cluster
         .wait_for(
             &path,
             Duration::from_secs(60),
             ready_is("True", "Succeeded"),
         )
         .await;
+    // The controller's apply left `lastError` out, and the real server-side apply removed
+    // the field it owned: gone, not stale.
     assert!(
         recovered["status"].get("lastError").is_none(),
         "{recovered:#}"
     );
 
     // A quiet minute: nothing is due for an hour, so the controller must not write status
-    // at all, although every write it made came back to it as a watch event.
+    // at all, although every write it made came back to it as a watch event. The API
+    // server's own request counter sees every write, no-ops too.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let before = status_writes(&emulator).await;
+    let before = (
+        status_writes(&cluster).await,
+        cluster.get(&path).await.unwrap(),
+    );
     tokio::time::sleep(Duration::from_secs(60)).await;
-    let after = status_writes(&emulator).await;
+    let after = (
+        status_writes(&cluster).await,
+        cluster.get(&path).await.unwrap(),
+    );
+    assert_eq!(after.0, before.0, "status writes during a quiet minute");
     assert_eq!(
-        after, before,
-        "status writes (writes, changes) during a quiet minute"
+        after.1["metadata"]["resourceVersion"], before.1["metadata"]["resourceVersion"],
+        "the watch changed during a quiet minute"
     );
 
+    // A spec change: observedGeneration follows it, and the status settles again.
+    cluster
+        .merge_patch(&path, json!({"spec": {"interval": "2h"}}))
+        .await;
+    let changed = cluster
+        .wait_for(&path, Duration::from_secs(60), |w| {
+            w["metadata"]["generation"] == 2 && w["status"]["observedGeneration"] == 2
+        })
+        .await;
+    assert_eq!(ready_is("True", "Succeeded")(&changed), true, "{changed:#}");
+
     // A rescan on request.
-    request_rescan(&emulator, &path, "now-1").await;
+    request_rescan(&cluster, &path, "now-1").await;
 
     // Events mark the transitions (Progressing → Succeeded → Unauthorized → Succeeded), not
     // every pass; and no credential shows in logs, status or events.
-    let events = emulator
+    let events = cluster
         .get("/apis/events.k8s.io/v1/namespaces/team/events")
         .await
         .unwrap();
@@ -191,7 +237,7 @@ async fn watch_with_pull_secret_warms_survives_rotation_and_does_not_loop() {
         reasons.len() <= 6,
         "an event per transition only: {reasons:?}"
     );
-    let watch = emulator.get(&path).await.unwrap();
+    let watch = cluster.get(&path).await.unwrap();
     for (what, text) in [
         ("controller logs", controller.logs()),
         ("watch", watch.to_string()),
@@ -199,6 +245,7 @@ async fn watch_with_pull_secret_warms_survives_rotation_and_does_not_loop() {
     ] {
         assert!(!text.contains(CANARY_PASSWORD), "canary in {what}");
     }
+    cluster.assert_nothing_forbidden();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -209,7 +256,7 @@ async fn bad_input_gets_a_clear_condition_and_resumes_when_fixed() {
         .push_image("e2e/bad", "v1", &ImageSpec::new(ManifestKind::Oci))
         .await;
     let memcached = support::Memcached::start();
-    let emulator = Emulator::start();
+    let cluster = Cluster::install(&[NS], &[]).await;
     let host = registry.host();
     let watch = |name: &str, spec: Value| {
         json!({
@@ -219,13 +266,15 @@ async fn bad_input_gets_a_clear_condition_and_resumes_when_fixed() {
             "spec": spec,
         })
     };
-    emulator
+    cluster
         .create(
             WATCHES,
-            watch("bad-image", json!({"image": "Not/Valid:tag"})),
+            // The schema lets it through (no tag, no digest, no space); regcache's parser
+            // does not: a repository path is lower case.
+            watch("bad-image", json!({"image": "Not/Valid"})),
         )
         .await;
-    emulator
+    cluster
         .create(
             WATCHES,
             watch(
@@ -234,14 +283,14 @@ async fn bad_input_gets_a_clear_condition_and_resumes_when_fixed() {
             ),
         )
         .await;
-    emulator
+    cluster
         .create(
             SECRETS,
             json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "opaque", "namespace": NS},
                    "type": "Opaque", "data": {"password": base64::engine::general_purpose::STANDARD.encode(CANARY_PASSWORD)}}),
         )
         .await;
-    emulator
+    cluster
         .create(
             WATCHES,
             watch(
@@ -251,12 +300,11 @@ async fn bad_input_gets_a_clear_condition_and_resumes_when_fixed() {
         )
         .await;
     let dir = tempfile::tempdir().unwrap();
-    let controller = ControllerProcess::start(
-        &emulator.kubeconfig,
+    let controller = cluster.controller(
         &["--memcached", &memcached.addr()],
         dir.path().join("controller.log"),
     );
-    let bad = emulator
+    let bad = cluster
         .wait_for(
             &format!("{WATCHES}/bad-image"),
             Duration::from_secs(60),
@@ -268,7 +316,7 @@ async fn bad_input_gets_a_clear_condition_and_resumes_when_fixed() {
         msg.contains("team/bad-image") && msg.contains("Not/Valid"),
         "{msg}"
     );
-    let wrong = emulator
+    let wrong = cluster
         .wait_for(
             &format!("{WATCHES}/wrong-type"),
             Duration::from_secs(60),
@@ -284,7 +332,7 @@ async fn bad_input_gets_a_clear_condition_and_resumes_when_fixed() {
     );
     assert!(!wrong.to_string().contains(CANARY_PASSWORD));
     let missing = format!("{WATCHES}/missing-secret");
-    emulator
+    cluster
         .wait_for(
             &missing,
             Duration::from_secs(60),
@@ -295,8 +343,8 @@ async fn bad_input_gets_a_clear_condition_and_resumes_when_fixed() {
     // The secret appears: warming resumes by itself.
     let mut secret = pull_secret(NS, "regcred", &host, CANARY_PASSWORD);
     secret["metadata"]["name"] = json!("later");
-    emulator.create(SECRETS, secret).await;
-    let ok = emulator
+    cluster.create(SECRETS, secret).await;
+    let ok = cluster
         .wait_for(
             &missing,
             Duration::from_secs(60),
@@ -306,7 +354,7 @@ async fn bad_input_gets_a_clear_condition_and_resumes_when_fixed() {
     assert_eq!(ok["status"]["tagCount"], 1);
 
     // Deleting the watch stops its warming.
-    emulator.delete(&missing).await;
+    cluster.delete(&missing).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !controller.logs().contains("watch deleted; warming stops") {
         assert!(
@@ -317,19 +365,26 @@ async fn bad_input_gets_a_clear_condition_and_resumes_when_fixed() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(controller.logs().contains("team/missing-secret"));
+    cluster.assert_nothing_forbidden();
 }
 
+/// Leader election on the real Lease API, with the chart's two replicas: one leads and the
+/// other only plans; a leader that shuts down gracefully (SIGTERM, as Kubernetes stops a
+/// Pod) releases the Lease, so the other takes over at its next retry; a killed leader is
+/// replaced once its lease has run out, and not before.
 #[tokio::test(flavor = "multi_thread")]
 async fn one_leader_warms_and_another_takes_over() {
+    const LEASE: Duration = Duration::from_secs(10);
+    const RETRY: Duration = Duration::from_millis(500);
     let registry = Registry::start(RegistryAuth::Anonymous);
     registry
         .pusher()
         .push_image("e2e/ha", "v1", &ImageSpec::new(ManifestKind::Oci))
         .await;
     let memcached = support::Memcached::start();
-    let emulator = Emulator::start();
+    let cluster = Cluster::install(&[NS], &["replicas=2"]).await;
     let host = registry.host();
-    emulator
+    cluster
         .create(
             WATCHES,
             json!({
@@ -341,41 +396,30 @@ async fn one_leader_warms_and_another_takes_over() {
         )
         .await;
     let dir = tempfile::tempdir().unwrap();
-    let args = |name: &'static str| {
-        vec![
-            "--memcached".to_string(),
-            memcached.addr(),
-            "--leader-elect".to_string(),
-            "--leader-election-namespace".to_string(),
-            NS.to_string(),
-            "--lease-duration".to_string(),
-            "6s".to_string(),
-            "--lease-retry".to_string(),
-            "300ms".to_string(),
-            "--pod-name".to_string(),
-            name.to_string(),
-        ]
-    };
-    let start = |name: &'static str| {
-        let a = args(name);
-        let a: Vec<&str> = a.iter().map(String::as_str).collect();
-        ControllerProcess::start(
-            &emulator.kubeconfig,
-            &a,
+    let start = |name: &str| {
+        cluster.controller(
+            &[
+                "--memcached",
+                &memcached.addr(),
+                "--lease-duration",
+                &format!("{}s", LEASE.as_secs()),
+                "--lease-retry",
+                &format!("{}ms", RETRY.as_millis()),
+                "--pod-name",
+                name,
+            ],
             dir.path().join(format!("{name}.log")),
         )
     };
+    let lease = cluster.lease_path();
+    let held_by = |name: &'static str| move |l: &Value| l["spec"]["holderIdentity"] == name;
     let mut first = start("replica-a");
-    emulator
-        .wait_for(
-            "/apis/coordination.k8s.io/v1/namespaces/team/leases/regcache-leader",
-            Duration::from_secs(30),
-            |l| l["spec"]["holderIdentity"] == "replica-a",
-        )
+    cluster
+        .wait_for(&lease, Duration::from_secs(30), held_by("replica-a"))
         .await;
     let mut second = start("replica-b");
     let path = format!("{WATCHES}/ha");
-    emulator
+    cluster
         .wait_for(
             &path,
             Duration::from_secs(60),
@@ -406,17 +450,66 @@ async fn one_leader_warms_and_another_takes_over() {
     );
     assert!(second.is_running());
 
-    first.kill();
-    emulator
+    // A graceful shutdown releases the Lease: the follower takes it well before the lease
+    // would have run out.
+    let stopped = std::time::Instant::now();
+    let status = first
+        .terminate(Duration::from_secs(20))
+        .expect("the leader exits on SIGTERM");
+    assert!(status.success(), "{status}: {}", first.logs());
+    assert!(
+        first.logs().contains("released the lease"),
+        "{}",
+        first.logs()
+    );
+    cluster
         .wait_for(
-            "/apis/coordination.k8s.io/v1/namespaces/team/leases/regcache-leader",
-            Duration::from_secs(30),
-            |l| l["spec"]["holderIdentity"] == "replica-b",
+            &lease,
+            LEASE + Duration::from_secs(20),
+            held_by("replica-b"),
         )
         .await;
+    let took = stopped.elapsed();
+    assert!(
+        took < LEASE,
+        "the follower took a released lease only after {took:?} (lease {LEASE:?})"
+    );
     // The new leader acts: a requested rescan is handled.
-    request_rescan(&emulator, &path, "after-failover").await;
+    request_rescan(&cluster, &path, "after-failover").await;
     assert!(second.logs().contains("became leader"));
+
+    // A killed leader cannot release: its lease runs out first (it renewed at most a retry
+    // before it died), then a candidate takes it at its next retry. Three seconds of slack
+    // above that bound for a busy machine.
+    let third = start("replica-c");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while third.metric("regcache_warmer_targets").await < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replica-c never planned"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    second.kill();
+    let killed = std::time::Instant::now();
+    cluster
+        .wait_for(
+            &lease,
+            LEASE + Duration::from_secs(30),
+            held_by("replica-c"),
+        )
+        .await;
+    let took = killed.elapsed();
+    assert!(
+        took + RETRY + Duration::from_secs(1) >= LEASE,
+        "a killed leader's lease was taken after {took:?}, before it ran out ({LEASE:?})"
+    );
+    assert!(
+        took <= LEASE + RETRY + Duration::from_secs(3),
+        "a killed leader was replaced only after {took:?} (lease {LEASE:?}, retry {RETRY:?})"
+    );
+    request_rescan(&cluster, &path, "after-kill").await;
+    cluster.assert_nothing_forbidden();
 }
 
 /// Behind the chart's Service a registry's webhook reaches any replica, but only the
@@ -431,9 +524,10 @@ async fn a_webhook_sent_to_any_of_three_replicas_warms_the_pushed_tag() {
         .push_image("e2e/hook", "v1", &ImageSpec::new(ManifestKind::Oci))
         .await;
     let memcached = support::Memcached::start();
-    let emulator = Emulator::start();
+    let cluster =
+        Cluster::install(&[NS], &["replicas=3", "webhookToken.existingSecret=hook"]).await;
     let host = registry.host();
-    emulator
+    cluster
         .create(
             WATCHES,
             json!({
@@ -451,9 +545,6 @@ async fn a_webhook_sent_to_any_of_three_replicas_warms_the_pushed_tag() {
             let args = [
                 "--memcached",
                 &memcached.addr(),
-                "--leader-elect",
-                "--leader-election-namespace",
-                NS,
                 "--lease-retry",
                 "300ms",
                 "--pod-name",
@@ -463,15 +554,11 @@ async fn a_webhook_sent_to_any_of_three_replicas_warms_the_pushed_tag() {
                 "--webhook-token",
                 HOOK_TOKEN,
             ];
-            ControllerProcess::start(
-                &emulator.kubeconfig,
-                &args,
-                dir.path().join(format!("{name}.log")),
-            )
+            cluster.controller(&args, dir.path().join(format!("{name}.log")))
         })
         .collect();
     let path = format!("{WATCHES}/hook");
-    emulator
+    cluster
         .wait_for(
             &path,
             Duration::from_secs(60),
@@ -530,4 +617,134 @@ async fn a_webhook_sent_to_any_of_three_replicas_warms_the_pushed_tag() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    cluster.assert_nothing_forbidden();
+}
+
+/// The audit log's requests of the chart's ServiceAccount for watches: (verb, request URI).
+fn watch_requests(cluster: &Cluster) -> Vec<(String, String)> {
+    cluster
+        .audit_events()
+        .iter()
+        .filter(|e| e["user"]["username"] == cluster.user.as_str())
+        .filter(|e| e["objectRef"]["resource"] == "imagerepositorywatches")
+        .filter(|e| e["stage"] == "ResponseComplete" || e["verb"] == "watch")
+        .map(|e| {
+            (
+                e["verb"].as_str().unwrap_or_default().to_string(),
+                e["requestURI"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Watch expiry and an API server restart, on the real thing. The API server runs without
+/// its watch cache, so watches are served from etcd. It is stopped; meanwhile, through a
+/// second API server on the same etcd, a watch is created, one changed and one deleted,
+/// and etcd's history is compacted past the controller's last resourceVersion. The first
+/// API server comes back on its port: the controller's watch from that resourceVersion gets
+/// 410 Gone, it lists again, and acts on every change it missed.
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_expiry_and_api_server_restart_lose_no_change() {
+    let registry = Registry::start(RegistryAuth::Anonymous);
+    let pusher = registry.pusher();
+    for repository in ["e2e/a", "e2e/b", "e2e/c"] {
+        pusher
+            .push_image(repository, "v1", &ImageSpec::new(ManifestKind::Oci))
+            .await;
+    }
+    let host = registry.host();
+    let memcached = support::Memcached::start();
+    let server = tokio::task::spawn_blocking(|| {
+        support::apiserver::ApiServer::start_with(support::apiserver::ApiServerOptions {
+            no_watch_cache: true,
+        })
+    })
+    .await
+    .unwrap();
+    let mut cluster = Cluster::install_on(server, &[NS], &[]).await;
+    let watch = |name: &str| {
+        json!({"apiVersion": "regcache.io/v1alpha1", "kind": "ImageRepositoryWatch",
+               "metadata": {"name": name, "namespace": NS},
+               "spec": {"image": format!("{host}/e2e/{name}"), "insecure": true, "interval": "1h"}})
+    };
+    for name in ["a", "b"] {
+        cluster.create(WATCHES, watch(name)).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let controller = cluster.controller(
+        &[
+            "--memcached",
+            &memcached.addr(),
+            "--log-level",
+            "info,kube_runtime=debug",
+        ],
+        dir.path().join("controller.log"),
+    );
+    for name in ["a", "b"] {
+        cluster
+            .wait_for(
+                &format!("{WATCHES}/{name}"),
+                Duration::from_secs(60),
+                ready_is("True", "Succeeded"),
+            )
+            .await;
+    }
+    let second = tokio::task::block_in_place(|| cluster.second_apiserver());
+    cluster.stop_apiserver();
+    second.create(WATCHES, watch("c")).await;
+    second
+        .merge_patch(&format!("{WATCHES}/b"), json!({"spec": {"interval": "2h"}}))
+        .await;
+    second.delete(&format!("{WATCHES}/a")).await;
+    cluster.compact_etcd().await;
+    drop(second);
+    let requests_before = watch_requests(&cluster).len();
+    tokio::task::block_in_place(|| cluster.restart_apiserver());
+
+    // Every change made while the controller could not watch is acted on.
+    cluster
+        .wait_for(
+            &format!("{WATCHES}/c"),
+            Duration::from_secs(90),
+            ready_is("True", "Succeeded"),
+        )
+        .await;
+    cluster
+        .wait_for(&format!("{WATCHES}/b"), Duration::from_secs(60), |w| {
+            w["metadata"]["generation"] == 2 && w["status"]["observedGeneration"] == 2
+        })
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !controller
+        .logs()
+        .lines()
+        .any(|l| l.contains("watch deleted; warming stops") && l.contains("team/a"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deleted watch was not noticed:\n{}",
+            controller.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // How: it watched again from the resourceVersion it had seen last, which etcd had
+    // compacted away (410 Gone), and then listed afresh.
+    let after: Vec<(String, String)> = watch_requests(&cluster).split_off(requests_before);
+    let resumed = after.iter().position(|(verb, uri)| {
+        verb == "watch"
+            && uri
+                .split(['?', '&'])
+                .filter_map(|p| p.strip_prefix("resourceVersion="))
+                .any(|v| !v.is_empty() && v != "0")
+    });
+    let relisted = after.iter().rposition(|(verb, _)| verb == "list");
+    assert!(
+        resumed.is_some() && relisted > resumed,
+        "expected a watch resumed from a resourceVersion, then a list; after the restart: {after:#?}"
+    );
+    for name in ["b", "c"] {
+        let w = cluster.get(&format!("{WATCHES}/{name}")).await.unwrap();
+        assert!(w["status"].get("lastError").is_none(), "{w:#}");
+    }
+    cluster.assert_nothing_forbidden();
 }

@@ -15,6 +15,7 @@ mod cli;
 mod controller_e2e;
 mod faults;
 mod fuzz;
+mod kubernetes;
 mod metrics;
 mod packaging;
 mod rbac;

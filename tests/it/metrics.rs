@@ -1,5 +1,6 @@
-//! `/metrics`, `/healthz` and `/readyz` of the real binary: the controller against the API
-//! emulator, the token-auth registry (behind a fault proxy) and memcached, and standalone.
+//! `/metrics`, `/healthz` and `/readyz` of the real binary: the controller (installed by the
+//! chart into a real API server, as its ServiceAccount) with the token-auth registry
+//! (behind a fault proxy) and memcached, and standalone.
 //! Every metric `docs/metrics.md` lists must show up in a scrape, so docs and code cannot
 //! drift apart.
 
@@ -11,7 +12,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::kube::{ControllerProcess, Emulator, pull_secret, ready_is};
+use support::cluster::Cluster;
+use support::kube::{pull_secret, ready_is};
 use support::{
     CANARY_PASSWORD, Fault, ImageSpec, Kind, ManifestKind, Registry, RegistryAuth, Rule,
 };
@@ -216,36 +218,35 @@ async fn controller_scrape_after_a_warm_pass_has_every_documented_metric() {
     let host = proxy.host();
     let image = format!("{host}/metrics/app");
     let memcached = support::Memcached::start();
-    let emulator = Emulator::start();
-    emulator
+    let cluster = Cluster::install(&[NS], &[]).await;
+    cluster
         .create(SECRETS, pull_secret(NS, "regcred", &host, CANARY_PASSWORD))
         .await;
-    emulator
+    cluster
         .create(SECRETS, pull_secret(NS, "badcred", &host, WRONG_PASSWORD))
         .await;
-    emulator
+    cluster
         .create(WATCHES, watch("app", &image, "regcred"))
         .await;
-    emulator
+    cluster
         .create(WATCHES, watch("bad", &image, "badcred"))
         .await;
 
     let dir = tempfile::tempdir().unwrap();
-    let controller = ControllerProcess::start(
-        &emulator.kubeconfig,
+    let controller = cluster.controller(
         &["--memcached", &memcached.addr(), "--log-level", "debug"],
         dir.path().join("controller.log"),
     );
     let metrics = controller.address("metrics").await;
     let probes = controller.address("health probes").await;
-    emulator
+    cluster
         .wait_for(
             &format!("{WATCHES}/app"),
             Duration::from_secs(90),
             ready_is("True", "Succeeded"),
         )
         .await;
-    emulator
+    cluster
         .wait_for(
             &format!("{WATCHES}/bad"),
             Duration::from_secs(90),
@@ -378,7 +379,7 @@ async fn controller_scrape_after_a_warm_pass_has_every_documented_metric() {
     );
 
     // Deleting a watch removes its series; the other watch of the repository keeps its own.
-    emulator.delete(&format!("{WATCHES}/bad")).await;
+    cluster.delete(&format!("{WATCHES}/bad")).await;
     let s = scrape_until(&http, &metrics, "the deleted watch's series to go", |s| {
         !s.text.contains("watch=\"metrics/bad\"") && s.sum("regcache_warmer_targets", &[]) == 1.0
     })
@@ -399,8 +400,8 @@ async fn readyz_waits_for_the_cache_and_healthz_does_not() {
     let mut memcached = support::Memcached::start();
     // Nothing listens on its port until it is started again.
     memcached.stop();
-    let emulator = Emulator::start();
-    emulator
+    let cluster = Cluster::install(&[NS], &[]).await;
+    cluster
         .create(
             WATCHES,
             json!({
@@ -412,8 +413,7 @@ async fn readyz_waits_for_the_cache_and_healthz_does_not() {
         )
         .await;
     let dir = tempfile::tempdir().unwrap();
-    let controller = ControllerProcess::start(
-        &emulator.kubeconfig,
+    let controller = cluster.controller(
         &["--memcached", &memcached.addr(), "--log-level", "debug"],
         dir.path().join("controller.log"),
     );

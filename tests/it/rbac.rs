@@ -1,26 +1,31 @@
-//! The Helm chart grants exactly the Kubernetes API access the controller uses.
+//! The Helm chart grants exactly the Kubernetes API access the controller uses, proven on a
+//! real API server.
 //!
-//! The real binary runs every code path that talks to the API server (watch sync, reading
-//! pull secrets and ServiceAccounts, status patches, Events created and then patched as a
-//! series, token and access reviews for the read API, the leader-election Lease) against the
-//! emulator, which records each request as the authorization check an API server makes:
-//! verb, API group, resource, namespace. The chart is rendered with the matching values and
-//! its Roles and ClusterRoles, followed through their bindings to the chart's
-//! ServiceAccount, must allow every recorded request and grant nothing that no request used.
+//! The chart is installed by the real helm; the real binary runs as the chart's
+//! ServiceAccount (a TokenRequest token) through every code path that talks to the API
+//! server (watch sync, reading pull secrets and ServiceAccounts, status patches, Events
+//! created and then patched as a series, token and access reviews for the read API, the
+//! leader-election Lease). The API server's audit log records each request as its RBAC
+//! authorizer saw it (user, verb, API group, resource, namespace, name, answer). Then:
+//! - nothing the controller asked for was refused (no 403 on record, no Forbidden logged);
+//! - the installed Roles and ClusterRoles, followed through their bindings to the chart's
+//!   ServiceAccount, grant nothing that no request used, and nothing cluster-wide that one
+//!   namespace would do;
+//! - each rule is needed: with that one rule removed from the live Role, the real
+//!   authorizer (a SubjectAccessReview as the ServiceAccount) refuses a request the
+//!   controller made, which only that rule allowed.
 
 use crate::support;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::kube::{ControllerProcess, Emulator, pull_secret, ready_is};
+use support::cluster::{Cluster, RELEASE_NS};
+use support::kube::{ControllerProcess, pull_secret, ready_is};
 use support::{CANARY_PASSWORD, ImageSpec, ManifestKind, Registry, RegistryAuth};
 
 const NS: &str = "team";
-const RELEASE_NS: &str = "regcache-system";
 const WATCHES: &str = "/apis/regcache.io/v1alpha1/namespaces/team/imagerepositorywatches";
 const SECRETS: &str = "/api/v1/namespaces/team/secrets";
 const ACCOUNTS: &str = "/api/v1/namespaces/team/serviceaccounts";
@@ -39,7 +44,7 @@ struct Access {
 }
 
 impl Access {
-    /// Parses the emulator's "verb group/resource[/sub] namespace [name]" key.
+    /// Parses "verb group/resource[/sub] namespace|* [name]".
     fn parse(key: &str) -> Access {
         let mut parts = key.split(' ');
         let (verb, resource, ns) = (
@@ -54,6 +59,24 @@ impl Access {
             resource: resource.to_string(),
             namespace: (ns != "*").then(|| ns.to_string()),
             name: parts.next().map(str::to_string),
+        }
+    }
+
+    /// The check an audit Event records.
+    fn from_audit(event: &Value) -> Access {
+        let object = &event["objectRef"];
+        let text = |v: &Value| v.as_str().map(str::to_string);
+        let mut resource = text(&object["resource"]).unwrap_or_default();
+        if let Some(sub) = text(&object["subresource"]) {
+            resource = format!("{resource}/{sub}");
+        }
+        Access {
+            verb: text(&event["verb"]).unwrap_or_default(),
+            group: text(&object["apiGroup"]).unwrap_or_default(),
+            resource,
+            namespace: text(&object["namespace"]),
+            // A create names no object to the authorizer (the name is in the body).
+            name: text(&object["name"]).filter(|_| event["verb"] != "create"),
         }
     }
 
@@ -89,8 +112,10 @@ fn allows(grant: &Grant, access: &Access) -> bool {
             .is_none_or(|names| access.name.as_ref().is_some_and(|n| names.contains(n)))
 }
 
-/// Runs the controller through every API-touching path and returns what it asked for.
-async fn record_access(extra_args: &[String], webhooks: bool) -> BTreeSet<Access> {
+/// Installs the chart with `values` and runs the controller as its ServiceAccount through
+/// every API-touching path; returns the cluster and what the controller asked for.
+async fn record_access(values: &[&str]) -> (Cluster, BTreeSet<Access>) {
+    let webhooks = values.iter().any(|v| v.starts_with("webhookToken."));
     let registry = Registry::start(RegistryAuth::Basic);
     registry
         .pusher()
@@ -98,11 +123,12 @@ async fn record_access(extra_args: &[String], webhooks: bool) -> BTreeSet<Access
         .await;
     let host = registry.host();
     let memcached = support::Memcached::start();
-    let emulator = Emulator::start();
-    emulator
+    let cluster = Cluster::install(&[NS, "web"], values).await;
+    let leader_elect = cluster.flags.iter().any(|f| f == "--leader-elect");
+    cluster
         .create(SECRETS, pull_secret(NS, "regcred", &host, CANARY_PASSWORD))
         .await;
-    emulator
+    cluster
         .create(
             ACCOUNTS,
             json!({"apiVersion": "v1", "kind": "ServiceAccount",
@@ -119,7 +145,7 @@ async fn record_access(extra_args: &[String], webhooks: bool) -> BTreeSet<Access
         spec.as_object_mut()
             .unwrap()
             .extend(credentials.as_object().unwrap().clone());
-        emulator
+        cluster
             .create(
                 WATCHES,
                 json!({"apiVersion": "regcache.io/v1alpha1", "kind": "ImageRepositoryWatch",
@@ -127,38 +153,26 @@ async fn record_access(extra_args: &[String], webhooks: bool) -> BTreeSet<Access
             )
             .await;
     }
-    emulator
-        .create(
-            "/_emulator/tokens",
-            json!({"token": "reader-token", "user": {"username": "system:serviceaccount:web:reader"}}),
-        )
-        .await;
+    // A reader of the read API: a ServiceAccount in another namespace allowed to get the
+    // watches in `team`.
+    let reader = cluster.service_account_token("web", "reader").await;
+    grant_reading(&cluster, "web", "reader").await;
 
     let dir = tempfile::tempdir().unwrap();
     let mut args = vec![
-        "--memcached",
-        &memcached.addr(),
-        "--leader-election-namespace",
-        RELEASE_NS,
-        "--lease-retry",
-        "1s",
+        "--memcached".to_string(),
+        memcached.addr(),
+        "--lease-retry".to_string(),
+        "1s".to_string(),
         // Each reconcile and why it ran, for the log a failing run prints.
-        "--log-level",
-        "info,regcache=debug,kube_runtime=debug",
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect::<Vec<_>>();
-    args.extend(extra_args.iter().cloned());
+        "--log-level".to_string(),
+        "info,regcache=debug,kube_runtime=debug".to_string(),
+    ];
     if webhooks {
         args.extend(["--webhook-token".to_string(), HOOK_TOKEN.to_string()]);
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let controller = ControllerProcess::start(
-        &emulator.kubeconfig,
-        &args,
-        dir.path().join("controller.log"),
-    );
+    let controller = cluster.controller(&args, dir.path().join("controller.log"));
 
     let within = Duration::from_secs(60);
     let paths = [
@@ -166,7 +180,7 @@ async fn record_access(extra_args: &[String], webhooks: bool) -> BTreeSet<Access
         format!("{WATCHES}/via-account"),
     ];
     for path in &paths {
-        emulator
+        cluster
             .wait_for(path, within, ready_is("True", "Succeeded"))
             .await;
     }
@@ -177,14 +191,14 @@ async fn record_access(extra_args: &[String], webhooks: bool) -> BTreeSet<Access
         ("wrong-password", "False", "Unauthorized"),
         (CANARY_PASSWORD, "True", "Succeeded"),
     ] {
-        emulator
+        cluster
             .merge_patch(
                 &secret,
                 json!({"data": pull_secret(NS, "regcred", &host, password)["data"]}),
             )
             .await;
         for path in &paths {
-            emulator
+            cluster
                 .wait_for(path, within, ready_is(status, reason))
                 .await;
         }
@@ -196,7 +210,7 @@ async fn record_access(extra_args: &[String], webhooks: bool) -> BTreeSet<Access
                 "http://{}/api/v1/repositories/{host}/e2e/app",
                 controller.address("read API").await
             ))
-            .bearer_auth("reader-token")
+            .bearer_auth(&reader)
             .send()
             .await
             .unwrap();
@@ -204,14 +218,11 @@ async fn record_access(extra_args: &[String], webhooks: bool) -> BTreeSet<Access
     };
     assert_eq!(status, 200, "{body}");
     // Leader election renews the Lease every second: wait for a renewal to be on record.
-    if extra_args.iter().any(|a| a == "--leader-elect") {
+    if leader_elect {
         let deadline = std::time::Instant::now() + within;
-        while !emulator.counters().await["access"]["regcache"]
-            .as_object()
-            .is_some_and(|keys| {
-                keys.keys()
-                    .any(|k| k.starts_with("update coordination.k8s.io/leases"))
-            })
+        while !accesses(&cluster)
+            .iter()
+            .any(|a| a.verb == "update" && a.resource == "leases")
         {
             assert!(
                 std::time::Instant::now() < deadline,
@@ -223,9 +234,8 @@ async fn record_access(extra_args: &[String], webhooks: bool) -> BTreeSet<Access
     // With leader election and webhooks, a push that reaches a replica that does not lead
     // is passed on through the API server: a second replica, as behind the chart's Service.
     let mut follower = None;
-    if webhooks && extra_args.iter().any(|a| a == "--leader-elect") {
-        let replica =
-            ControllerProcess::start(&emulator.kubeconfig, &args, dir.path().join("follower.log"));
+    if webhooks && leader_elect {
+        let replica = cluster.controller(&args, dir.path().join("follower.log"));
         let deadline = std::time::Instant::now() + within;
         while replica.metric("regcache_warmer_targets").await < 2.0 {
             assert!(
@@ -244,7 +254,7 @@ async fn record_access(extra_args: &[String], webhooks: bool) -> BTreeSet<Access
         .await;
         assert_eq!(status, 202, "{body}");
         for path in &paths {
-            emulator
+            cluster
                 .wait_for(path, within, |w| {
                     w["metadata"]["annotations"]["regcache.io/requestedAt"]
                         .as_str()
@@ -256,78 +266,82 @@ async fn record_access(extra_args: &[String], webhooks: bool) -> BTreeSet<Access
         }
         follower = Some(replica);
     }
-    let logs = controller.logs() + &follower.as_ref().map(|f| f.logs()).unwrap_or_default();
-    // "403" as a number of its own: timestamps and ports may hold those digits.
-    let refused = logs.contains("Forbidden")
-        || logs.match_indices("403").any(|(at, _)| {
-            let joined = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '.');
-            !joined(logs[..at].chars().next_back()) && !joined(logs[at + 3..].chars().next())
-        });
+    let logs = controller.logs()
+        + &follower
+            .as_ref()
+            .map(ControllerProcess::logs)
+            .unwrap_or_default();
     assert!(
-        !refused,
-        "the emulator allows everything; a refusal means a broken scenario:\n{logs}"
+        !logs.contains("Forbidden"),
+        "the chart's RBAC refused the controller:\n{logs}"
     );
-    let counters = emulator.counters().await;
-    if std::env::var_os("SHOW").is_some() {
-        panic!("show");
-    }
-    // The controller names itself regcache/<version>; the test's own requests are apart.
-    counters["access"]["regcache"]
-        .as_object()
-        .unwrap_or_else(|| panic!("no requests from regcache on record: {counters:#}"))
-        .keys()
-        .map(|k| Access::parse(k))
+    cluster.assert_nothing_forbidden();
+    let observed = accesses(&cluster);
+    (cluster, observed)
+}
+
+/// What the chart's ServiceAccount asked the API server for, from its audit log.
+fn accesses(cluster: &Cluster) -> BTreeSet<Access> {
+    cluster
+        .audit_events()
+        .iter()
+        .filter(|e| e["user"]["username"] == cluster.user.as_str())
+        // Requests for non-resource URLs (discovery, /version) have no object; every
+        // authenticated user may make them, the chart grants none.
+        .filter(|e| e.get("objectRef").is_some())
+        .map(Access::from_audit)
         .collect()
 }
 
-/// Renders the chart (tests/chart/render.py, Helm's library from PyPI) in the release
-/// namespace with `--set` values.
-fn render_chart(values: &[&str]) -> Vec<Value> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let status = Command::new("bash")
-        .arg(root.join("tests/emulator/setup.sh"))
-        .current_dir(&root)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "tests/emulator/setup.sh failed");
-    let mut command = Command::new(root.join("tests/emulator/.venv/bin/python"));
-    command
-        .arg(root.join("tests/chart/render.py"))
-        .args(["--namespace", RELEASE_NS]);
-    for v in values {
-        command.args(["--set", v]);
-    }
-    let output = command.current_dir(&root).output().unwrap();
-    assert!(
-        output.status.success(),
-        "render.py failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("render.py prints a JSON list")
+/// A Role and RoleBinding letting ServiceAccount `namespace/name` get the watches in `team`.
+async fn grant_reading(cluster: &Cluster, namespace: &str, name: &str) {
+    let rbac = "/apis/rbac.authorization.k8s.io/v1/namespaces/team";
+    cluster
+        .create(
+            &format!("{rbac}/roles"),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                   "metadata": {"name": "watch-reader", "namespace": NS},
+                   "rules": [{"apiGroups": ["regcache.io"], "resources": ["imagerepositorywatches"],
+                              "verbs": ["get"]}]}),
+        )
+        .await;
+    cluster
+        .create(
+            &format!("{rbac}/rolebindings"),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                   "metadata": {"name": "watch-reader", "namespace": NS},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                               "name": "watch-reader"},
+                   "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]}),
+        )
+        .await;
 }
 
-/// The flags of the chart's Deployment that decide which API calls regcache makes, so the
-/// controller under test runs as the chart would run it.
-fn access_flags(manifests: &[Value]) -> Vec<String> {
-    const FLAGS: [&str; 4] = [
-        "--leader-elect",
-        "--leader-election-id",
-        "--watch-namespace",
-        "--api-auth",
-    ];
-    let deployment = manifests
-        .iter()
-        .find(|m| m["kind"] == "Deployment")
-        .expect("a Deployment");
-    deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-        .as_array()
-        .expect("container args")
-        .iter()
-        .filter_map(Value::as_str)
-        .filter(|a| FLAGS.contains(&a.split('=').next().unwrap()))
-        .map(str::to_string)
-        .collect()
+const RBAC: &str = "/apis/rbac.authorization.k8s.io/v1";
+
+/// The chart's objects as the API server holds them (its release's label), each with its
+/// `kind` (a list's items carry none).
+async fn installed(cluster: &Cluster) -> Vec<Value> {
+    let selector = "labelSelector=app.kubernetes.io/instance%3Dregcache";
+    let mut objects = Vec::new();
+    for (kind, path) in [
+        ("Deployment", "/apis/apps/v1/deployments".to_string()),
+        ("ServiceAccount", "/api/v1/serviceaccounts".to_string()),
+        ("Role", format!("{RBAC}/roles")),
+        ("RoleBinding", format!("{RBAC}/rolebindings")),
+        ("ClusterRole", format!("{RBAC}/clusterroles")),
+        ("ClusterRoleBinding", format!("{RBAC}/clusterrolebindings")),
+    ] {
+        let list = cluster
+            .get(&format!("{path}?{selector}"))
+            .await
+            .unwrap_or_else(|| panic!("list {kind}"));
+        for mut item in list["items"].as_array().cloned().unwrap_or_default() {
+            item["kind"] = json!(kind);
+            objects.push(item);
+        }
+    }
+    objects
 }
 
 /// Every rule of the chart's Roles and ClusterRoles that its bindings give the
@@ -442,10 +456,94 @@ fn compare(observed: &BTreeSet<Access>, grants: &BTreeSet<Grant>, all_namespaces
     );
 }
 
+/// Asks the real authorizer whether the chart's ServiceAccount may make `access`.
+async fn allowed(cluster: &Cluster, access: &Access) -> bool {
+    let (resource, subresource) = access
+        .resource
+        .split_once('/')
+        .unwrap_or((access.resource.as_str(), ""));
+    let namespace = cluster.user.split(':').nth(2).unwrap();
+    let review = cluster
+        .create(
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                   "spec": {"user": cluster.user,
+                            "groups": ["system:serviceaccounts",
+                                       format!("system:serviceaccounts:{namespace}"),
+                                       "system:authenticated"],
+                            "resourceAttributes": {
+                                "verb": access.verb, "group": access.group,
+                                "resource": resource, "subresource": subresource,
+                                "namespace": access.namespace.clone().unwrap_or_default(),
+                                "name": access.name.clone().unwrap_or_default()}}}),
+        )
+        .await;
+    review["status"]["allowed"] == true
+}
+
+/// Polls the authorizer (RBAC follows role changes through its informers) until it
+/// answers `want` for `access`.
+async fn await_decision(cluster: &Cluster, access: &Access, want: bool, context: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while allowed(cluster, access).await != want {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{context}: the authorizer still says {} for {access:?}",
+            !want
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Each rule of the chart's Roles and ClusterRoles in turn is removed from the live object:
+/// some request the controller made, which only that rule allowed, is then refused by the
+/// real authorizer. The rule is put back (and allowed again) before the next.
+async fn each_rule_is_needed(cluster: &Cluster, observed: &BTreeSet<Access>) {
+    let objects = installed(cluster).await;
+    let mut checked = 0;
+    for (at, role) in objects.iter().enumerate() {
+        let kind = role["kind"].as_str().unwrap();
+        if kind != "Role" && kind != "ClusterRole" {
+            continue;
+        }
+        let name = role["metadata"]["name"].as_str().unwrap();
+        let path = match role["metadata"]["namespace"].as_str() {
+            Some(ns) => format!("{RBAC}/namespaces/{ns}/roles/{name}"),
+            None => format!("{RBAC}/clusterroles/{name}"),
+        };
+        let rules = role["rules"].as_array().unwrap().clone();
+        for i in 0..rules.len() {
+            let mut without = rules.clone();
+            let rule = without.remove(i);
+            let mut reduced = objects.clone();
+            reduced[at]["rules"] = Value::Array(without.clone());
+            let reduced = chart_grants(&reduced);
+            let lost: Vec<&Access> = observed
+                .iter()
+                .filter(|a| !reduced.iter().any(|g| allows(g, a)))
+                .collect();
+            let context = format!("{kind} {name} without rule {rule}");
+            let access = lost
+                .first()
+                .unwrap_or_else(|| panic!("{context}: no request needs the rule"));
+            assert!(
+                allowed(cluster, access).await,
+                "{context}: {access:?} refused with it"
+            );
+            cluster.merge_patch(&path, json!({"rules": without})).await;
+            await_decision(cluster, access, false, &context).await;
+            cluster.merge_patch(&path, json!({"rules": rules})).await;
+            await_decision(cluster, access, true, &format!("{kind} {name} restored")).await;
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "only {checked} rules checked");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn chart_rbac_equals_the_api_calls_of_an_ha_controller_watching_all_namespaces() {
-    let manifests = render_chart(&["replicas=3", "webhookToken.existingSecret=hook"]);
-    let observed = record_access(&access_flags(&manifests), true).await;
+    let (cluster, observed) =
+        record_access(&["replicas=3", "webhookToken.existingSecret=hook"]).await;
     // The scenario reaches every kind of call, so the comparison below is not vacuous.
     let unnamed: BTreeSet<Access> = observed.iter().map(Access::unnamed).collect();
     for expected in [
@@ -466,18 +564,19 @@ async fn chart_rbac_equals_the_api_calls_of_an_ha_controller_watching_all_namesp
             "the scenario did not make {expected}: {unnamed:#?}"
         );
     }
-    compare(&observed, &chart_grants(&manifests), true);
+    compare(&observed, &chart_grants(&installed(&cluster).await), true);
+    each_rule_is_needed(&cluster, &observed).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn chart_rbac_equals_the_api_calls_of_a_controller_watching_one_namespace() {
-    let manifests = render_chart(&[&format!("watchNamespace={NS}")]);
-    let observed = record_access(&access_flags(&manifests), false).await;
+    let (cluster, observed) = record_access(&[&format!("watchNamespace={NS}")]).await;
     assert!(
         observed.iter().all(|a| a.namespace.is_some()
             || a.group.starts_with("authentication.")
             || a.group.starts_with("authorization.")),
         "only the reviews are cluster-wide: {observed:#?}"
     );
-    compare(&observed, &chart_grants(&manifests), false);
+    compare(&observed, &chart_grants(&installed(&cluster).await), false);
+    each_rule_is_needed(&cluster, &observed).await;
 }

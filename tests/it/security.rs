@@ -1,4 +1,5 @@
-//! Security end to end: the real controller (trace-level logs) against the emulator, a
+//! Security end to end: the real controller (trace-level logs), installed by the chart
+//! into a real API server and running as its ServiceAccount, a
 //! basic-auth registry and memcached, with canary secrets — a registry password, a wrong
 //! password and a webhook token — in play.
 //!
@@ -23,7 +24,8 @@ use regcache::cache::store::MetadataStore;
 use regcache::credentials::Credential;
 use regcache::image::Repository;
 use serde_json::{Value, json};
-use support::kube::{ControllerProcess, Emulator, pull_secret, ready_is};
+use support::cluster::Cluster;
+use support::kube::{pull_secret, ready_is};
 use support::{CANARY_PASSWORD, ImageSpec, ManifestKind, Registry, RegistryAuth, TEST_USER};
 
 const WRONG_CANARY: &str = "wrong-canary-51ab0c";
@@ -168,21 +170,21 @@ async fn no_secret_leaks_and_no_namespace_reaches_another() {
     let host = registry.host();
     let image = format!("{host}/e2e/private");
     let memcached = support::Memcached::start();
-    let emulator = Emulator::start();
+    let cluster = Cluster::install(&["team", "other"], &[]).await;
 
-    emulator
+    cluster
         .create(
             "/api/v1/namespaces/team/secrets",
             pull_secret("team", "regcred", &host, CANARY_PASSWORD),
         )
         .await;
-    emulator
+    cluster
         .create(
             "/api/v1/namespaces/team/secrets",
             pull_secret("team", "badcred", &host, WRONG_CANARY),
         )
         .await;
-    emulator
+    cluster
         .create(
             "/api/v1/namespaces/team/serviceaccounts",
             json!({"apiVersion": "v1", "kind": "ServiceAccount",
@@ -222,42 +224,43 @@ async fn no_secret_leaks_and_no_namespace_reaches_another() {
         ),
     ];
     for (ns, name, credentials, _, _) in &watches {
-        emulator
+        cluster
             .create(
                 &format!("/apis/regcache.io/v1alpha1/namespaces/{ns}/imagerepositorywatches"),
                 watch(ns, name, &image, credentials.clone()),
             )
             .await;
     }
-    for (token, user) in [
-        ("team-token", "system:serviceaccount:team:reader"),
-        ("other-token", "system:serviceaccount:other:reader"),
-    ] {
-        emulator
+    // A reader in each namespace, allowed to get the watches of its own namespace only.
+    let mut tokens = Vec::new();
+    for ns in ["team", "other"] {
+        tokens.push(cluster.service_account_token(ns, "reader").await);
+        let rbac = format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}");
+        cluster
             .create(
-                "/_emulator/tokens",
-                json!({"token": token, "user": {"username": user}}),
+                &format!("{rbac}/roles"),
+                json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                       "metadata": {"name": "watch-reader", "namespace": ns},
+                       "rules": [{"apiGroups": ["regcache.io"],
+                                  "resources": ["imagerepositorywatches"], "verbs": ["get"]}]}),
+            )
+            .await;
+        cluster
+            .create(
+                &format!("{rbac}/rolebindings"),
+                json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                       "metadata": {"name": "watch-reader", "namespace": ns},
+                       "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                   "name": "watch-reader"},
+                       "subjects": [{"kind": "ServiceAccount", "name": "reader",
+                                     "namespace": ns}]}),
             )
             .await;
     }
-    let configured = support::http_client(None)
-        .put(emulator.url("/_emulator/config"))
-        .header("content-type", "application/json")
-        .body(
-            json!({"access_namespaces": {
-                "system:serviceaccount:team:reader": ["team"],
-                "system:serviceaccount:other:reader": ["other"],
-            }})
-            .to_string(),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert!(configured.status().is_success());
+    let (team_token, other_token) = (tokens[0].as_str(), tokens[1].as_str());
 
     let dir = tempfile::tempdir().unwrap();
-    let controller = ControllerProcess::start(
-        &emulator.kubeconfig,
+    let controller = cluster.controller(
         &[
             "--memcached",
             &memcached.addr(),
@@ -272,7 +275,7 @@ async fn no_secret_leaks_and_no_namespace_reaches_another() {
     for (ns, name, _, status, reason) in &watches {
         let path =
             format!("/apis/regcache.io/v1alpha1/namespaces/{ns}/imagerepositorywatches/{name}");
-        let w = emulator
+        let w = cluster
             .wait_for(&path, Duration::from_secs(60), ready_is(status, reason))
             .await;
         statuses.push(w);
@@ -318,7 +321,7 @@ async fn no_secret_leaks_and_no_namespace_reaches_another() {
     assert_eq!(status, 401, "no token");
     let (status, _) = api.get(&repo_path, Some("not-a-token")).await;
     assert_eq!(status, 401, "unknown token");
-    let (status, allowed) = api.get(&repo_path, Some("team-token")).await;
+    let (status, allowed) = api.get(&repo_path, Some(team_token)).await;
     assert_eq!(status, 200, "{allowed}");
     let digests: Vec<String> = team.images.values().map(|i| i.digest.to_string()).collect();
     assert!(!digests.is_empty());
@@ -333,7 +336,7 @@ async fn no_secret_leaks_and_no_namespace_reaches_another() {
     ] {
         // The only watches warming the image are in "team" (the two in "other" cannot use
         // team's credentials, so they warm nothing): the answer is that the caller may not.
-        let (status, answer) = api.get(&path, Some("other-token")).await;
+        let (status, answer) = api.get(&path, Some(other_token)).await;
         assert_eq!(
             (status, answer["reason"].as_str()),
             (403, Some("Forbidden")),
@@ -346,7 +349,7 @@ async fn no_secret_leaks_and_no_namespace_reaches_another() {
     let (status, own) = api
         .get(
             "/api/v1/namespaces/other/imagerepositorywatches/thief",
-            Some("other-token"),
+            Some(other_token),
         )
         .await;
     // Its own watch may be read, but it warms nothing: it cannot use team's Secret.
@@ -404,7 +407,7 @@ async fn no_secret_leaks_and_no_namespace_reaches_another() {
         .await
         .unwrap();
     assert!(metrics.contains("regcache_registry_requests_total"));
-    let events = emulator
+    let events = cluster
         .get("/apis/events.k8s.io/v1/events")
         .await
         .expect("events");

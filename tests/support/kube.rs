@@ -26,13 +26,194 @@ fn ensure_venv() -> PathBuf {
     python
 }
 
-/// A running emulator; stopped on drop.
+/// A JSON client for a Kubernetes API (the emulator's plain HTTP, or a real API server's
+/// HTTPS with a bearer token).
+#[derive(Clone)]
+pub struct KubeClient {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+/// What the API server answered: the status code and the body as JSON (`Null` when none).
+pub struct Answer {
+    pub status: reqwest::StatusCode,
+    pub body: Value,
+}
+
+impl Answer {
+    /// The `message` of a `Status` answer (an error), or "".
+    pub fn message(&self) -> &str {
+        self.body["message"].as_str().unwrap_or_default()
+    }
+}
+
+impl KubeClient {
+    pub fn new(base: String, token: Option<String>, ca_pem: Option<&[u8]>) -> KubeClient {
+        KubeClient {
+            base,
+            token,
+            http: super::http_client(ca_pem),
+        }
+    }
+
+    /// The same API as another identity (a bearer token).
+    pub fn with_token(&self, token: &str) -> KubeClient {
+        KubeClient {
+            token: Some(token.to_string()),
+            ..self.clone()
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, self.url(path));
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    /// Sends `body` (JSON, when given) with `content_type`, whatever the answer.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        content_type: &str,
+        body: Option<&Value>,
+    ) -> Answer {
+        let mut req = self.request(method.clone(), path);
+        if let Some(b) = body {
+            req = req.header("content-type", content_type).body(b.to_string());
+        }
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = resp.status();
+        let bytes = resp.bytes().await.unwrap_or_default();
+        Answer {
+            status,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        }
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        content_type: &str,
+        body: &Value,
+    ) -> Value {
+        let answer = self
+            .call(method.clone(), path, content_type, Some(body))
+            .await;
+        assert!(
+            answer.status.is_success(),
+            "{method} {path} answered {}: {}",
+            answer.status,
+            answer.body
+        );
+        answer.body
+    }
+
+    pub async fn create(&self, path: &str, object: Value) -> Value {
+        self.send(reqwest::Method::POST, path, "application/json", &object)
+            .await
+    }
+
+    /// Creates `object` and returns what the server answered, success or not.
+    pub async fn try_create(&self, path: &str, object: &Value) -> Answer {
+        self.call(
+            reqwest::Method::POST,
+            path,
+            "application/json",
+            Some(object),
+        )
+        .await
+    }
+
+    pub async fn get(&self, path: &str) -> Option<Value> {
+        let answer = self.call(reqwest::Method::GET, path, "", None).await;
+        answer.status.is_success().then_some(answer.body)
+    }
+
+    /// The body of a GET as text (panics unless it succeeds).
+    pub async fn text(&self, path: &str) -> String {
+        let resp = self
+            .request(reqwest::Method::GET, path)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        assert!(resp.status().is_success(), "GET {path}: {}", resp.status());
+        resp.text().await.expect("body text")
+    }
+
+    pub async fn merge_patch(&self, path: &str, patch: Value) -> Value {
+        self.send(
+            reqwest::Method::PATCH,
+            path,
+            "application/merge-patch+json",
+            &patch,
+        )
+        .await
+    }
+
+    /// Server-side apply of `object` at `path` (an object's path, or its `/status`) as
+    /// `manager`, forcing conflicts.
+    pub async fn apply(&self, path: &str, manager: &str, object: Value) -> Value {
+        self.send(
+            reqwest::Method::PATCH,
+            &format!("{path}?fieldManager={manager}&force=true"),
+            "application/apply-patch+yaml",
+            &object,
+        )
+        .await
+    }
+
+    pub async fn delete(&self, path: &str) {
+        let _ = self.call(reqwest::Method::DELETE, path, "", None).await;
+    }
+
+    /// Polls `path` until `check` accepts the object.
+    pub async fn wait_for(
+        &self,
+        path: &str,
+        within: Duration,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + within;
+        let mut last = Value::Null;
+        while Instant::now() < deadline {
+            if let Some(v) = self.get(path).await {
+                if check(&v) {
+                    return v;
+                }
+                last = v;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("timed out waiting on {path}; last seen: {last:#}");
+    }
+}
+
+/// A running emulator; stopped on drop. Its client is reached through `Deref`.
 pub struct Emulator {
     child: Child,
     pub port: u16,
     pub kubeconfig: PathBuf,
     _dir: tempfile::TempDir,
-    http: reqwest::Client,
+    client: KubeClient,
+}
+
+impl std::ops::Deref for Emulator {
+    type Target = KubeClient;
+    fn deref(&self) -> &KubeClient {
+        &self.client
+    }
 }
 
 impl Emulator {
@@ -68,79 +249,14 @@ impl Emulator {
             port,
             kubeconfig,
             _dir: dir,
-            http: super::http_client(None),
+            client: KubeClient::new(format!("http://127.0.0.1:{port}"), None, None),
         }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    async fn send(&self, req: reqwest::RequestBuilder) -> Value {
-        let resp = req.send().await.expect("emulator request");
-        let status = resp.status();
-        let bytes = resp.bytes().await.unwrap_or_default();
-        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        assert!(status.is_success(), "emulator answered {status}: {body}");
-        body
-    }
-
-    pub async fn create(&self, path: &str, object: Value) -> Value {
-        self.send(
-            self.http
-                .post(self.url(path))
-                .header("content-type", "application/json")
-                .body(object.to_string()),
-        )
-        .await
-    }
-
-    pub async fn get(&self, path: &str) -> Option<Value> {
-        let resp = self.http.get(self.url(path)).send().await.ok()?;
-        if !resp.status().is_success() {
-            return None;
-        }
-        serde_json::from_slice(&resp.bytes().await.ok()?).ok()
-    }
-
-    pub async fn merge_patch(&self, path: &str, patch: Value) -> Value {
-        self.send(
-            self.http
-                .patch(self.url(path))
-                .header("content-type", "application/merge-patch+json")
-                .body(patch.to_string()),
-        )
-        .await
-    }
-
-    pub async fn delete(&self, path: &str) {
-        let _ = self.http.delete(self.url(path)).send().await;
     }
 
     pub async fn counters(&self) -> Value {
-        self.send(self.http.get(self.url("/_emulator/counters")))
+        self.get("/_emulator/counters")
             .await
-    }
-
-    /// Polls `path` until `check` accepts the object.
-    pub async fn wait_for(
-        &self,
-        path: &str,
-        within: Duration,
-        check: impl Fn(&Value) -> bool,
-    ) -> Value {
-        let deadline = Instant::now() + within;
-        let mut last = Value::Null;
-        while Instant::now() < deadline {
-            if let Some(v) = self.get(path).await {
-                if check(&v) {
-                    return v;
-                }
-                last = v;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("timed out waiting on {path}; last seen: {last:#}");
+            .expect("emulator counters")
     }
 }
 
@@ -206,6 +322,24 @@ impl ControllerProcess {
         if let Some(mut c) = self.child.take() {
             kill_and_wait(&mut c);
         }
+    }
+
+    /// Sends SIGTERM, as Kubernetes does to a Pod it stops, and waits up to `within` for a
+    /// graceful exit; the exit status, or `None` (then it is killed).
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        kill_and_wait(&mut child);
+        None
     }
 
     pub fn is_running(&mut self) -> bool {

@@ -25,7 +25,9 @@
 //! runtime on a background thread.
 #![allow(dead_code, unused_imports)]
 
+pub mod apiserver;
 pub mod certs;
+pub mod cluster;
 pub mod dns;
 pub mod foreign;
 pub mod kube;
