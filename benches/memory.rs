@@ -1,5 +1,5 @@
 //! Operator memory with many watches: the real `regcache controller` (release build)
-//! against the Kubernetes API emulator, with real memcached and the real registry holding
+//! against a real API server (etcd and kube-apiserver), with real memcached and the real registry holding
 //! one repository per watch. Prints the controller's resident memory (VmRSS, and the peak
 //! VmHWM, from /proc/PID/status) idle before any watch, after the first full warm of every
 //! watch, and in steady state (tag lists every interval, no tag due), with bytes per watch
@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use common::{Memory, RssSampler, mib, rss_summary};
 use serde_json::json;
-use support::kube::{ControllerProcess, Emulator};
+use support::apiserver::ApiServer;
+use support::kube::{ControllerProcess, KubeClient};
 use support::seed::Seeder;
 
 const WATCHES: &str = "/apis/regcache.io/v1alpha1/namespaces/bench/imagerepositorywatches";
@@ -36,7 +37,7 @@ fn print_memory(what: &str, m: Memory) {
 }
 
 /// Helm-release-like Secrets no watch names, created a few at a time.
-async fn create_unrelated_secrets(emulator: &Emulator, n: usize, kib: usize) {
+async fn create_unrelated_secrets(kube: &KubeClient, n: usize, kib: usize) {
     use base64::Engine as _;
     use futures::StreamExt;
     const SECRETS: &str = "/api/v1/namespaces/apps/secrets";
@@ -46,17 +47,16 @@ async fn create_unrelated_secrets(emulator: &Emulator, n: usize, kib: usize) {
         .map(|i| {
             let data = data.clone();
             async move {
-                emulator
-                    .create(
-                        SECRETS,
-                        json!({
-                            "apiVersion": "v1", "kind": "Secret", "type": "helm.sh/release.v1",
-                            "metadata": {"name": format!("sh.helm.release.v1.app{i}.v1"),
-                                         "namespace": "apps"},
-                            "data": {"release": data},
-                        }),
-                    )
-                    .await;
+                kube.create(
+                    SECRETS,
+                    json!({
+                        "apiVersion": "v1", "kind": "Secret", "type": "helm.sh/release.v1",
+                        "metadata": {"name": format!("sh.helm.release.v1.app{i}.v1"),
+                                     "namespace": "apps"},
+                        "data": {"release": data},
+                    }),
+                )
+                .await;
             }
         })
         .buffer_unordered(8)
@@ -120,12 +120,16 @@ async fn main() {
         seeded_in.as_secs_f64()
     );
 
-    let emulator = Emulator::start();
+    let kube = tokio::task::spawn_blocking(ApiServer::start).await.unwrap();
+    kube.install_crd().await;
+    for ns in ["bench", "apps"] {
+        kube.namespace(ns).await;
+    }
     let secrets = support::env_usize("BENCH_SECRETS", 0);
     let secret_kib = support::env_usize("BENCH_SECRET_KIB", 64);
     if secrets > 0 {
         let t = Instant::now();
-        create_unrelated_secrets(&emulator, secrets, secret_kib).await;
+        create_unrelated_secrets(&kube, secrets, secret_kib).await;
         println!(
             "{secrets} unrelated Secrets of {secret_kib} KiB in namespace apps, created in {:.1}s",
             t.elapsed().as_secs_f64()
@@ -133,7 +137,7 @@ async fn main() {
     }
     let dir = tempfile::tempdir().unwrap();
     let controller = ControllerProcess::start(
-        &emulator.kubeconfig,
+        &kube.kubeconfig,
         &[
             "--memcached",
             &memcached.addr(),
@@ -152,7 +156,14 @@ async fn main() {
     let pid = controller.pid().expect("controller runs");
     // The controller has listed every Secret when its watch of them starts.
     let deadline = Instant::now() + Duration::from_secs(300);
-    while emulator.counters().await["watches_started"]["v1/secrets"].as_u64() < Some(1) {
+    let watching_secrets = |server: &ApiServer| {
+        server.audit_events().iter().any(|e| {
+            e["verb"] == "watch"
+                && e["objectRef"]["resource"] == "secrets"
+                && e["objectRef"]["namespace"].is_null()
+        })
+    };
+    while !watching_secrets(&kube) {
         assert!(
             Instant::now() < deadline,
             "the controller never watched Secrets"
@@ -174,24 +185,23 @@ async fn main() {
     let sampler = RssSampler::start(pid, Duration::from_millis(200));
     let t = Instant::now();
     for w in 0..watches {
-        emulator
-            .create(
-                WATCHES,
-                json!({
-                    "apiVersion": "regcache.io/v1alpha1",
-                    "kind": "ImageRepositoryWatch",
-                    "metadata": {"name": format!("w{w:04}"), "namespace": "bench"},
-                    "spec": {"image": format!("{host}/bench/w{w:04}"), "insecure": true,
-                             "interval": interval},
-                }),
-            )
-            .await;
+        kube.create(
+            WATCHES,
+            json!({
+                "apiVersion": "regcache.io/v1alpha1",
+                "kind": "ImageRepositoryWatch",
+                "metadata": {"name": format!("w{w:04}"), "namespace": "bench"},
+                "spec": {"image": format!("{host}/bench/w{w:04}"), "insecure": true,
+                         "interval": interval},
+            }),
+        )
+        .await;
     }
     let created_in = t.elapsed();
     // Warm is complete when every watch reports all its tags and a lastUpdate.
     let deadline = Instant::now() + Duration::from_secs(1800);
     loop {
-        let list = emulator.get(WATCHES).await.unwrap_or_default();
+        let list = kube.get(WATCHES).await.unwrap_or_default();
         let items = list["items"].as_array().cloned().unwrap_or_default();
         let done = items
             .iter()

@@ -7,8 +7,8 @@
 #
 # The page is written only from a clean checkout of main, so that every figure on it comes
 # from code anyone can check out; BENCH_ALLOW_DIRTY=1 runs anyway and says so on the page.
-# Needs memcached, docker-registry and, for `memory`, the API emulator's venv
-# (tests/emulator/setup.sh, run by the bench itself); scripts/test.sh installs them. A bench
+# Needs memcached, docker-registry and, for `memory`, the Kubernetes test binaries
+# (scripts/testbin.sh, run here); scripts/test.sh installs them all. A bench
 # that fails (missing data, a server that did not start) stops the script; see DIR/NAME.err.
 #
 # Dataset sizes are the benches' defaults, except bigrepo, which runs at the design's
@@ -23,6 +23,9 @@ if [[ ${#benches[@]} -eq 0 ]]; then
     benches=(warmer inspect cache api bigrepo memory)
     write_page=1
 fi
+
+REGCACHE_TESTBIN="$(scripts/testbin.sh)"
+export REGCACHE_TESTBIN
 
 branch="$(git rev-parse --abbrev-ref HEAD)"
 commit="$(git rev-parse --short HEAD)"

@@ -128,7 +128,7 @@ def render(results, doc):
         "baseline doing the same work at the same concurrency in the same run (the registry",
         "serving the same requests raw, memcached serving the same items raw), so read the",
         "ratios; absolute times move with the machine. Rerun with `scripts/bench.sh` (about",
-        "half an hour; it needs memcached, docker-registry and the API emulator's venv, which",
+        "half an hour; it needs memcached, docker-registry and the Kubernetes test binaries, which",
         "`scripts/test.sh` installs); `scripts/bench.sh NAME...` runs some benches without",
         "rewriting this page.",
         "",

@@ -4,8 +4,10 @@
 # Installs what the tests need when it is missing (memcached and the CNCF distribution
 # registry are started by the test harness as real processes; openssl makes the test CA and
 # token-signing keys; a Python venv holds the Kubernetes API emulator and the chart's
-# tools), then runs the whole suite: the emulator's self-tests, the Helm chart's tests, then
-# every Rust test with cargo-nextest (or cargo test), the fuzz properties among them.
+# tools), builds kube-apiserver, kubectl, etcd and helm once with scripts/testbin.sh (the
+# Kubernetes tests run against them; docs/testing.md), then runs the whole suite: the
+# emulator's self-tests, the Helm chart's tests, then every Rust test with cargo-nextest,
+# the fuzz properties among them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,10 +26,15 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # Debian starts memcached as a service on install; the tests start their own on free ports.
 
-# The Kubernetes API emulator (kmock, PyPI) for the controller's end-to-end tests.
+# The real Kubernetes binaries, built once from the Go module proxy and cached by version.
+REGCACHE_TESTBIN="$(scripts/testbin.sh)"
+export REGCACHE_TESTBIN
+
+# The Kubernetes API emulator (kmock, PyPI), for the one fault a real API server cannot
+# make on demand.
 bash tests/emulator/setup.sh
 
-# The emulator's own tests first: the controller's end-to-end tests rely on it.
+# The emulator's own tests first: the fault matrix's status-conflict row relies on it.
 tests/emulator/.venv/bin/python -m pytest -q tests/emulator
 # The Helm chart and examples/ (helm-python-sdk, kubernetes-validate, check-jsonschema and
 # yamllint come from the same venv).

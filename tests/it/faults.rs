@@ -1,5 +1,5 @@
-//! The fault matrix: the real `regcache controller` binary against the Kubernetes API
-//! emulator, a real basic-auth registry behind the fault proxy and real memcached. Each test
+//! The fault matrix: the real `regcache controller` binary against a real API server, a real
+//! basic-auth registry behind the fault proxy and real memcached. Each test
 //! is one row of `docs/reliability.md`: it warms two watches (the one the fault is aimed
 //! at and a bystander on the same registry host, whose paths the fault does not match),
 //! injects the fault, triggers a pass, checks what the status shows and what the read API
@@ -636,6 +636,7 @@ async fn memcached_down_at_start() {
     let mut rig = Rig::start(Options {
         memcached: 1,
         memcached_down_at_start: true,
+        ..Options::default()
     })
     .await;
     let mut failed = Vec::new();
@@ -794,7 +795,7 @@ async fn one_of_three_memcached_servers_down() {
 
     let mut rig = Rig::start(Options {
         memcached: 3,
-        memcached_down_at_start: false,
+        ..Options::default()
     })
     .await;
     let servers: Vec<String> = rig.memcached.iter().map(|m| m.addr()).collect();
@@ -867,7 +868,7 @@ const IRW: &str = "regcache.io/v1alpha1/imagerepositorywatches";
 async fn admin(rig: &Rig, method: reqwest::Method, path: &str, body: Value) -> Value {
     let resp = rig
         .http
-        .request(method, rig.emulator.url(path))
+        .request(method, rig.kube.emulator().url(path))
         .header("content-type", "application/json")
         .body(body.to_string())
         .send()
@@ -878,51 +879,25 @@ async fn admin(rig: &Rig, method: reqwest::Method, path: &str, body: Value) -> V
 }
 
 async fn counter(rig: &Rig, family: &str, key: &str) -> u64 {
-    rig.emulator.counters().await[family][key]
+    rig.kube.emulator().counters().await[family][key]
         .as_u64()
         .unwrap_or(0)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn api_watch_dropped_and_expired() {
-    // Affected: the controller's view of every watch; no status may show an error.
-    let mut rig = Rig::start(Options::default()).await;
-    for expire in [false, true] {
-        let started = counter(&rig, "watches_started", IRW).await;
-        let lists = counter(&rig, "lists", IRW).await;
-        admin(
-            &rig,
-            reqwest::Method::POST,
-            "/_emulator/watches/drop",
-            json!({ "expire": expire }),
-        )
-        .await;
-        // Watches again (after a 410 Gone, lists first) ...
-        let deadline = Instant::now() + WAIT;
-        while counter(&rig, "watches_started", IRW).await <= started
-            || (expire && counter(&rig, "lists", IRW).await <= lists)
-        {
-            assert!(
-                Instant::now() < deadline,
-                "no new watch (expire={expire})\n{}",
-                rig.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        // ... and still reacts to a change made afterwards.
-        let before = rig.get(&rig.affected).await;
-        rig.pass_succeeds(&rig.affected, &before).await;
-        rig.assert_running();
-    }
-    for w in rig.watches() {
-        assert!(last_error(&rig.get(w).await).is_none());
-        rig.assert_serves(w, &w.digests()).await;
-    }
-}
+// Watches dropped and expired (410 Gone), and an API server restart, are produced by a real
+// API server: `controller_e2e::watch_expiry_and_api_server_restart_lose_no_change`.
 
+/// The one row on the Kubernetes API emulator: a real API server answers a status write
+/// with 409 Conflict only for a stale resourceVersion or another field manager's field,
+/// and regcache's status apply carries no resourceVersion and forces its fields, so no
+/// real server can be made to refuse it on demand. The emulator refuses the next three.
 #[tokio::test(flavor = "multi_thread")]
 async fn status_patch_conflicts_are_retried() {
-    let mut rig = Rig::start(Options::default()).await;
+    let mut rig = Rig::start(Options {
+        emulator: true,
+        ..Options::default()
+    })
+    .await;
     let key = format!("{IRW}/status");
     let conflicts = counter(&rig, "conflicts", &key).await;
     let config = admin(

@@ -22,10 +22,9 @@ fn example_namespaces() -> BTreeSet<String> {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "yaml") {
             for line in std::fs::read_to_string(&path).unwrap().lines() {
-                if let Some(ns) = line.trim_start().strip_prefix("namespace: ") {
-                    if line.starts_with("  ") {
-                        namespaces.insert(ns.trim().to_string());
-                    }
+                // `metadata.namespace`, two spaces in.
+                if let Some(ns) = line.strip_prefix("  namespace: ") {
+                    namespaces.insert(ns.trim().to_string());
                 }
             }
         }

@@ -1,5 +1,6 @@
 //! The fault matrix's rig (`tests/it/faults.rs`, `docs/reliability.md`): the real
-//! `regcache controller` binary against the Kubernetes API emulator, a real basic-auth
+//! `regcache controller` binary against a real API server (etcd and kube-apiserver; the
+//! Kubernetes API emulator for the one fault a real server cannot make on demand), a real basic-auth
 //! registry behind the fault proxy, and real memcached, with two watches on one registry
 //! host: the one a fault is aimed at and a bystander.
 
@@ -8,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::kube::{ControllerProcess, Emulator, ready};
+use super::apiserver::ApiServer;
+use super::kube::{ControllerProcess, Emulator, KubeClient, ready};
 use super::{
     CANARY_PASSWORD, FaultProxy, ImageSpec, ManifestKind, Memcached, PushedImage, Registry,
     RegistryAuth,
@@ -37,6 +39,42 @@ pub struct Options {
     pub memcached: usize,
     /// Stop memcached before the controller starts (and do not wait for the first warm).
     pub memcached_down_at_start: bool,
+    /// The Kubernetes API emulator instead of a real API server, for a fault only it can
+    /// make on demand (see docs/testing.md).
+    pub emulator: bool,
+}
+
+/// The Kubernetes API the rig's controller talks to.
+pub enum KubeApi {
+    Real(Box<ApiServer>),
+    Emulated(Emulator),
+}
+
+impl KubeApi {
+    pub fn kubeconfig(&self) -> &std::path::Path {
+        match self {
+            KubeApi::Real(s) => &s.kubeconfig,
+            KubeApi::Emulated(e) => &e.kubeconfig,
+        }
+    }
+
+    /// The emulator (panics on a real API server).
+    pub fn emulator(&self) -> &Emulator {
+        match self {
+            KubeApi::Emulated(e) => e,
+            KubeApi::Real(_) => panic!("this rig runs on a real API server, not the emulator"),
+        }
+    }
+}
+
+impl std::ops::Deref for KubeApi {
+    type Target = KubeClient;
+    fn deref(&self) -> &KubeClient {
+        match self {
+            KubeApi::Real(s) => s,
+            KubeApi::Emulated(e) => e,
+        }
+    }
 }
 
 /// One watch: its name, the repository it covers (as the read API names it), and the
@@ -64,7 +102,7 @@ pub struct Rig {
     pub registry: Registry,
     pub proxy: FaultProxy,
     pub memcached: Vec<Memcached>,
-    pub emulator: Emulator,
+    pub kube: KubeApi,
     pub controller: ControllerProcess,
     pub api: String,
     pub probes: String,
@@ -160,7 +198,14 @@ impl Rig {
                 m.stop();
             }
         }
-        let emulator = Emulator::start();
+        let emulator = if options.emulator {
+            KubeApi::Emulated(Emulator::start())
+        } else {
+            let server = tokio::task::spawn_blocking(ApiServer::start).await.unwrap();
+            server.install_crd().await;
+            server.namespace(NS).await;
+            KubeApi::Real(Box::new(server))
+        };
         let host = proxy.host();
         emulator.create(SECRETS, pull_secret(&host)).await;
         let affected = Watch {
@@ -193,7 +238,7 @@ impl Rig {
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let controller = ControllerProcess::start(
-            &emulator.kubeconfig,
+            emulator.kubeconfig(),
             &args,
             dir.path().join("controller.log"),
         );
@@ -203,7 +248,7 @@ impl Rig {
             registry,
             proxy,
             memcached,
-            emulator,
+            kube: emulator,
             controller,
             api,
             probes,
@@ -227,7 +272,7 @@ impl Rig {
     }
 
     pub async fn get(&self, w: &Watch) -> Value {
-        self.emulator.get(&w.path()).await.expect("watch exists")
+        self.kube.get(&w.path()).await.expect("watch exists")
     }
 
     /// Polls the watch until `check` holds.
@@ -260,7 +305,7 @@ impl Rig {
             .rescans
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let value = format!("rescan-{n}");
-        self.emulator
+        self.kube
             .merge_patch(
                 &w.path(),
                 json!({"metadata": {"annotations": {"regcache.io/requestedAt": value}}}),
