@@ -371,6 +371,7 @@ pub async fn run<B: CacheWriter + 'static>(
     let (store, writer) = reflector::store();
     let listed_flag = ctx.watches_listed.clone();
     let listed = watcher(watches, watcher::Config::default())
+        .default_backoff()
         .reflect(writer)
         .inspect(move |event| {
             use std::sync::atomic::Ordering;
@@ -381,9 +382,10 @@ pub async fn run<B: CacheWriter + 'static>(
             }
         })
         .applied_objects();
-    let controller = Controller::for_stream(listed, store.clone()).with_config(
-        kube::runtime::controller::Config::default().concurrency(ctx.concurrent_reconciles),
-    );
+    let controller = Controller::for_stream(errors_logged(listed, "watches"), store.clone())
+        .with_config(
+            kube::runtime::controller::Config::default().concurrency(ctx.concurrent_reconciles),
+        );
     let outcome_ctx = ctx.clone();
     let outcome_store = store.clone();
     let outcomes_task = tokio::spawn(async move {
@@ -419,11 +421,17 @@ pub async fn run<B: CacheWriter + 'static>(
     // metadata is watched; a reconcile reads the data it needs. Watched whole, every Secret
     // of the cluster (Helm releases' too) went through the controller: 5,000 of 64 KiB cost
     // 60 MiB resident and a 166 MiB peak (`BENCH_SECRETS=5000 cargo bench --bench memory`).
+    let secrets = watcher(secrets, watcher::Config::default())
+        .default_backoff()
+        .touched_objects();
+    let accounts = watcher(accounts, watcher::Config::default())
+        .default_backoff()
+        .touched_objects();
     controller
-        .watches(secrets, watcher::Config::default(), move |s| {
+        .watches_stream(errors_logged(secrets, "secrets"), move |s| {
             watches_of_secret(&secret_store, &s)
         })
-        .watches(accounts, watcher::Config::default(), move |a| {
+        .watches_stream(errors_logged(accounts, "serviceaccounts"), move |a| {
             watches_of_account(&account_store, &a)
         })
         .reconcile_on(tokio_stream_of(trigger_rx))
@@ -439,6 +447,30 @@ pub async fn run<B: CacheWriter + 'static>(
     let _ = stop_warmer.send(());
     let _ = warmer_task.await;
     outcomes_task.abort();
+}
+
+/// A watch stream that yields no errors: each is logged here and dropped, and the stream's
+/// own back-off (applied before this) spaces the retries. Errors passed on would all meet
+/// in the Controller's one back-off over every stream: after an API server restart, the
+/// three watches' `410 Gone` (which a watcher answers by listing again) escalated it step
+/// by step, and changes went unseen for a minute.
+fn errors_logged<K: Send + 'static>(
+    stream: impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    what: &'static str,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static {
+    stream.filter_map(move |item| async move {
+        match item {
+            Ok(object) => Some(Ok(object)),
+            Err(watcher::Error::WatchError(e)) if e.code == 410 => {
+                tracing::debug!(what, "watch expired (410 Gone); listing again");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(what, error = %e, "watch failed; retrying");
+                None
+            }
+        }
+    })
 }
 
 fn tokio_stream_of<T: Send + 'static>(

@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::apiserver::{ApiServer, CRD_PATH};
@@ -152,18 +153,33 @@ impl Cluster {
         format!("/apis/coordination.k8s.io/v1/namespaces/{RELEASE_NS}/leases/{id}")
     }
 
-    /// Audit Events of requests the chart's ServiceAccount made that were refused (403).
-    pub fn forbidden(&self) -> Vec<Value> {
+    /// Audit Events of requests the chart's ServiceAccount made that were refused (403),
+    /// outside the `excepted` spans of time (when the API server was starting).
+    pub fn forbidden(&self, excepted: &[(DateTime<Utc>, DateTime<Utc>)]) -> Vec<Value> {
         self.audit_events()
             .into_iter()
             .filter(|e| e["user"]["username"] == self.user.as_str())
             .filter(|e| e["responseStatus"]["code"] == 403)
+            .filter(|e| {
+                let received = e["requestReceivedTimestamp"]
+                    .as_str()
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.with_timezone(&Utc));
+                !received.is_some_and(|t| excepted.iter().any(|(from, to)| *from <= t && t <= *to))
+            })
             .collect()
     }
 
     /// Fails when the chart's ServiceAccount was refused anything.
     pub fn assert_nothing_forbidden(&self) {
-        let refused = self.forbidden();
+        self.assert_nothing_forbidden_except(&[]);
+    }
+
+    /// Fails when the chart's ServiceAccount was refused anything outside `excepted`: an
+    /// API server that is starting answers 403 until its RBAC authorizer has read the
+    /// roles, and a client that reconnects at once meets that.
+    pub fn assert_nothing_forbidden_except(&self, excepted: &[(DateTime<Utc>, DateTime<Utc>)]) {
+        let refused = self.forbidden(excepted);
         assert!(
             refused.is_empty(),
             "the chart's RBAC refused the controller: {:#}",
