@@ -620,26 +620,7 @@ async fn service_account_tokens_are_reviewed_by_the_kubernetes_api() {
     // them); `outsider` is a ServiceAccount with no access granted.
     let reader = cluster.service_account_token("web", "reader").await;
     let outsider = cluster.service_account_token("web", "outsider").await;
-    let rbac = "/apis/rbac.authorization.k8s.io/v1/namespaces/web";
-    cluster
-        .create(
-            &format!("{rbac}/roles"),
-            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-                   "metadata": {"name": "watch-reader", "namespace": "web"},
-                   "rules": [{"apiGroups": ["regcache.io"], "resources": ["imagerepositorywatches"],
-                              "verbs": ["get"]}]}),
-        )
-        .await;
-    cluster
-        .create(
-            &format!("{rbac}/rolebindings"),
-            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-                   "metadata": {"name": "watch-reader", "namespace": "web"},
-                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                               "name": "watch-reader"},
-                   "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": "web"}]}),
-        )
-        .await;
+    cluster.grant_watch_reading("web", ("web", "reader")).await;
     let (store, directory, _) = fixture().await;
     let server = Server::start(ApiState {
         auth: ApiAuth::Kubernetes(kube_client(&cluster).await),

@@ -156,7 +156,7 @@ async fn record_access(values: &[&str]) -> (Cluster, BTreeSet<Access>) {
     // A reader of the read API: a ServiceAccount in another namespace allowed to get the
     // watches in `team`.
     let reader = cluster.service_account_token("web", "reader").await;
-    grant_reading(&cluster, "web", "reader").await;
+    cluster.grant_watch_reading(NS, ("web", "reader")).await;
 
     let dir = tempfile::tempdir().unwrap();
     let mut args = vec![
@@ -291,30 +291,6 @@ fn accesses(cluster: &Cluster) -> BTreeSet<Access> {
         .filter(|e| e.get("objectRef").is_some())
         .map(Access::from_audit)
         .collect()
-}
-
-/// A Role and RoleBinding letting ServiceAccount `namespace/name` get the watches in `team`.
-async fn grant_reading(cluster: &Cluster, namespace: &str, name: &str) {
-    let rbac = "/apis/rbac.authorization.k8s.io/v1/namespaces/team";
-    cluster
-        .create(
-            &format!("{rbac}/roles"),
-            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-                   "metadata": {"name": "watch-reader", "namespace": NS},
-                   "rules": [{"apiGroups": ["regcache.io"], "resources": ["imagerepositorywatches"],
-                              "verbs": ["get"]}]}),
-        )
-        .await;
-    cluster
-        .create(
-            &format!("{rbac}/rolebindings"),
-            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-                   "metadata": {"name": "watch-reader", "namespace": NS},
-                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                               "name": "watch-reader"},
-                   "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]}),
-        )
-        .await;
 }
 
 const RBAC: &str = "/apis/rbac.authorization.k8s.io/v1";

@@ -235,27 +235,7 @@ async fn no_secret_leaks_and_no_namespace_reaches_another() {
     let mut tokens = Vec::new();
     for ns in ["team", "other"] {
         tokens.push(cluster.service_account_token(ns, "reader").await);
-        let rbac = format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}");
-        cluster
-            .create(
-                &format!("{rbac}/roles"),
-                json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-                       "metadata": {"name": "watch-reader", "namespace": ns},
-                       "rules": [{"apiGroups": ["regcache.io"],
-                                  "resources": ["imagerepositorywatches"], "verbs": ["get"]}]}),
-            )
-            .await;
-        cluster
-            .create(
-                &format!("{rbac}/rolebindings"),
-                json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-                       "metadata": {"name": "watch-reader", "namespace": ns},
-                       "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                                   "name": "watch-reader"},
-                       "subjects": [{"kind": "ServiceAccount", "name": "reader",
-                                     "namespace": ns}]}),
-            )
-            .await;
+        cluster.grant_watch_reading(ns, (ns, "reader")).await;
     }
     let (team_token, other_token) = (tokens[0].as_str(), tokens[1].as_str());
 

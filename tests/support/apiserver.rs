@@ -59,7 +59,8 @@ pub struct ApiServerOptions {
 }
 
 pub struct ApiServer {
-    etcd: Child,
+    /// `None` for a second API server on another's etcd.
+    etcd: Option<Child>,
     apiserver: Option<Child>,
     pub port: u16,
     pub etcd_url: String,
@@ -76,18 +77,6 @@ impl std::ops::Deref for ApiServer {
     type Target = KubeClient;
     fn deref(&self) -> &KubeClient {
         &self.client
-    }
-}
-
-fn wait_until(what: &str, within: Duration, log: &Path, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !ready() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not become ready within {within:?}; its log:\n{}",
-            tail(log, 60)
-        );
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -148,7 +137,7 @@ impl ApiServer {
         .expect("write audit policy");
         let (etcd, etcd_url) = start_etcd(dir.path());
         let mut server = ApiServer {
-            etcd,
+            etcd: Some(etcd),
             apiserver: None,
             port: 0,
             etcd_url,
@@ -297,7 +286,7 @@ impl ApiServer {
     /// plane); it stops when the returned handle is dropped.
     pub fn second_apiserver(&self) -> SecondApiServer {
         let mut other = ApiServer {
-            etcd: Command::new("true").spawn().expect("spawn true"),
+            etcd: None,
             apiserver: None,
             port: 0,
             etcd_url: self.etcd_url.clone(),
@@ -390,6 +379,11 @@ impl ApiServer {
     pub async fn install_crd(&self) {
         let crds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crds");
         self.kubectl_ok(&["apply", "--server-side", "-f", crds.to_str().unwrap()]);
+        self.wait_for_crd().await;
+    }
+
+    /// Waits until regcache's CRD is Established (its API is served).
+    pub async fn wait_for_crd(&self) {
         self.wait_for(CRD_PATH, Duration::from_secs(30), |crd| {
             crd["status"]["conditions"]
                 .as_array()
@@ -397,6 +391,30 @@ impl ApiServer {
                 .flatten()
                 .any(|c| c["type"] == "Established" && c["status"] == "True")
         })
+        .await;
+    }
+
+    /// A Role and RoleBinding that let ServiceAccount `account` (`namespace/name`) get the
+    /// ImageRepositoryWatches in `namespace`, as a user would grant a reader of the read API.
+    pub async fn grant_watch_reading(&self, namespace: &str, account: (&str, &str)) {
+        let rbac = format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}");
+        let name = format!("watch-reader-{}-{}", account.0, account.1);
+        self.create(
+            &format!("{rbac}/roles"),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                   "metadata": {"name": name, "namespace": namespace},
+                   "rules": [{"apiGroups": ["regcache.io"], "resources": ["imagerepositorywatches"],
+                              "verbs": ["get"]}]}),
+        )
+        .await;
+        self.create(
+            &format!("{rbac}/rolebindings"),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                   "metadata": {"name": name, "namespace": namespace},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+                   "subjects": [{"kind": "ServiceAccount", "name": account.1,
+                                 "namespace": account.0}]}),
+        )
         .await;
     }
 
@@ -536,7 +554,9 @@ impl std::ops::Deref for SecondApiServer {
 impl Drop for ApiServer {
     fn drop(&mut self) {
         self.stop_apiserver();
-        kill_and_wait(&mut self.etcd);
+        if let Some(etcd) = &mut self.etcd {
+            kill_and_wait(etcd);
+        }
         if std::thread::panicking() {
             for entry in std::fs::read_dir(self.dir.path())
                 .into_iter()
@@ -553,11 +573,4 @@ impl Drop for ApiServer {
             }
         }
     }
-}
-
-/// `wait_until` is used by tests that wait on a process log.
-pub fn wait_for_log(what: &str, log: &Path, within: Duration, needle: &str) {
-    wait_until(what, within, log, || {
-        std::fs::read_to_string(log).is_ok_and(|t| t.contains(needle))
-    });
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::apiserver::{ApiServer, CRD_PATH};
+use super::apiserver::ApiServer;
 use super::kube::ControllerProcess;
 
 /// The namespace the chart is installed in (its Lease lives there).
@@ -34,8 +34,6 @@ pub struct Cluster {
     pub flags: Vec<String>,
     /// The chart's ServiceAccount, as the API server names its user.
     pub user: String,
-    /// The Deployment as installed.
-    pub deployment: Value,
 }
 
 impl std::ops::Deref for Cluster {
@@ -81,15 +79,7 @@ impl Cluster {
         }
         let (ok, out, err) = server.helm(&args);
         assert!(ok, "helm install {values:?}:\n{out}\n{err}");
-        server
-            .wait_for(CRD_PATH, std::time::Duration::from_secs(30), |crd| {
-                crd["status"]["conditions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|c| c["type"] == "Established" && c["status"] == "True")
-            })
-            .await;
+        server.wait_for_crd().await;
         let deployment = server
             .get(&format!(
                 "/apis/apps/v1/namespaces/{RELEASE_NS}/deployments/{RELEASE}"
@@ -118,7 +108,6 @@ impl Cluster {
             kubeconfig,
             flags,
             user: format!("system:serviceaccount:{RELEASE_NS}:{account}"),
-            deployment,
         }
     }
 

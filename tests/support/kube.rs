@@ -41,27 +41,12 @@ pub struct Answer {
     pub body: Value,
 }
 
-impl Answer {
-    /// The `message` of a `Status` answer (an error), or "".
-    pub fn message(&self) -> &str {
-        self.body["message"].as_str().unwrap_or_default()
-    }
-}
-
 impl KubeClient {
     pub fn new(base: String, token: Option<String>, ca_pem: Option<&[u8]>) -> KubeClient {
         KubeClient {
             base,
             token,
             http: super::http_client(ca_pem),
-        }
-    }
-
-    /// The same API as another identity (a bearer token).
-    pub fn with_token(&self, token: &str) -> KubeClient {
-        KubeClient {
-            token: Some(token.to_string()),
-            ..self.clone()
         }
     }
 
@@ -158,18 +143,6 @@ impl KubeClient {
             path,
             "application/merge-patch+json",
             &patch,
-        )
-        .await
-    }
-
-    /// Server-side apply of `object` at `path` (an object's path, or its `/status`) as
-    /// `manager`, forcing conflicts.
-    pub async fn apply(&self, path: &str, manager: &str, object: Value) -> Value {
-        self.send(
-            reqwest::Method::PATCH,
-            &format!("{path}?fieldManager={manager}&force=true"),
-            "application/apply-patch+yaml",
-            &object,
         )
         .await
     }
