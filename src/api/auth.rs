@@ -57,6 +57,29 @@ pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
+/// The Kubernetes token a caller presents: `Authorization: Bearer <token>`, or the password
+/// of `Authorization: Basic` (the user name is ignored), which is how registry clients send
+/// the credentials of a docker-registry Secret.
+pub(crate) fn presented_token(headers: &HeaderMap) -> Option<String> {
+    if let Some(token) = bearer_token(headers) {
+        return Some(token.to_string());
+    }
+    use base64::Engine as _;
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let (_, password) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
+    (!password.is_empty()).then(|| password.to_string())
+}
+
 /// A reviewed caller.
 #[derive(Debug, Clone)]
 pub(crate) struct Caller {
@@ -116,12 +139,14 @@ impl KubernetesAuth {
 
     /// Reviews the request's bearer token: 401 without one or with one the API rejects.
     pub(crate) async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
-        let Some(token) = bearer_token(headers) else {
+        let Some(token) = presented_token(headers) else {
             return Err(ApiError::new(
                 Reason::Unauthorized,
-                "send a ServiceAccount token as `Authorization: Bearer <token>`",
+                "send a ServiceAccount token as `Authorization: Bearer <token>` (or as the \
+                 password of Basic credentials)",
             ));
         };
+        let token = token.as_str();
         let hash = token_hash(token);
         let user = match self.users.get(&hash) {
             Some(user) => user,

@@ -10,6 +10,7 @@ mod answer;
 mod answers;
 mod auth;
 mod error;
+mod registry;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -171,6 +172,9 @@ pub fn router<B: CacheReader + 'static>(state: ApiState<B>) -> Router {
             get(watch::<B>),
         )
         .route("/hooks/registry", post(registry_hook::<B>))
+        // The registry API (`registry.rs`); axum answers HEAD from the GET handlers.
+        .route("/v2/", get(registry::base::<B>))
+        .route("/v2/{*path}", get(registry::route::<B>))
         .fallback(|| async { ApiError::not_found("no such endpoint; see docs/api.md") })
         .with_state(shared)
 }

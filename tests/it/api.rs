@@ -664,11 +664,163 @@ async fn service_account_tokens_are_reviewed_by_the_kubernetes_api() {
         .await;
     assert_eq!(reason(&denied), (403, "Forbidden"), "{}", denied.1);
 
+    // The registry API: no credentials are challenged as registry clients expect; the
+    // token goes as the password of Basic credentials (a docker-registry Secret).
+    let challenged = server
+        .http
+        .get(format!("{}/v2/", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(challenged.status(), 401);
+    assert_eq!(
+        challenged.headers()["www-authenticate"],
+        "Basic realm=\"regcache\""
+    );
+    let body: Value = serde_json::from_slice(&challenged.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["errors"][0]["code"], "UNAUTHORIZED");
+    let basic = |token: &str| {
+        server
+            .http
+            .get(format!("{}/v2/web/nginx/tags/list", server.base))
+            .basic_auth("anything", Some(token))
+    };
+    let (status, body) = server.send(basic(&reader)).await;
+    assert_eq!(
+        (status, &body["tags"]),
+        (200, &json!(["latest", "v1"])),
+        "{body}"
+    );
+    let (status, body) = server.send(basic(&outsider)).await;
+    assert_eq!(
+        (status, &body["errors"][0]["code"]),
+        (403, &json!("DENIED")),
+        "{body}"
+    );
+
     // Each token was reviewed once (the unknown one too): answers are cached. The API
     // server's own request counter says so.
     let reviews = cluster
         .request_count(&[("resource", "tokenreviews"), ("verb", "POST")])
         .await;
     assert_eq!(reviews, 3.0);
+    server.stop().await;
+}
+
+/// The registry API's tags/list, as a registry client reads it: the distribution spec's
+/// names, pagination, headers and error format.
+#[tokio::test(flavor = "multi_thread")]
+async fn registry_api_lists_tags_with_pagination_and_spec_errors() {
+    let (store, directory, _) = fixture().await;
+    let server = Server::start(open_state(store, directory)).await;
+    let code = |answer: &(u16, Value)| {
+        (
+            answer.0,
+            answer.1["errors"][0]["code"]
+                .as_str()
+                .unwrap_or("<none>")
+                .to_string(),
+        )
+    };
+
+    let base = server
+        .http
+        .get(format!("{}/v2/", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(base.status(), 200);
+    assert_eq!(
+        base.headers()["docker-distribution-api-version"],
+        "registry/2.0"
+    );
+    let head = server
+        .http
+        .head(format!("{}/v2/", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+
+    // One watch by <namespace>/<watch>, or the repository by its upstream name.
+    let (status, body) = server.get("/v2/web/nginx/tags/list", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"name": "web/nginx", "tags": ["latest", "v1"]}));
+    let (status, body) = server
+        .get("/v2/docker.io/library/nginx/tags/list", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["tags"], json!(["latest", "v1"]));
+    let (status, body) = server
+        .get("/v2/127.0.0.1:5000/team/app/tags/list", None)
+        .await;
+    assert_eq!((status, &body["tags"]), (200, &json!(["v3"])), "{body}");
+
+    // Pages of n, linked as registries link them.
+    let first = server
+        .http
+        .get(format!("{}/v2/web/nginx/tags/list?n=1", server.base))
+        .send()
+        .await
+        .unwrap();
+    let link = first.headers()["link"].to_str().unwrap().to_string();
+    assert_eq!(
+        link,
+        "</v2/web/nginx/tags/list?n=1&last=latest>; rel=\"next\""
+    );
+    let first: Value = serde_json::from_slice(&first.bytes().await.unwrap()).unwrap();
+    assert_eq!(first["tags"], json!(["latest"]));
+    let next = link.trim_start_matches('<').split('>').next().unwrap();
+    let second = server
+        .http
+        .get(format!("{}{next}", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        second.headers().get("link").is_none(),
+        "the last page links nowhere"
+    );
+    let second: Value = serde_json::from_slice(&second.bytes().await.unwrap()).unwrap();
+    assert_eq!(second["tags"], json!(["v1"]));
+
+    // Errors in the spec's format and codes.
+    for (path, expected) in [
+        (
+            "/v2/web/nginx/tags/list?n=many",
+            (400, "PAGINATION_NUMBER_INVALID"),
+        ),
+        ("/v2/ghcr.io/org/broken/tags/list", (404, "NAME_UNKNOWN")),
+        ("/v2/ghcr.io/org/unwatched/tags/list", (404, "NAME_UNKNOWN")),
+        ("/v2/web/absent/tags/list", (404, "NAME_UNKNOWN")),
+        ("/v2/nginx/tags/list", (404, "NAME_UNKNOWN")),
+        ("/v2/web/nginx/manifests/v1", (404, "UNSUPPORTED")),
+        ("/v2/web/nginx/blobs/sha256:00", (404, "UNSUPPORTED")),
+    ] {
+        let answer = server.get(path, None).await;
+        assert_eq!(
+            code(&answer),
+            (expected.0, expected.1.to_string()),
+            "{path}: {}",
+            answer.1
+        );
+        assert!(
+            answer.1["errors"][0]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{path}: {}",
+            answer.1
+        );
+    }
+    // Not cached says why: the watch's last error.
+    let broken = server.get("/v2/ghcr.io/org/broken/tags/list", None).await;
+    assert!(
+        broken.1["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("refused the credentials"),
+        "{}",
+        broken.1
+    );
     server.stop().await;
 }

@@ -1,0 +1,391 @@
+//! The registry API: the cache read through the OCI distribution API under `/v2/`, so that
+//! agents read it with the registry clients they already have (skopeo, crane, Flux,
+//! Argo CD Image Updater). Read-only; reads never reach the upstream registry.
+//!
+//! Served so far: `GET /v2/` and `GET /v2/<name>/tags/list` (with `n` and `last`
+//! pagination and a `Link` header). Manifests and blobs answer `UNSUPPORTED` until the
+//! cache keeps their bytes.
+//!
+//! Names (`docs/api.md`):
+//! - `<namespace>/<watch>` is one ImageRepositoryWatch (`payments/api`);
+//! - `<upstream-host>/<repository>` is the repository of the watches that cover it, when
+//!   the first segment holds a dot or a colon, which a namespace name cannot
+//!   (`ghcr.io/org/app`, `registry.example.com:5000/team/app`, `localhost:5000/app`).
+//!
+//! Errors are the distribution spec's JSON (`{"errors": [{"code", "message"}]}`).
+
+use std::sync::Arc;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use super::auth::Caller;
+use super::{ApiError, Reason, Shared, forbidden};
+use crate::cache::CacheReader;
+use crate::image::Repository;
+use crate::warmer::Target;
+
+/// Sent on every answer under `/v2/`, as registries do; clients check it on `/v2/`.
+const API_VERSION: (&str, &str) = ("docker-distribution-api-version", "registry/2.0");
+
+/// One error code of the distribution spec, with the status it goes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Code {
+    NameUnknown,
+    NameInvalid,
+    PaginationNumberInvalid,
+    Unauthorized,
+    Denied,
+    Unsupported,
+    /// Not in the spec's table, but what the distribution registry answers when a backend
+    /// it needs is down (here: memcached, or the Kubernetes API for a review).
+    Unavailable,
+}
+
+impl Code {
+    fn as_str(self) -> &'static str {
+        match self {
+            Code::NameUnknown => "NAME_UNKNOWN",
+            Code::NameInvalid => "NAME_INVALID",
+            Code::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
+            Code::Unauthorized => "UNAUTHORIZED",
+            Code::Denied => "DENIED",
+            Code::Unsupported => "UNSUPPORTED",
+            Code::Unavailable => "UNAVAILABLE",
+        }
+    }
+
+    fn status(self) -> StatusCode {
+        match self {
+            Code::NameUnknown | Code::Unsupported => StatusCode::NOT_FOUND,
+            Code::NameInvalid | Code::PaginationNumberInvalid => StatusCode::BAD_REQUEST,
+            Code::Unauthorized => StatusCode::UNAUTHORIZED,
+            Code::Denied => StatusCode::FORBIDDEN,
+            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// An error answer of the registry API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RegistryError {
+    pub code: Code,
+    pub message: String,
+}
+
+impl RegistryError {
+    fn new(code: Code, message: impl Into<String>) -> Self {
+        RegistryError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The read API's error for a repository name: a name regcache does not know or has
+    /// not cached is `NAME_UNKNOWN`.
+    fn from_api(e: ApiError) -> Self {
+        let code = match e.reason {
+            Reason::NotCached | Reason::NotFound | Reason::TagNotFound => Code::NameUnknown,
+            Reason::BadRequest => Code::NameInvalid,
+            Reason::Unauthorized => Code::Unauthorized,
+            Reason::Forbidden => Code::Denied,
+            Reason::CacheUnavailable | Reason::Unavailable => Code::Unavailable,
+        };
+        RegistryError::new(code, e.message)
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    errors: [ErrorEntry<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct ErrorEntry<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl IntoResponse for RegistryError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            errors: [ErrorEntry {
+                code: self.code.as_str(),
+                message: &self.message,
+            }],
+        };
+        let mut response = (self.code.status(), axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(API_VERSION.0, HeaderValue::from_static(API_VERSION.1));
+        if self.code == Code::Unauthorized {
+            // Registry clients answer a Basic challenge with the credentials of a
+            // docker-registry Secret; the password is a Kubernetes token.
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"regcache\""),
+            );
+        }
+        response
+    }
+}
+
+/// `GET /v2/`: the API is here, and (with authentication on) the caller is known.
+pub(super) async fn base<B: CacheReader + 'static>(
+    State(s): State<Arc<Shared<B>>>,
+    headers: HeaderMap,
+) -> Result<Response, RegistryError> {
+    s.authenticate(&headers)
+        .await
+        .map_err(RegistryError::from_api)?;
+    Ok(([API_VERSION], axum::Json(serde_json::json!({}))).into_response())
+}
+
+/// Everything under `/v2/<name>/`: the name is all segments before the route's own.
+pub(super) async fn route<B: CacheReader + 'static>(
+    State(s): State<Arc<Shared<B>>>,
+    headers: HeaderMap,
+    Path(path): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, RegistryError> {
+    let caller = s
+        .authenticate(&headers)
+        .await
+        .map_err(RegistryError::from_api)?;
+    if let Some(name) = path.strip_suffix("/tags/list") {
+        let target = resolve(&s, &caller, name).await?;
+        return tags_list(&s, &target, name, query.as_deref()).await;
+    }
+    let what = if path.contains("/manifests/") {
+        "manifests"
+    } else if path.contains("/blobs/") {
+        "blobs"
+    } else {
+        return Err(RegistryError::new(
+            Code::Unsupported,
+            format!("regcache's registry API has no route /v2/{path}"),
+        ));
+    };
+    Err(RegistryError::new(
+        Code::Unsupported,
+        format!("regcache's registry API does not serve {what} yet; it serves tag lists"),
+    ))
+}
+
+/// The watch a registry name addresses, if the caller may read it.
+async fn resolve<B: CacheReader + 'static>(
+    s: &Shared<B>,
+    caller: &Option<Caller>,
+    name: &str,
+) -> Result<Arc<Target>, RegistryError> {
+    match name_kind(name)? {
+        Name::Upstream => {
+            let repository = Repository::parse(name)
+                .map_err(|e| RegistryError::new(Code::NameInvalid, format!("{name}: {e}")))?;
+            s.readable_target(caller, &repository)
+                .await
+                .map_err(RegistryError::from_api)
+        }
+        Name::Watch(namespace, watch) => {
+            let id = format!("{namespace}/{watch}");
+            // Access first: whether a watch exists is not told to callers who may not get it.
+            if !s
+                .may_read(caller, &id)
+                .await
+                .map_err(RegistryError::from_api)?
+            {
+                return Err(RegistryError::from_api(forbidden(&format!(
+                    "ImageRepositoryWatch {id}"
+                ))));
+            }
+            s.directory
+                .targets()
+                .into_iter()
+                .find(|t| t.id == id)
+                .ok_or_else(|| {
+                    RegistryError::new(
+                        Code::NameUnknown,
+                        format!(
+                            "no ImageRepositoryWatch {id} is warmed (it does not exist, or its \
+                             spec is invalid: see its status)"
+                        ),
+                    )
+                })
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Name<'a> {
+    /// `<namespace>/<watch>`.
+    Watch(&'a str, &'a str),
+    /// `<upstream-host>/<repository>`.
+    Upstream,
+}
+
+fn name_kind(name: &str) -> Result<Name<'_>, RegistryError> {
+    let first = name.split('/').next().unwrap_or_default();
+    if first.contains('.') || first.contains(':') {
+        return Ok(Name::Upstream);
+    }
+    match name.split_once('/') {
+        Some((namespace, watch))
+            if !namespace.is_empty() && !watch.is_empty() && !watch.contains('/') =>
+        {
+            Ok(Name::Watch(namespace, watch))
+        }
+        _ => Err(RegistryError::new(
+            Code::NameUnknown,
+            format!(
+                "{name:?} names no watch: use <namespace>/<watch>, or the upstream \
+                 <registry-host>/<repository> (a host with a dot or a port)"
+            ),
+        )),
+    }
+}
+
+#[derive(Serialize)]
+struct TagList<'a> {
+    name: &'a str,
+    tags: Vec<&'a str>,
+}
+
+/// `n` and `last` of a tags/list request.
+fn pagination(query: Option<&str>) -> Result<(Option<usize>, Option<String>), RegistryError> {
+    let (mut n, mut last) = (None, None);
+    for (key, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match key.as_ref() {
+            "n" => {
+                n = Some(value.parse::<usize>().map_err(|_| {
+                    RegistryError::new(
+                        Code::PaginationNumberInvalid,
+                        format!("n must be a number of tags (0 or more), not {value:?}"),
+                    )
+                })?)
+            }
+            "last" => last = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    Ok((n, last))
+}
+
+/// One page of `tags`: those after `last` (in the lexical order registries use), at most
+/// `n`; and whether more follow.
+fn page<'a>(tags: &[&'a str], n: Option<usize>, last: Option<&str>) -> (Vec<&'a str>, bool) {
+    let start = last.map_or(0, |l| tags.partition_point(|t| *t <= l));
+    let rest = &tags[start..];
+    match n {
+        Some(n) if n < rest.len() => (rest[..n].to_vec(), n > 0),
+        _ => (rest.to_vec(), false),
+    }
+}
+
+async fn tags_list<B: CacheReader + 'static>(
+    s: &Shared<B>,
+    target: &Target,
+    name: &str,
+    query: Option<&str>,
+) -> Result<Response, RegistryError> {
+    let (n, last) = pagination(query)?;
+    let store = s.read.store();
+    let index = store
+        .read_index(&target.scope, &target.repository)
+        .await
+        .map_err(|e| RegistryError::from_api(crate::cache::store::ReadError::Cache(e).into()))?;
+    // As the JSON API: a repository whose passes never completed (a head with an error
+    // and no update) is not cached, and the message says why.
+    let entries = match index {
+        Some((head, entries)) if head.last_update.is_some() => entries,
+        Some((head, _)) => {
+            return Err(RegistryError::from_api(
+                store.not_cached(&target.repository, Some(&head)).into(),
+            ));
+        }
+        None => {
+            let head = store
+                .head(&target.scope, &target.repository)
+                .await
+                .ok()
+                .flatten();
+            let e = store.not_cached(&target.repository, head.as_ref());
+            return Err(RegistryError::from_api(e.into()));
+        }
+    };
+    let mut tags: Vec<&str> = entries.iter().map(|e| e.tag.as_str()).collect();
+    tags.sort_unstable();
+    let (tags, more) = page(&tags, n, last.as_deref());
+    let mut response = (
+        [API_VERSION],
+        axum::Json(TagList {
+            name,
+            tags: tags.clone(),
+        }),
+    )
+        .into_response();
+    if more && let Some(last) = tags.last() {
+        let next = format!(
+            "</v2/{name}/tags/list?n={}&last={}>; rel=\"next\"",
+            n.unwrap_or(tags.len()),
+            url::form_urlencoded::byte_serialize(last.as_bytes()).collect::<String>()
+        );
+        if let Ok(value) = HeaderValue::from_str(&next) {
+            response.headers_mut().insert(header::LINK, value);
+        }
+    }
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_watches_or_upstream_repositories() {
+        assert_eq!(
+            name_kind("payments/api").unwrap(),
+            Name::Watch("payments", "api")
+        );
+        for upstream in [
+            "ghcr.io/org/app",
+            "registry.example.com:5000/team/app",
+            "localhost:5000/app",
+            "docker.io/library/nginx",
+        ] {
+            assert_eq!(name_kind(upstream).unwrap(), Name::Upstream, "{upstream}");
+        }
+        for unknown in ["nginx", "library/nginx/extra", "/api", "payments/"] {
+            let e = name_kind(unknown).unwrap_err();
+            assert_eq!(e.code, Code::NameUnknown, "{unknown}");
+        }
+    }
+
+    #[test]
+    fn pages_follow_last_and_stop_at_n() {
+        let tags = ["a", "b", "c", "d"];
+        assert_eq!(page(&tags, None, None), (tags.to_vec(), false));
+        assert_eq!(page(&tags, Some(2), None), (vec!["a", "b"], true));
+        assert_eq!(page(&tags, Some(2), Some("b")), (vec!["c", "d"], false));
+        assert_eq!(
+            page(&tags, Some(10), Some("a")),
+            (vec!["b", "c", "d"], false)
+        );
+        // `last` need not be a tag: the page starts after where it would sort.
+        assert_eq!(page(&tags, Some(1), Some("bb")), (vec!["c"], true));
+        assert_eq!(page(&tags, Some(0), None), (vec![], false));
+        assert_eq!(page(&tags, None, Some("d")), (vec![], false));
+    }
+
+    #[test]
+    fn pagination_numbers_are_checked() {
+        assert_eq!(
+            pagination(Some("n=2&last=v1")).unwrap(),
+            (Some(2), Some("v1".into()))
+        );
+        assert_eq!(pagination(None).unwrap(), (None, None));
+        let e = pagination(Some("n=-1")).unwrap_err();
+        assert_eq!(e.code, Code::PaginationNumberInvalid);
+        assert_eq!(e.code.status(), StatusCode::BAD_REQUEST);
+    }
+}
