@@ -11,6 +11,7 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
 use super::answers::{AnswerKey, Answers};
+use super::metrics::ApiMetrics;
 use crate::cache::keys::{self, Scope};
 use crate::cache::store::{
     ImageRecord, MetadataStore, READ_ATTEMPTS, ReadError, TagView, chunk_view, not_cached_help,
@@ -54,6 +55,7 @@ pub struct ReadApi<B> {
     store: Arc<MetadataStore<B>>,
     answers: Answers,
     metrics: CacheMetrics,
+    api_metrics: ApiMetrics,
 }
 
 impl<B: CacheReader> ReadApi<B> {
@@ -63,6 +65,7 @@ impl<B: CacheReader> ReadApi<B> {
             store,
             answers: Answers::new(0),
             metrics: CacheMetrics::default(),
+            api_metrics: ApiMetrics::default(),
         }
     }
 
@@ -77,6 +80,16 @@ impl<B: CacheReader> ReadApi<B> {
     pub fn with_metrics(mut self, metrics: CacheMetrics) -> Self {
         self.metrics = metrics;
         self
+    }
+
+    /// Records the registry API's requests in `regcache_api_registry_requests_total`.
+    pub fn with_api_metrics(mut self, metrics: ApiMetrics) -> Self {
+        self.api_metrics = metrics;
+        self
+    }
+
+    pub(crate) fn api_metrics(&self) -> &ApiMetrics {
+        &self.api_metrics
     }
 
     pub fn store(&self) -> &Arc<MetadataStore<B>> {

@@ -10,6 +10,7 @@ mod answer;
 mod answers;
 mod auth;
 mod error;
+mod metrics;
 mod registry;
 pub mod webhook;
 
@@ -31,6 +32,7 @@ use crate::warmer::{Priority, Target, TargetId, Warmer};
 pub use answer::{ReadApi, RepositoryAnswer};
 use auth::{Caller, KubernetesAuth};
 pub use error::{ApiError, Reason};
+pub use metrics::ApiMetrics;
 
 /// Largest webhook body read. Registry notifications batch a few events; Harbor and Docker
 /// Hub send one push each. 1 MiB is far above any of them.

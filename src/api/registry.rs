@@ -9,8 +9,12 @@
 //! Names (`docs/api.md`):
 //! - `<namespace>/<watch>` is one ImageRepositoryWatch (`payments/api`);
 //! - `<upstream-host>/<repository>` is the repository of the watches that cover it, when
-//!   the first segment holds a dot or a colon, which a namespace name cannot
-//!   (`ghcr.io/org/app`, `registry.example.com:5000/team/app`, `localhost:5000/app`).
+//!   the first segment holds a dot or an underscore, which a namespace name cannot
+//!   (`ghcr.io/org/app`, `docker.io/library/nginx`). A colon cannot appear in an image
+//!   reference's path, so a port is written `_PORT` (`registry.example.com_5000/team/app`,
+//!   `localhost_5000/app`); a host name never holds an underscore, so this is unambiguous.
+//!   `:PORT` is taken too, for callers that are not registry clients. A host with neither a
+//!   dot nor a port is reached through a watch's name.
 //!
 //! Errors are the distribution spec's JSON (`{"errors": [{"code", "message"}]}`).
 
@@ -54,6 +58,19 @@ impl Code {
             Code::Denied => "DENIED",
             Code::Unsupported => "UNSUPPORTED",
             Code::Unavailable => "UNAVAILABLE",
+        }
+    }
+
+    /// The metric label: the code in lower case.
+    fn label(self) -> &'static str {
+        match self {
+            Code::NameUnknown => "name_unknown",
+            Code::NameInvalid => "name_invalid",
+            Code::PaginationNumberInvalid => "pagination_number_invalid",
+            Code::Unauthorized => "unauthorized",
+            Code::Denied => "denied",
+            Code::Unsupported => "unsupported",
+            Code::Unavailable => "unavailable",
         }
     }
 
@@ -131,15 +148,30 @@ impl IntoResponse for RegistryError {
     }
 }
 
+/// Counts one answer in `regcache_api_registry_requests_total`.
+fn counted<B: CacheReader>(
+    s: &Shared<B>,
+    route: &'static str,
+    answer: Result<Response, RegistryError>,
+) -> Result<Response, RegistryError> {
+    let result = match &answer {
+        Ok(_) => "ok",
+        Err(e) => e.code.label(),
+    };
+    s.read.api_metrics().registry_request(route, result);
+    answer
+}
+
 /// `GET /v2/`: the API is here, and (with authentication on) the caller is known.
 pub(super) async fn base<B: CacheReader + 'static>(
     State(s): State<Arc<Shared<B>>>,
     headers: HeaderMap,
 ) -> Result<Response, RegistryError> {
-    s.authenticate(&headers)
-        .await
-        .map_err(RegistryError::from_api)?;
-    Ok(([API_VERSION], axum::Json(serde_json::json!({}))).into_response())
+    let answer = match s.authenticate(&headers).await {
+        Ok(_) => Ok(([API_VERSION], axum::Json(serde_json::json!({}))).into_response()),
+        Err(e) => Err(RegistryError::from_api(e)),
+    };
+    counted(&s, "base", answer)
 }
 
 /// Everything under `/v2/<name>/`: the name is all segments before the route's own.
@@ -149,28 +181,44 @@ pub(super) async fn route<B: CacheReader + 'static>(
     Path(path): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, RegistryError> {
-    let caller = s
-        .authenticate(&headers)
-        .await
-        .map_err(RegistryError::from_api)?;
-    if let Some(name) = path.strip_suffix("/tags/list") {
-        let target = resolve(&s, &caller, name).await?;
-        return tags_list(&s, &target, name, query.as_deref()).await;
-    }
-    let what = if path.contains("/manifests/") {
+    let route = if path.ends_with("/tags/list") {
+        "tags_list"
+    } else if path.contains("/manifests/") {
         "manifests"
     } else if path.contains("/blobs/") {
         "blobs"
     } else {
-        return Err(RegistryError::new(
+        "other"
+    };
+    let answer = answer(&s, &headers, route, &path, query.as_deref()).await;
+    counted(&s, route, answer)
+}
+
+async fn answer<B: CacheReader + 'static>(
+    s: &Shared<B>,
+    headers: &HeaderMap,
+    route: &str,
+    path: &str,
+    query: Option<&str>,
+) -> Result<Response, RegistryError> {
+    let caller = s
+        .authenticate(headers)
+        .await
+        .map_err(RegistryError::from_api)?;
+    match (route, path.strip_suffix("/tags/list")) {
+        ("tags_list", Some(name)) => {
+            let target = resolve(s, &caller, name).await?;
+            tags_list(s, &target, name, query).await
+        }
+        ("other", _) => Err(RegistryError::new(
             Code::Unsupported,
             format!("regcache's registry API has no route /v2/{path}"),
-        ));
-    };
-    Err(RegistryError::new(
-        Code::Unsupported,
-        format!("regcache's registry API does not serve {what} yet; it serves tag lists"),
-    ))
+        )),
+        (what, _) => Err(RegistryError::new(
+            Code::Unsupported,
+            format!("regcache's registry API does not serve {what} yet; it serves tag lists"),
+        )),
+    }
 }
 
 /// The watch a registry name addresses, if the caller may read it.
@@ -181,7 +229,7 @@ async fn resolve<B: CacheReader + 'static>(
 ) -> Result<Arc<Target>, RegistryError> {
     match name_kind(name)? {
         Name::Upstream => {
-            let repository = Repository::parse(name)
+            let repository = Repository::parse(&upstream_name(name))
                 .map_err(|e| RegistryError::new(Code::NameInvalid, format!("{name}: {e}")))?;
             s.readable_target(caller, &repository)
                 .await
@@ -226,7 +274,7 @@ enum Name<'a> {
 
 fn name_kind(name: &str) -> Result<Name<'_>, RegistryError> {
     let first = name.split('/').next().unwrap_or_default();
-    if first.contains('.') || first.contains(':') {
+    if first.contains(['.', '_', ':']) && name.contains('/') {
         return Ok(Name::Upstream);
     }
     match name.split_once('/') {
@@ -243,6 +291,18 @@ fn name_kind(name: &str) -> Result<Name<'_>, RegistryError> {
             ),
         )),
     }
+}
+
+/// The upstream name a registry name spells: a trailing `_PORT` on the host is `:PORT`.
+fn upstream_name(name: &str) -> String {
+    let (host, rest) = name.split_once('/').unwrap_or((name, ""));
+    let host = match host.rsplit_once('_') {
+        Some((h, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("{h}:{port}")
+        }
+        _ => host.to_string(),
+    };
+    format!("{host}/{rest}")
 }
 
 #[derive(Serialize)]
@@ -349,12 +409,20 @@ mod tests {
         );
         for upstream in [
             "ghcr.io/org/app",
+            "registry.example.com_5000/team/app",
             "registry.example.com:5000/team/app",
-            "localhost:5000/app",
+            "localhost_5000/app",
             "docker.io/library/nginx",
         ] {
             assert_eq!(name_kind(upstream).unwrap(), Name::Upstream, "{upstream}");
         }
+        assert_eq!(
+            upstream_name("registry.example.com_5000/team/app"),
+            "registry.example.com:5000/team/app"
+        );
+        assert_eq!(upstream_name("localhost_5000/app"), "localhost:5000/app");
+        assert_eq!(upstream_name("ghcr.io/org/app"), "ghcr.io/org/app");
+        assert_eq!(upstream_name("a_b.example/app"), "a_b.example/app");
         for unknown in ["nginx", "library/nginx/extra", "/api", "payments/"] {
             let e = name_kind(unknown).unwrap_err();
             assert_eq!(e.code, Code::NameUnknown, "{unknown}");

@@ -15,7 +15,7 @@ use std::sync::atomic::AtomicBool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::ReadApi;
+use crate::api::{ApiMetrics, ReadApi};
 use crate::cache::store::MetadataStore;
 use crate::cache::{Backend, CacheError, CacheMetrics, CacheOptions};
 use crate::controller::ReconcileMetrics;
@@ -33,6 +33,7 @@ pub struct Metrics {
     pub cache: CacheMetrics,
     pub warmer: WarmerMetrics,
     pub reconcile: ReconcileMetrics,
+    pub api: ApiMetrics,
     exposition: Arc<MetricsRegistry>,
 }
 
@@ -51,6 +52,7 @@ impl Metrics {
             cache: CacheMetrics::register(root),
             warmer: WarmerMetrics::register(root),
             reconcile: ReconcileMetrics::register(root),
+            api: ApiMetrics::register(root),
             exposition: Arc::new(exposition),
         }
     }
@@ -137,6 +139,7 @@ impl Runtime {
         ReadApi::new(self.store.clone())
             .with_answer_cache(self.answer_cache_bytes)
             .with_metrics(self.metrics.cache.clone())
+            .with_api_metrics(self.metrics.api.clone())
     }
 
     /// Cancelled when the process should stop.

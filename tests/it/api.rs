@@ -751,10 +751,17 @@ async fn registry_api_lists_tags_with_pagination_and_spec_errors() {
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["tags"], json!(["latest", "v1"]));
-    let (status, body) = server
-        .get("/v2/127.0.0.1:5000/team/app/tags/list", None)
-        .await;
-    assert_eq!((status, &body["tags"]), (200, &json!(["v3"])), "{body}");
+    // A port is `_PORT` (a colon cannot appear in a reference's path); `:PORT` works too.
+    for host in ["127.0.0.1_5000", "127.0.0.1:5000"] {
+        let (status, body) = server
+            .get(&format!("/v2/{host}/team/app/tags/list"), None)
+            .await;
+        assert_eq!(
+            (status, &body["tags"]),
+            (200, &json!(["v3"])),
+            "{host}: {body}"
+        );
+    }
 
     // Pages of n, linked as registries link them.
     let first = server

@@ -20,6 +20,7 @@ mod metrics;
 mod packaging;
 mod rbac;
 mod registry;
+mod registry_api;
 mod security;
 mod standalone;
 mod support_selftest;

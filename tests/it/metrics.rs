@@ -255,6 +255,10 @@ async fn controller_scrape_after_a_warm_pass_has_every_documented_metric() {
         .await;
 
     let http = support::http_client(None);
+    // One registry API request, without credentials: challenged, and counted.
+    let api = controller.address("read API").await;
+    let challenged = http.get(format!("http://{api}/v2/")).send().await.unwrap();
+    assert_eq!(challenged.status(), 401);
     let good = [("watch", "metrics/app"), ("repository", image.as_str())];
     let s = scrape_until(&http, &metrics, "both passes and their reconciles", |s| {
         s.sum("regcache_warmer_passes_total", &[("result", "success")]) >= 1.0
@@ -273,6 +277,16 @@ async fn controller_scrape_after_a_warm_pass_has_every_documented_metric() {
             "regcache_cache_errors_total",
             "regcache_reconcile_errors_total",
         ],
+    );
+
+    assert_eq!(
+        s.sum(
+            "regcache_api_registry_requests_total",
+            &[("route", "base"), ("result", "unauthorized")]
+        ),
+        1.0,
+        "{}",
+        s.text
     );
 
     // Requests to the registry's host, by kind and status.
@@ -540,6 +554,7 @@ async fn standalone_serves_metrics_and_probes_while_it_keeps_warming() {
     assert_documented_metrics_present(
         &s,
         &[
+            "regcache_api_registry_requests_total",
             "regcache_cache_errors_total",
             "regcache_reconcile_errors_total",
             "regcache_reconcile_total",
