@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Builds the real Kubernetes binaries regcache's tests run against: kube-apiserver and
-# kubectl (k8s.io/kubernetes), etcd (go.etcd.io/etcd/server/v3) and helm (helm.sh/helm/v3),
-# from the Go module proxy, at the versions pinned below.
+# Builds the real binaries regcache's tests run against: kube-apiserver and kubectl
+# (k8s.io/kubernetes), etcd (go.etcd.io/etcd/server/v3), helm (helm.sh/helm/v3) and crane
+# (go-containerregistry, a registry client), from the Go module proxy, at the versions
+# pinned below.
 #
 # Each binary is built once into a directory keyed by its version under
 # REGCACHE_TESTBIN_CACHE (default ~/.cache/regcache/testbin) and reused by later runs; the
 # Go module and build caches (GOMODCACHE, GOCACHE) are kept too. Prints, on standard output,
-# the directory holding all four binaries (also linked as $REGCACHE_TESTBIN_CACHE/current,
+# the directory holding all the binaries (also linked as $REGCACHE_TESTBIN_CACHE/current,
 # where the tests look when REGCACHE_TESTBIN is unset). Everything else goes to stderr.
 #
 # Cold, on a 2-core machine: see docs/testing.md for the measured times.
@@ -15,6 +16,7 @@ set -euo pipefail
 KUBE_VERSION=1.37.2 # k8s.io/kubernetes; its staging modules are the matching v0.37.2
 ETCD_VERSION=3.7.3  # Kubernetes 1.37 requires etcd 3.7 client modules
 HELM_VERSION=3.22.0
+CRANE_VERSION=0.22.1 # github.com/google/go-containerregistry: a registry client, for the registry API
 # Part of every cache key: raise it when the way a binary is built changes.
 BUILD_REVISION=-r2
 
@@ -108,13 +110,15 @@ build_simple() {
 
 build_simple etcd "$ETCD_VERSION" go.etcd.io/etcd/server/v3
 build_simple helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm
+build_simple crane "$CRANE_VERSION" github.com/google/go-containerregistry/cmd/crane
 build_kube
 
-bin="$cache/bin-kube-$KUBE_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION$BUILD_REVISION"
+bin="$cache/bin-kube-$KUBE_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION-crane-$CRANE_VERSION$BUILD_REVISION"
 mkdir -p "$bin"
 ln -sf "$cache/kube-$KUBE_VERSION$BUILD_REVISION/kube-apiserver" "$bin/kube-apiserver"
 ln -sf "$cache/kube-$KUBE_VERSION$BUILD_REVISION/kubectl" "$bin/kubectl"
 ln -sf "$cache/etcd-$ETCD_VERSION$BUILD_REVISION/etcd" "$bin/etcd"
 ln -sf "$cache/helm-$HELM_VERSION$BUILD_REVISION/helm" "$bin/helm"
+ln -sf "$cache/crane-$CRANE_VERSION$BUILD_REVISION/crane" "$bin/crane"
 ln -sfn "$bin" "$cache/current"
 echo "$bin"

@@ -1,6 +1,7 @@
 //! The registry API read by real registry clients: `regcache standalone` warms a real
-//! registry (through a counting proxy), then skopeo reads regcache as it reads any
-//! registry and must get what it gets from the upstream, while the upstream sees nothing.
+//! registry (through a counting proxy), then skopeo and crane read regcache as they read
+//! any registry and must get what they get from the upstream, while the upstream sees
+//! nothing.
 
 use crate::support;
 
@@ -33,8 +34,29 @@ fn skopeo_tags(reference: &str) -> Vec<String> {
     tags
 }
 
+/// `crane ls` of `reference` (plain HTTP allowed); its tags, sorted.
+fn crane_tags(reference: &str) -> Vec<String> {
+    let crane = support::apiserver::testbin().join("crane");
+    let out = Command::new(&crane)
+        .args(["ls", "--insecure", reference])
+        .env("HOME", "/nonexistent")
+        .output()
+        .expect("run crane (scripts/testbin.sh builds it)");
+    assert!(
+        out.status.success(),
+        "crane ls {reference}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut tags: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    tags.sort();
+    tags
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn skopeo_lists_the_same_tags_through_regcache_and_the_upstream_sees_no_request() {
+async fn skopeo_and_crane_list_the_same_tags_through_regcache_and_the_upstream_sees_no_request() {
     let registry = Registry::start(RegistryAuth::Anonymous);
     let pusher = registry.pusher();
     let pushed = ["1.0.0", "1.2.0", "2.0.0-rc.1", "latest", "v1"];
@@ -104,12 +126,25 @@ async fn skopeo_lists_the_same_tags_through_regcache_and_the_upstream_sees_no_re
 
     let upstream = skopeo_tags(&format!("{}/rapi/app", registry.host()));
     assert_eq!(upstream.len(), pushed.len(), "{upstream:?}");
+    assert_eq!(
+        crane_tags(&format!("{}/rapi/app", registry.host())),
+        upstream
+    );
     proxy.reset_counts();
     // Standalone watches live in namespace `default`.
     // The upstream host's port is written `_PORT`: a colon cannot appear in a path.
     let upstream_name = format!("{}/rapi/app", host.replace(':', "_"));
     for name in ["default/app".to_string(), upstream_name] {
-        assert_eq!(skopeo_tags(&format!("{api}/{name}")), upstream, "{name}");
+        assert_eq!(
+            skopeo_tags(&format!("{api}/{name}")),
+            upstream,
+            "skopeo {name}"
+        );
+        assert_eq!(
+            crane_tags(&format!("{api}/{name}")),
+            upstream,
+            "crane {name}"
+        );
     }
     assert_eq!(
         proxy.total(),

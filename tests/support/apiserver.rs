@@ -25,7 +25,7 @@ const ADMIN_TOKEN: &str = "regcache-test-admin-token";
 pub const CRD_PATH: &str =
     "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/imagerepositorywatches.regcache.io";
 
-/// The directory holding kube-apiserver, kubectl, etcd and helm: `REGCACHE_TESTBIN`, or the
+/// The directory holding kube-apiserver, kubectl, etcd, helm and crane: `REGCACHE_TESTBIN`, or the
 /// `current` link `scripts/testbin.sh` keeps in its cache.
 pub fn testbin() -> PathBuf {
     let dir = std::env::var_os("REGCACHE_TESTBIN")
@@ -39,10 +39,10 @@ pub fn testbin() -> PathBuf {
                 });
             cache.join("current")
         });
-    for bin in ["kube-apiserver", "kubectl", "etcd", "helm"] {
+    for bin in ["kube-apiserver", "kubectl", "etcd", "helm", "crane"] {
         assert!(
             dir.join(bin).is_file(),
-            "{} is missing: run scripts/testbin.sh (it builds the Kubernetes test binaries) \
+            "{} is missing: run scripts/testbin.sh (it builds the test binaries) \
              or set REGCACHE_TESTBIN to the directory it printed",
             dir.join(bin).display()
         );
