@@ -4,7 +4,7 @@
 # Installs what the tests need when it is missing (memcached and the CNCF distribution
 # registry are started by the test harness as real processes; openssl makes the test CA and
 # token-signing keys; a Python venv holds the Kubernetes API emulator and the chart's
-# tools), builds kube-apiserver, kubectl, etcd and helm once with scripts/testbin.sh (the
+# tools), builds kube-apiserver, kubectl, etcd, helm and crane once with scripts/testbin.sh (the
 # Kubernetes tests run against them; docs/testing.md), then runs the whole suite: the
 # emulator's self-tests, the Helm chart's tests, then every Rust test with cargo-nextest,
 # the fuzz properties among them.
