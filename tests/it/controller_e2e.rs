@@ -602,15 +602,9 @@ async fn a_webhook_sent_to_any_of_three_replicas_warms_the_pushed_tag() {
         // The tag, with its digest, is served (by this replica, from the shared cache).
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let bytes = http
-                .get(format!("{api}/api/v1/repositories/{host}/e2e/hook"))
-                .send()
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap_or_default();
-            let answer: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            let answer =
+                support::get_json(&http, &format!("{api}/api/v1/repositories/{host}/e2e/hook"))
+                    .await;
             if answer["tags"][&tag] == pushed.digest.as_str() {
                 break;
             }

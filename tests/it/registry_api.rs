@@ -101,15 +101,11 @@ async fn skopeo_and_crane_list_the_same_tags_through_regcache_and_the_upstream_s
     let http = support::http_client(None);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let bytes = http
-            .get(format!("http://{api}/api/v1/repositories/{host}/rapi/app"))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap_or_default();
-        let answer: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let answer = support::get_json(
+            &http,
+            &format!("http://{api}/api/v1/repositories/{host}/rapi/app"),
+        )
+        .await;
         if answer["tags"]
             .as_object()
             .is_some_and(|t| t.len() == pushed.len() && t.values().all(Value::is_string))

@@ -269,6 +269,15 @@ pub async fn scrape_metric(addr: &str, series: &str) -> f64 {
         .sum()
 }
 
+/// GET `url` and its body as JSON (`Null` when it is not JSON or nothing answered).
+pub async fn get_json(http: &reqwest::Client, url: &str) -> serde_json::Value {
+    let Ok(response) = http.get(url).send().await else {
+        return serde_json::Value::Null;
+    };
+    let bytes = response.bytes().await.unwrap_or_default();
+    serde_json::from_slice(&bytes).unwrap_or_default()
+}
+
 /// A benchmark setting from the environment, or its default.
 pub fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
