@@ -1,4 +1,5 @@
-//! A foreground `memcached` child process on a free loopback port.
+//! A foreground `memcached` child process on a free loopback port (below the ephemeral
+//! range, so a restart can bind it again).
 
 use super::process::{ChildProcess, NotReady, wait_ready};
 use std::io::{Read, Write};
@@ -24,7 +25,8 @@ impl Memcached {
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let mut last_err = String::new();
         for _ in 0..5 {
-            let port = super::free_port();
+            // Tests stop and restart memcached on its port: one no connection can take.
+            let port = super::restartable_port();
             match spawn(port, &args) {
                 Ok(child) => {
                     return Memcached {

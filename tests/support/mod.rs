@@ -88,6 +88,30 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A free TCP port on 127.0.0.1 below the kernel's ephemeral range, for a server that is
+/// stopped and started again on the same port (memcached). A port from [`free_port`] is in
+/// the ephemeral range, where the kernel also picks the local ports of outgoing
+/// connections: while the server is down, any connection (an API server's to its etcd, a
+/// client's to anything) may take the port and keep it, and the restart cannot bind.
+/// Ports below that range are never handed out that way.
+pub fn restartable_port() -> u16 {
+    let lowest_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let floor = 20000u16;
+    if lowest_ephemeral <= floor + 1000 {
+        return free_port();
+    }
+    for _ in 0..100 {
+        let port = floor + rand::random::<u16>() % (lowest_ephemeral - floor);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    free_port()
+}
+
 /// Install ring as rustls' process-wide crypto provider (idempotent). The harness
 /// itself does not need it (its clients carry their own provider), but code under test
 /// that builds default rustls configs does.
