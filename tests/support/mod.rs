@@ -89,7 +89,7 @@ pub fn free_port() -> u16 {
 }
 
 /// A free TCP port on 127.0.0.1 below the kernel's ephemeral range, for a server that is
-/// stopped and started again on the same port (memcached). A port from [`free_port`] is in
+/// stopped and started again on the same port (memcached, the registry). A port from [`free_port`] is in
 /// the ephemeral range, where the kernel also picks the local ports of outgoing
 /// connections: while the server is down, any connection (an API server's to its etcd, a
 /// client's to anything) may take the port and keep it, and the restart cannot bind.

@@ -67,7 +67,7 @@ impl Registry {
 
         let mut last_log = String::new();
         for _attempt in 0..5 {
-            let port = super::free_port();
+            let port = super::restartable_port();
             let mut cfg = String::new();
             let _ = write!(
                 cfg,
