@@ -225,6 +225,28 @@ impl<B: CacheReader + 'static> Shared<B> {
             "the ImageRepositoryWatch covering {repository}"
         )))
     }
+
+    /// The watch `id` (`namespace/name`), if the caller may read it. Access is checked
+    /// first: whether a watch exists is not told to callers who may not get it.
+    async fn readable_watch(
+        &self,
+        caller: &Option<Caller>,
+        id: &str,
+    ) -> Result<Arc<Target>, ApiError> {
+        if !self.may_read(caller, id).await? {
+            return Err(forbidden(&format!("ImageRepositoryWatch {id}")));
+        }
+        self.directory
+            .targets()
+            .into_iter()
+            .find(|t| t.id == id)
+            .ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "no ImageRepositoryWatch {id} is warmed (it does not exist, or its spec is \
+                     invalid: see its status)"
+                ))
+            })
+    }
 }
 
 fn forbidden(what: &str) -> ApiError {
@@ -290,22 +312,9 @@ async fn watch<B: CacheReader + 'static>(
 ) -> Result<Response, ApiError> {
     let caller = s.authenticate(&headers).await?;
     let Path((namespace, name)) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let id = format!("{namespace}/{name}");
-    // Access first: whether a watch exists is not told to callers who may not get it.
-    if !s.may_read(&caller, &id).await? {
-        return Err(forbidden(&format!("ImageRepositoryWatch {id}")));
-    }
     let target = s
-        .directory
-        .targets()
-        .into_iter()
-        .find(|t| t.id == id)
-        .ok_or_else(|| {
-            ApiError::not_found(format!(
-                "no ImageRepositoryWatch {id} is warmed (it does not exist, or its spec is \
-                 invalid: see its status)"
-            ))
-        })?;
+        .readable_watch(&caller, &format!("{namespace}/{name}"))
+        .await?;
     let body = s
         .read
         .repository_json(&target.scope, &target.repository, target.timestamp_labels)

@@ -26,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::auth::Caller;
-use super::{ApiError, Reason, Shared, forbidden};
+use super::{ApiError, Reason, Shared};
 use crate::cache::CacheReader;
 use crate::image::Repository;
 use crate::warmer::Target;
@@ -205,16 +205,17 @@ async fn answer<B: CacheReader + 'static>(
         .authenticate(headers)
         .await
         .map_err(RegistryError::from_api)?;
-    match (route, path.strip_suffix("/tags/list")) {
-        ("tags_list", Some(name)) => {
+    match route {
+        "tags_list" => {
+            let name = path.strip_suffix("/tags/list").unwrap_or(path);
             let target = resolve(s, &caller, name).await?;
             tags_list(s, &target, name, query).await
         }
-        ("other", _) => Err(RegistryError::new(
+        "other" => Err(RegistryError::new(
             Code::Unsupported,
             format!("regcache's registry API has no route /v2/{path}"),
         )),
-        (what, _) => Err(RegistryError::new(
+        what => Err(RegistryError::new(
             Code::Unsupported,
             format!("regcache's registry API does not serve {what} yet; it serves tag lists"),
         )),
@@ -235,32 +236,10 @@ async fn resolve<B: CacheReader + 'static>(
                 .await
                 .map_err(RegistryError::from_api)
         }
-        Name::Watch(namespace, watch) => {
-            let id = format!("{namespace}/{watch}");
-            // Access first: whether a watch exists is not told to callers who may not get it.
-            if !s
-                .may_read(caller, &id)
-                .await
-                .map_err(RegistryError::from_api)?
-            {
-                return Err(RegistryError::from_api(forbidden(&format!(
-                    "ImageRepositoryWatch {id}"
-                ))));
-            }
-            s.directory
-                .targets()
-                .into_iter()
-                .find(|t| t.id == id)
-                .ok_or_else(|| {
-                    RegistryError::new(
-                        Code::NameUnknown,
-                        format!(
-                            "no ImageRepositoryWatch {id} is warmed (it does not exist, or its \
-                             spec is invalid: see its status)"
-                        ),
-                    )
-                })
-        }
+        Name::Watch(namespace, watch) => s
+            .readable_watch(caller, &format!("{namespace}/{watch}"))
+            .await
+            .map_err(RegistryError::from_api),
     }
 }
 
@@ -349,30 +328,12 @@ async fn tags_list<B: CacheReader + 'static>(
     query: Option<&str>,
 ) -> Result<Response, RegistryError> {
     let (n, last) = pagination(query)?;
-    let store = s.read.store();
-    let index = store
-        .read_index(&target.scope, &target.repository)
+    let (_, entries) = s
+        .read
+        .store()
+        .published_index(&target.scope, &target.repository)
         .await
-        .map_err(|e| RegistryError::from_api(crate::cache::store::ReadError::Cache(e).into()))?;
-    // As the JSON API: a repository whose passes never completed (a head with an error
-    // and no update) is not cached, and the message says why.
-    let entries = match index {
-        Some((head, entries)) if head.last_update.is_some() => entries,
-        Some((head, _)) => {
-            return Err(RegistryError::from_api(
-                store.not_cached(&target.repository, Some(&head)).into(),
-            ));
-        }
-        None => {
-            let head = store
-                .head(&target.scope, &target.repository)
-                .await
-                .ok()
-                .flatten();
-            let e = store.not_cached(&target.repository, head.as_ref());
-            return Err(RegistryError::from_api(e.into()));
-        }
-    };
+        .map_err(|e| RegistryError::from_api(e.into()))?;
     let mut tags: Vec<&str> = entries.iter().map(|e| e.tag.as_str()).collect();
     tags.sort_unstable();
     let (tags, more) = page(&tags, n, last.as_deref());

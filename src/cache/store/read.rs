@@ -149,6 +149,23 @@ impl<B: CacheReader> MetadataStore<B> {
         self.read_chunks(scope, repository, None).await
     }
 
+    /// The index readers are served: NotCached, saying why, unless a pass has completed
+    /// (a head with only an error, or one whose chunks are gone, is not an answer).
+    pub async fn published_index(
+        &self,
+        scope: &Scope,
+        repository: &Repository,
+    ) -> Result<(RepositoryHead, Vec<TagEntry>), ReadError> {
+        let Some((head, entries)) = self.read_index(scope, repository).await? else {
+            let head = self.head(scope, repository).await.ok().flatten();
+            return Err(self.not_cached(repository, head.as_ref()));
+        };
+        if head.last_update.is_none() {
+            return Err(self.not_cached(repository, Some(&head)));
+        }
+        Ok((head, entries))
+    }
+
     /// Reads all chunks, or only the chunk that holds `only_tag`.
     async fn read_chunks(
         &self,
@@ -262,13 +279,7 @@ impl<B: CacheReader> MetadataStore<B> {
         repository: &Repository,
         label_times: bool,
     ) -> Result<RepositoryMetadata, ReadError> {
-        let Some((head, entries)) = self.read_index(scope, repository).await? else {
-            let head = self.head(scope, repository).await.ok().flatten();
-            return Err(self.not_cached(repository, head.as_ref()));
-        };
-        if head.last_update.is_none() {
-            return Err(self.not_cached(repository, Some(&head)));
-        }
+        let (head, entries) = self.published_index(scope, repository).await?;
         let mut digests: Vec<Digest> = entries.iter().filter_map(|e| e.digest.clone()).collect();
         digests.sort();
         digests.dedup();
