@@ -109,7 +109,7 @@ async fn main() {
     let records: Vec<ImageRecord> = (0..distinct).map(|i| record(i, platforms)).collect();
     let t = Instant::now();
     for r in &records {
-        store.put_image(&scope, r, deadline).await.unwrap();
+        store.put_image(&scope, r, &[], deadline).await.unwrap();
     }
     let put_secs = t.elapsed().as_secs_f64();
     let image_bytes = CacheStats::load(&store.backend().stats().bytes_written);

@@ -337,7 +337,7 @@ mod tests {
         let (d1, d2) = (Digest::sha256_of(b"one"), Digest::sha256_of(b"two"));
         for d in [&d1, &d2] {
             let rec = record(d, "2024-01-01T00:00:00Z", None);
-            store.put_image(&scope, &rec, later()).await.unwrap();
+            store.put_image(&scope, &rec, &[], later()).await.unwrap();
         }
         let entries = vec![entry("a", &d1), entry("b", &d2)];
         store
@@ -371,14 +371,17 @@ mod tests {
                 .contains("registry down")
         );
         let rec = record(&d2, "2024-01-01T00:00:00Z", None);
-        store.put_image(&scope, &rec, later()).await.unwrap();
+        store.put_image(&scope, &rec, &[], later()).await.unwrap();
         assert_eq!(answer(&read).await.1, 2);
         assert_eq!((answers("reused"), answers("built")), (1, 3));
 
         // Without an answer cache every read is built from memcached.
         let uncached = Arc::new(MetadataStore::new(MemoryCache::new(4096)));
         let uncached_read = ReadApi::new(uncached.clone());
-        uncached.put_image(&scope, &rec, later()).await.unwrap();
+        uncached
+            .put_image(&scope, &rec, &[], later())
+            .await
+            .unwrap();
         uncached
             .publish_index(&scope, &repo(), &entries[1..], Utc::now(), later())
             .await
@@ -395,7 +398,7 @@ mod tests {
         let scope = Scope::public();
         let (d1, d2) = (Digest::sha256_of(b"one"), Digest::sha256_of(b"two"));
         let rec = record(&d1, "2024-01-01T00:00:00Z", Some("2024-05-06T07:08:09Z"));
-        store.put_image(&scope, &rec, later()).await.unwrap();
+        store.put_image(&scope, &rec, &[], later()).await.unwrap();
         let mut entries: Vec<TagEntry> = (0..300).map(|i| entry(&format!("a{i}"), &d1)).collect();
         // d2's image is not cached; "gone" has no manifest.
         entries.push(entry("b", &d2));
@@ -472,7 +475,7 @@ mod tests {
                     .with_timestamp_labels(TimestampLabels::new(&patterns).unwrap()),
             );
             let read = ReadApi::new(store.clone());
-            store.put_image(&scope, &rec, later()).await.unwrap();
+            store.put_image(&scope, &rec, &[], later()).await.unwrap();
             let entries: Vec<TagEntry> = (0..200).map(|i| entry(&format!("v{i}"), &d)).collect();
             store
                 .publish_index(&scope, &repo(), &entries, Utc::now(), later())

@@ -176,7 +176,10 @@ pub fn router<B: CacheReader + 'static>(state: ApiState<B>) -> Router {
         .route("/hooks/registry", post(registry_hook::<B>))
         // The registry API (`registry.rs`); axum answers HEAD from the GET handlers.
         .route("/v2/", get(registry::base::<B>))
-        .route("/v2/{*path}", get(registry::route::<B>))
+        .route(
+            "/v2/{*path}",
+            get(registry::route::<B>).fallback(registry::read_only::<B>),
+        )
         .fallback(|| async { ApiError::not_found("no such endpoint; see docs/api.md") })
         .with_state(shared)
 }

@@ -2,9 +2,11 @@
 //! agents read it with the registry clients they already have (skopeo, crane, Flux,
 //! Argo CD Image Updater). Read-only; reads never reach the upstream registry.
 //!
-//! Served so far: `GET /v2/` and `GET /v2/<name>/tags/list` (with `n` and `last`
-//! pagination and a `Link` header). Manifests and blobs answer `UNSUPPORTED` until the
-//! cache keeps their bytes.
+//! Served: `GET /v2/`; `GET /v2/<name>/tags/list` (with `n` and `last` pagination and a
+//! `Link` header); `GET` and `HEAD` of `/v2/<name>/manifests/<tag or digest>` and of
+//! `/v2/<name>/blobs/<digest>` for config blobs, byte for byte as the upstream registry sent
+//! them, with `Accept` honoured as the distribution registry does. Layer blobs are not
+//! kept: `BLOB_UNKNOWN`. Every other method answers `UNSUPPORTED` (read-only).
 //!
 //! Names (`docs/api.md`):
 //! - `<namespace>/<watch>` is one ImageRepositoryWatch (`payments/api`);
@@ -28,7 +30,9 @@ use serde::Serialize;
 use super::auth::Caller;
 use super::{ApiError, Reason, Shared};
 use crate::cache::CacheReader;
-use crate::image::Repository;
+use crate::cache::store::ReadError;
+use crate::image::{Digest, Platform, RawContent, Repository};
+use crate::registry::manifest::{DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST};
 use crate::warmer::Target;
 
 /// Sent on every answer under `/v2/`, as registries do; clients check it on `/v2/`.
@@ -39,6 +43,9 @@ const API_VERSION: (&str, &str) = ("docker-distribution-api-version", "registry/
 pub(crate) enum Code {
     NameUnknown,
     NameInvalid,
+    ManifestUnknown,
+    BlobUnknown,
+    DigestInvalid,
     PaginationNumberInvalid,
     Unauthorized,
     Denied,
@@ -53,6 +60,9 @@ impl Code {
         match self {
             Code::NameUnknown => "NAME_UNKNOWN",
             Code::NameInvalid => "NAME_INVALID",
+            Code::ManifestUnknown => "MANIFEST_UNKNOWN",
+            Code::BlobUnknown => "BLOB_UNKNOWN",
+            Code::DigestInvalid => "DIGEST_INVALID",
             Code::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
             Code::Unauthorized => "UNAUTHORIZED",
             Code::Denied => "DENIED",
@@ -66,6 +76,9 @@ impl Code {
         match self {
             Code::NameUnknown => "name_unknown",
             Code::NameInvalid => "name_invalid",
+            Code::ManifestUnknown => "manifest_unknown",
+            Code::BlobUnknown => "blob_unknown",
+            Code::DigestInvalid => "digest_invalid",
             Code::PaginationNumberInvalid => "pagination_number_invalid",
             Code::Unauthorized => "unauthorized",
             Code::Denied => "denied",
@@ -76,8 +89,12 @@ impl Code {
 
     fn status(self) -> StatusCode {
         match self {
-            Code::NameUnknown | Code::Unsupported => StatusCode::NOT_FOUND,
-            Code::NameInvalid | Code::PaginationNumberInvalid => StatusCode::BAD_REQUEST,
+            Code::NameUnknown | Code::ManifestUnknown | Code::BlobUnknown => StatusCode::NOT_FOUND,
+            // As the distribution registry answers a write to a read-only registry.
+            Code::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
+            Code::NameInvalid | Code::DigestInvalid | Code::PaginationNumberInvalid => {
+                StatusCode::BAD_REQUEST
+            }
             Code::Unauthorized => StatusCode::UNAUTHORIZED,
             Code::Denied => StatusCode::FORBIDDEN,
             Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -211,15 +228,272 @@ async fn answer<B: CacheReader + 'static>(
             let target = resolve(s, &caller, name).await?;
             tags_list(s, &target, name, query).await
         }
-        "other" => Err(RegistryError::new(
+        "manifests" | "blobs" => {
+            let (name, reference) = path
+                .rsplit_once(if route == "manifests" {
+                    "/manifests/"
+                } else {
+                    "/blobs/"
+                })
+                .unwrap_or((path, ""));
+            let target = resolve(s, &caller, name).await?;
+            if route == "manifests" {
+                manifest(s, &target, reference, headers).await
+            } else {
+                blob(s, &target, reference).await
+            }
+        }
+        _ => Err(RegistryError::new(
             Code::Unsupported,
             format!("regcache's registry API has no route /v2/{path}"),
         )),
-        what => Err(RegistryError::new(
-            Code::Unsupported,
-            format!("regcache's registry API does not serve {what} yet; it serves tag lists"),
-        )),
     }
+}
+
+/// Anything but `GET` and `HEAD` under `/v2/`: the registry API is read-only.
+pub(super) async fn read_only<B: CacheReader + 'static>(
+    State(s): State<Arc<Shared<B>>>,
+) -> Result<Response, RegistryError> {
+    let answer = Err(RegistryError::new(
+        Code::Unsupported,
+        "regcache's registry API is read-only: push to the upstream registry",
+    ));
+    counted(&s, "write", answer)
+}
+
+/// The media types an `Accept` header names (parameters and `q` ignored, as the
+/// distribution registry does).
+struct Accepted(Vec<String>);
+
+impl Accepted {
+    fn of(headers: &HeaderMap) -> Self {
+        Accepted(
+            headers
+                .get_all(header::ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(|t| {
+                    t.split(';')
+                        .next()
+                        .unwrap_or_default()
+                        .trim()
+                        .to_ascii_lowercase()
+                })
+                .collect(),
+        )
+    }
+
+    fn takes(&self, media_type: &str) -> bool {
+        self.0.iter().any(|t| t == media_type)
+    }
+}
+
+/// The content a manifest request is answered with, after `Accept`, as the distribution
+/// registry chooses it: an OCI manifest or index only to a client that accepts its type
+/// (else `MANIFEST_UNKNOWN`); by tag, a Docker manifest list to a client that does not
+/// accept lists is answered with its linux/amd64 manifest, and a Docker manifest to a client
+/// that does not accept it is not converted to schema1 (regcache cannot sign one).
+async fn negotiate<B: CacheReader + 'static>(
+    s: &Shared<B>,
+    target: &Target,
+    content: RawContent,
+    by_tag: bool,
+    accepted: &Accepted,
+) -> Result<RawContent, RegistryError> {
+    let refuse = |what: &str, wanted: &str| {
+        RegistryError::new(
+            Code::ManifestUnknown,
+            format!("{what} found, but the Accept header does not include {wanted}"),
+        )
+    };
+    match content.media_type.as_str() {
+        OCI_MANIFEST if !accepted.takes(OCI_MANIFEST) => Err(refuse("OCI manifest", OCI_MANIFEST)),
+        OCI_INDEX if !accepted.takes(OCI_INDEX) => Err(refuse("OCI index", OCI_INDEX)),
+        DOCKER_MANIFEST if by_tag && !accepted.takes(DOCKER_MANIFEST) => Err(refuse(
+            "Docker image manifest (regcache does not convert it to schema1)",
+            DOCKER_MANIFEST,
+        )),
+        DOCKER_MANIFEST_LIST if by_tag && !accepted.takes(DOCKER_MANIFEST_LIST) => {
+            let store = s.read.store();
+            let record = store
+                .get_image_record(&target.scope, &content.digest)
+                .await
+                .map_err(|e| RegistryError::from_api(ReadError::from(e).into()))?;
+            let default = Platform::new("linux", "amd64", None);
+            let child = record
+                .and_then(|r| {
+                    r.platforms
+                        .into_iter()
+                        .find(|p| p.platform.as_ref().is_some_and(|p| default.matches(p)))
+                })
+                .ok_or_else(|| {
+                    RegistryError::new(
+                        Code::ManifestUnknown,
+                        format!(
+                            "Docker manifest list found, but the Accept header does not include \
+                             {DOCKER_MANIFEST_LIST} and no linux/amd64 image of it is cached"
+                        ),
+                    )
+                })?;
+            let child = cached_content(s, target, &child.digest, Code::ManifestUnknown).await?;
+            if child.media_type == DOCKER_MANIFEST && !accepted.takes(DOCKER_MANIFEST) {
+                return Err(refuse(
+                    "Docker image manifest (regcache does not convert it to schema1)",
+                    DOCKER_MANIFEST,
+                ));
+            }
+            Ok(child)
+        }
+        _ => Ok(content),
+    }
+}
+
+/// A content item of the watch's scope; `code` when it is not cached.
+async fn cached_content<B: CacheReader + 'static>(
+    s: &Shared<B>,
+    target: &Target,
+    digest: &Digest,
+    code: Code,
+) -> Result<RawContent, RegistryError> {
+    s.read
+        .store()
+        .get_content(&target.scope, digest)
+        .await
+        .map_err(|e| RegistryError::from_api(ReadError::from(e).into()))?
+        .ok_or_else(|| {
+            RegistryError::new(
+                code,
+                format!(
+                    "{digest} of {} is not cached (regcache keeps what it fetched to describe \
+                     the watched tags; see the watch's status)",
+                    target.repository
+                ),
+            )
+        })
+}
+
+/// A digest in a request path: `DIGEST_INVALID` when it is not one.
+fn parse_digest(reference: &str) -> Result<Digest, RegistryError> {
+    Digest::parse(reference).map_err(|e| {
+        RegistryError::new(
+            Code::DigestInvalid,
+            format!("{reference:?} is not a digest: {e}"),
+        )
+    })
+}
+
+/// Requests by digest are answered only for digests of the watch's repository: a tag's
+/// image, or one of its platform manifests or config blobs.
+async fn check_member<B: CacheReader + 'static>(
+    s: &Shared<B>,
+    target: &Target,
+    digest: &Digest,
+    code: Code,
+) -> Result<(), RegistryError> {
+    let member = s
+        .read
+        .store()
+        .references(&target.scope, &target.repository, digest)
+        .await
+        .map_err(|e| RegistryError::from_api(e.into()))?;
+    if member {
+        return Ok(());
+    }
+    Err(RegistryError::new(
+        code,
+        format!(
+            "{digest} is not among the cached images of {}",
+            target.repository
+        ),
+    ))
+}
+
+/// `GET` and `HEAD` of `/v2/<name>/manifests/<reference>`.
+async fn manifest<B: CacheReader + 'static>(
+    s: &Shared<B>,
+    target: &Target,
+    reference: &str,
+    headers: &HeaderMap,
+) -> Result<Response, RegistryError> {
+    let by_tag = !reference.contains(':');
+    let digest = if by_tag {
+        s.read
+            .store()
+            .digest_of_tag(&target.scope, &target.repository, reference)
+            .await
+            .map_err(|e| match e {
+                ReadError::TagNotFound { .. } => RegistryError::new(
+                    Code::ManifestUnknown,
+                    format!("{}:{reference} is not a cached tag", target.repository),
+                ),
+                e => RegistryError::from_api(e.into()),
+            })?
+    } else {
+        let digest = parse_digest(reference)?;
+        check_member(s, target, &digest, Code::ManifestUnknown).await?;
+        digest
+    };
+    let content = cached_content(s, target, &digest, Code::ManifestUnknown).await?;
+    let content = negotiate(s, target, content, by_tag, &Accepted::of(headers)).await?;
+    Ok(serve(content))
+}
+
+/// `GET` and `HEAD` of `/v2/<name>/blobs/<digest>`: config blobs (and manifests, which
+/// registries serve as blobs too). Layers are not kept.
+async fn blob<B: CacheReader + 'static>(
+    s: &Shared<B>,
+    target: &Target,
+    reference: &str,
+) -> Result<Response, RegistryError> {
+    let digest = parse_digest(reference)?;
+    let unknown = || {
+        RegistryError::new(
+            Code::BlobUnknown,
+            format!(
+                "regcache serves metadata only (manifests and config blobs); {digest} is not a \
+                 cached config blob of {}: pull layers from the upstream registry",
+                target.repository
+            ),
+        )
+    };
+    let content = match s.read.store().get_content(&target.scope, &digest).await {
+        Ok(Some(content)) => content,
+        Ok(None) => return Err(unknown()),
+        Err(e) => return Err(RegistryError::from_api(ReadError::from(e).into())),
+    };
+    check_member(s, target, &digest, Code::BlobUnknown)
+        .await
+        .map_err(|e| {
+            if e.code == Code::BlobUnknown {
+                unknown()
+            } else {
+                e
+            }
+        })?;
+    Ok(serve(RawContent {
+        media_type: crate::image::BLOB_MEDIA_TYPE.to_string(),
+        ..content
+    }))
+}
+
+/// The answer for a manifest or blob: its bytes and the headers registries send. For
+/// `HEAD`, the server drops the body and keeps the headers.
+fn serve(content: RawContent) -> Response {
+    let digest = content.digest.to_string();
+    let mut response = content.bytes.into_response();
+    let headers = response.headers_mut();
+    headers.insert(API_VERSION.0, HeaderValue::from_static(API_VERSION.1));
+    if let Ok(v) = HeaderValue::from_str(&content.media_type) {
+        headers.insert(header::CONTENT_TYPE, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&digest) {
+        headers.insert("docker-content-digest", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{digest}\"")) {
+        headers.insert(header::ETAG, v);
+    }
+    response
 }
 
 /// The watch a registry name addresses, if the caller may read it.

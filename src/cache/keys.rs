@@ -1,4 +1,4 @@
-//! The versioned key schema (`rc1:`), documented for other languages in
+//! The versioned key schema (`rc2:`), documented for other languages in
 //! `docs/cache-schema.md`. Keys stay within memcached's 250 bytes and contain no spaces or
 //! control characters; long parts are hashed.
 
@@ -9,7 +9,7 @@ use crate::image::{Digest, Repository};
 
 /// Every key starts with this; a new schema gets a new prefix so old and new readers can
 /// share one memcached during an upgrade.
-pub(crate) const PREFIX: &str = "rc1";
+pub(crate) const PREFIX: &str = "rc2";
 
 /// memcached refuses longer keys.
 pub const MAX_KEY_LEN: usize = 250;
@@ -86,17 +86,22 @@ pub(crate) fn repository_part(repository: &Repository) -> String {
     }
 }
 
-/// `rc1:img:<scope>:<digest>` — one image (manifest or index) by digest.
+/// `rc2:img:<scope>:<digest>` — one image (manifest or index) by digest.
 pub fn image(scope: &Scope, digest: &Digest) -> String {
     format!("{PREFIX}:img:{scope}:{digest}")
 }
 
-/// `rc1:repo:<scope>:<repository>` — the head of a repository's tag index.
+/// `rc2:raw:<scope>:<digest>` — a manifest or config blob as the registry sent it.
+pub fn content(scope: &Scope, digest: &Digest) -> String {
+    format!("{PREFIX}:raw:{scope}:{digest}")
+}
+
+/// `rc2:repo:<scope>:<repository>` — the head of a repository's tag index.
 pub fn repository_head(scope: &Scope, repository: &Repository) -> String {
     format!("{PREFIX}:repo:{scope}:{}", repository_part(repository))
 }
 
-/// `rc1:tags:<scope>:<repository>:<generation>:<chunk>` — one chunk of a tag index.
+/// `rc2:tags:<scope>:<repository>:<generation>:<chunk>` — one chunk of a tag index.
 pub fn tag_chunk(scope: &Scope, repository: &Repository, generation: u64, chunk: u32) -> String {
     format!(
         "{PREFIX}:tags:{scope}:{}:{generation}:{chunk}",
@@ -104,11 +109,12 @@ pub fn tag_chunk(scope: &Scope, repository: &Repository, generation: u64, chunk:
     )
 }
 
-/// The kind of item a key names (`image`, `repository_head`, `tag_chunk`), for metrics.
+/// The kind of item a key names (`image`, `content`, `repository_head`, `tag_chunk`), for metrics.
 pub(crate) fn kind_of(key: &str) -> &'static str {
     let mut parts = key.splitn(3, ':');
     match (parts.next(), parts.next()) {
         (Some(PREFIX), Some("img")) => "image",
+        (Some(PREFIX), Some("raw")) => "content",
         (Some(PREFIX), Some("repo")) => "repository_head",
         (Some(PREFIX), Some("tags")) => "tag_chunk",
         _ => "other",
@@ -123,9 +129,10 @@ mod tests {
     fn every_key_names_its_kind() {
         let (s, r) = (Scope::public(), repo("ghcr.io/a/b"));
         assert_eq!(kind_of(&image(&s, &Digest::sha256_of(b"x"))), "image");
+        assert_eq!(kind_of(&content(&s, &Digest::sha256_of(b"x"))), "content");
         assert_eq!(kind_of(&repository_head(&s, &r)), "repository_head");
         assert_eq!(kind_of(&tag_chunk(&s, &r, 1, 0)), "tag_chunk");
-        assert_eq!(kind_of("rc2:img:pub:x"), "other");
+        assert_eq!(kind_of("rc1:img:pub:x"), "other");
         assert_eq!(kind_of("img"), "other");
     }
 
@@ -136,14 +143,14 @@ mod tests {
     #[test]
     fn keys_are_readable_when_short() {
         let d = Digest::sha256_of(b"x");
-        assert_eq!(image(&Scope::public(), &d), format!("rc1:img:pub:{d}"));
+        assert_eq!(image(&Scope::public(), &d), format!("rc2:img:pub:{d}"));
         assert_eq!(
             repository_head(&Scope::public(), &repo("nginx")),
-            "rc1:repo:pub:docker.io/library/nginx"
+            "rc2:repo:pub:docker.io/library/nginx"
         );
         assert_eq!(
             tag_chunk(&Scope::public(), &repo("ghcr.io/a/b"), 17, 3),
-            "rc1:tags:pub:ghcr.io/a/b:17:3"
+            "rc2:tags:pub:ghcr.io/a/b:17:3"
         );
     }
 

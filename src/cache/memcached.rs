@@ -588,7 +588,7 @@ mod tests {
     #[test]
     fn ring_spreads_keys_and_adding_a_server_moves_about_a_quarter() {
         let keys: Vec<String> = (0..20_000)
-            .map(|i| format!("rc1:img:pub:sha256:{i:064}"))
+            .map(|i| format!("rc2:img:pub:sha256:{i:064}"))
             .collect();
         let three = Ring::new(
             servers(3)

@@ -28,7 +28,24 @@ pub struct ImageMetadata {
     /// For an index: every platform it lists (attestations aside), fetched or not.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub available_platforms: Vec<Platform>,
+    /// The manifests and config blobs fetched to describe it, exactly as the registry sent
+    /// them: the registry API serves them byte for byte. Not part of any JSON answer.
+    #[serde(skip)]
+    pub contents: Vec<RawContent>,
 }
+
+/// A manifest or config blob exactly as the registry sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawContent {
+    pub digest: Digest,
+    /// The manifest's media type; `application/octet-stream` for a blob, as registries
+    /// serve blobs.
+    pub media_type: String,
+    pub bytes: bytes::Bytes,
+}
+
+/// The media type registries give blobs.
+pub const BLOB_MEDIA_TYPE: &str = "application/octet-stream";
 
 /// One platform's image: a single manifest, or one entry of an index.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

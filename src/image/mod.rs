@@ -10,7 +10,7 @@ mod platform;
 mod reference;
 
 pub(crate) use metadata::parse_time;
-pub use metadata::{ImageMetadata, PlatformImage};
+pub use metadata::{BLOB_MEDIA_TYPE, ImageMetadata, PlatformImage, RawContent};
 pub use platform::Platform;
 pub use reference::{Digest, DigestAlgorithm, ImageRef, Reference, Repository, validate_tag};
 

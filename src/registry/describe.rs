@@ -3,7 +3,9 @@
 
 use super::manifest::{self, ImageConfig, Manifest, ParseError};
 use super::{Error, FetchedManifest, RepositoryClient, Result};
-use crate::image::{ImageMetadata, Platform, PlatformImage, Reference};
+use crate::image::{
+    BLOB_MEDIA_TYPE, ImageMetadata, Platform, PlatformImage, RawContent, Reference,
+};
 
 impl RepositoryClient {
     /// Complete metadata for one reference: the manifest, and for an index each wanted
@@ -46,7 +48,7 @@ impl RepositoryClient {
             Reference::Digest(_) => None,
         };
         let mut available = Vec::new();
-        let images = match &top.manifest {
+        let described: Vec<(PlatformImage, Vec<RawContent>)> = match &top.manifest {
             Manifest::Image(_) | Manifest::Schema1(_) => {
                 vec![self.platform_image(&top, None).await?]
             }
@@ -70,7 +72,8 @@ impl RepositoryClient {
                     .collect();
                 let children = wanted.iter().map(|entry| async move {
                     if let Some(k) = known.iter().find(|k| k.digest == entry.digest) {
-                        return Ok(k.clone());
+                        // Cached with its contents when it was first fetched.
+                        return Ok((k.clone(), Vec::new()));
                     }
                     let child = self
                         .get_manifest(&Reference::Digest(entry.digest.clone()))
@@ -92,6 +95,15 @@ impl RepositoryClient {
                 futures::future::try_join_all(children).await?
             }
         };
+        let mut contents = Vec::new();
+        if matches!(top.manifest, Manifest::Index(_)) {
+            contents.extend(manifest_content(&top));
+        }
+        let mut images = Vec::with_capacity(described.len());
+        for (image, raw) in described {
+            images.push(image);
+            contents.extend(raw);
+        }
         let created = images.iter().filter_map(|i| i.created).max();
         let labels = images.first().map(|i| i.labels.clone()).unwrap_or_default();
         Ok(ImageMetadata {
@@ -103,6 +115,7 @@ impl RepositoryClient {
             labels,
             platforms: images,
             available_platforms: available,
+            contents,
         })
     }
 
@@ -110,7 +123,7 @@ impl RepositoryClient {
         &self,
         fetched: &FetchedManifest,
         entry: Option<&manifest::IndexEntry>,
-    ) -> Result<PlatformImage> {
+    ) -> Result<(PlatformImage, Vec<RawContent>)> {
         let (config_digest, config, config_missing) = match &fetched.manifest {
             Manifest::Image(m) => {
                 let (digest, _) =
@@ -142,7 +155,15 @@ impl RepositoryClient {
         let platform = entry
             .and_then(|e| e.platform.clone())
             .or_else(|| config.platform());
-        Ok(PlatformImage {
+        let mut contents: Vec<RawContent> = manifest_content(fetched).into_iter().collect();
+        if let Some(digest) = config_digest.as_ref().filter(|_| !config.raw.is_empty()) {
+            contents.push(RawContent {
+                digest: digest.clone(),
+                media_type: BLOB_MEDIA_TYPE.to_string(),
+                bytes: config.raw.clone(),
+            });
+        }
+        let image = PlatformImage {
             platform,
             os_version: entry
                 .and_then(|e| e.os_version.clone())
@@ -153,6 +174,17 @@ impl RepositoryClient {
             created: config.created,
             labels: config.labels,
             config_missing,
-        })
+        };
+        Ok((image, contents))
     }
+}
+
+/// A fetched manifest as the registry sent it; none for a signed schema1 manifest, whose
+/// digest covers less than its bytes (no client reads those from regcache's registry API).
+fn manifest_content(fetched: &FetchedManifest) -> Option<RawContent> {
+    fetched.digest.verify(&fetched.bytes).then(|| RawContent {
+        digest: fetched.digest.clone(),
+        media_type: fetched.kind.media_type().to_string(),
+        bytes: fetched.bytes.clone(),
+    })
 }

@@ -245,6 +245,8 @@ impl Schema1 {
 /// What regcache keeps from an image config blob.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImageConfig {
+    /// The blob as the registry sent it (empty for a schema1 image's, which has none).
+    pub raw: bytes::Bytes,
     pub created: Option<DateTime<Utc>>,
     pub labels: BTreeMap<String, String>,
     pub os: Option<String>,
@@ -290,6 +292,7 @@ impl ImageConfig {
             .or_else(|| raw.container_config.and_then(|c| c.labels))
             .unwrap_or_default();
         Ok(ImageConfig {
+            raw: bytes::Bytes::new(),
             created: raw.created.as_deref().and_then(parse_time),
             labels,
             os: raw.os.filter(|s| !s.is_empty()),

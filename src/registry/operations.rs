@@ -324,11 +324,13 @@ impl RepositoryClient {
                 actual: Digest::sha256_of(&answer.body).to_string(),
             });
         }
-        ImageConfig::parse(&answer.body).map_err(|source| Error::Invalid {
+        let mut config = ImageConfig::parse(&answer.body).map_err(|source| Error::Invalid {
             url: url.to_string(),
             what: "config blob",
             source,
-        })
+        })?;
+        config.raw = answer.body;
+        Ok(config)
     }
 }
 

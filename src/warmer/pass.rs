@@ -256,7 +256,10 @@ pub async fn run<B: CacheWriter>(
             match result {
                 Ok(metadata) => {
                     let record = ImageRecord::from(&metadata);
-                    match store.put_image(scope, &record, image_deadline).await {
+                    match store
+                        .put_image(scope, &record, &metadata.contents, image_deadline)
+                        .await
+                    {
                         Ok(()) => {
                             outcome.images_updated += 1;
                             records.insert(digest, record);

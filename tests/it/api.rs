@@ -74,7 +74,7 @@ async fn publish<B: CacheWriter>(
     digest: &Digest,
 ) {
     store
-        .put_image(scope, &record(digest), later())
+        .put_image(scope, &record(digest), &[], later())
         .await
         .unwrap();
     let entries: Vec<TagEntry> = tags
@@ -801,8 +801,11 @@ async fn registry_api_lists_tags_with_pagination_and_spec_errors() {
         ("/v2/ghcr.io/org/unwatched/tags/list", (404, "NAME_UNKNOWN")),
         ("/v2/web/absent/tags/list", (404, "NAME_UNKNOWN")),
         ("/v2/nginx/tags/list", (404, "NAME_UNKNOWN")),
-        ("/v2/web/nginx/manifests/v1", (404, "UNSUPPORTED")),
-        ("/v2/web/nginx/blobs/sha256:00", (404, "UNSUPPORTED")),
+        // The record was cached without its manifest's bytes.
+        ("/v2/web/nginx/manifests/v1", (404, "MANIFEST_UNKNOWN")),
+        ("/v2/web/nginx/manifests/nope", (404, "MANIFEST_UNKNOWN")),
+        ("/v2/web/nginx/blobs/sha256:00", (400, "DIGEST_INVALID")),
+        ("/v2/web/nginx/_catalog", (405, "UNSUPPORTED")),
     ] {
         let answer = server.get(path, None).await;
         assert_eq!(

@@ -71,7 +71,7 @@ async fn deadline_and_bytes_round_trip_on_one_and_three_servers() {
         let cases: Vec<(String, Vec<u8>, Millis)> = (0..60)
             .map(|i| {
                 (
-                    format!("rc1:test:{i}"),
+                    format!("rc2:test:{i}"),
                     all_bytes[..i * 80].to_vec(),
                     Millis(1_700_000_000_000 + i as i64 * 7919),
                 )
@@ -86,16 +86,16 @@ async fn deadline_and_bytes_round_trip_on_one_and_three_servers() {
         }
         let keys: Vec<String> = cases.iter().map(|c| c.0.clone()).collect();
         assert_eq!(cache.get_many(&keys).await.unwrap().len(), 60);
-        assert_eq!(cache.get("rc1:test:absent").await.unwrap(), None);
-        cache.delete("rc1:test:0").await.unwrap();
-        assert_eq!(cache.get("rc1:test:0").await.unwrap(), None);
+        assert_eq!(cache.get("rc2:test:absent").await.unwrap(), None);
+        cache.delete("rc2:test:0").await.unwrap();
+        assert_eq!(cache.get("rc2:test:0").await.unwrap(), None);
         cache.ping().await.unwrap();
     }
     // Keys are spread over all three servers.
     let cache = client(&servers.iter().collect::<Vec<_>>());
     for i in 0..300 {
         cache
-            .set(&format!("rc1:spread:{i}"), b"x", later())
+            .set(&format!("rc2:spread:{i}"), b"x", later())
             .await
             .unwrap();
     }
@@ -121,7 +121,10 @@ async fn a_200k_tag_repository_round_trips_with_1mb_items() {
         .map(|i| Digest::sha256_of(format!("image {i}").as_bytes()))
         .collect();
     for d in &digests {
-        store.put_image(&scope, &record(d), later()).await.unwrap();
+        store
+            .put_image(&scope, &record(d), &[], later())
+            .await
+            .unwrap();
     }
     let entries: Vec<TagEntry> = (0..200_000)
         .map(|i| {
@@ -229,7 +232,7 @@ async fn one_server_down_costs_only_its_keys_and_is_used_again() {
     let mut servers = [Server::start(), Server::start(), Server::start()];
     let addrs: Vec<String> = servers.iter().map(|s| s.addr()).collect();
     let cache = Memcached::new(addrs.clone(), options());
-    let keys: Vec<String> = (0..600).map(|i| format!("rc1:k:{i}")).collect();
+    let keys: Vec<String> = (0..600).map(|i| format!("rc2:k:{i}")).collect();
     for k in &keys {
         cache.set(k, k.as_bytes(), later()).await.unwrap();
     }
@@ -313,7 +316,7 @@ async fn pooled_connections_survive_a_memcached_restart() {
     // Several operations at once, so the pool holds several idle connections.
     let writes = (0..8).map(|i| {
         let cache = &cache;
-        async move { cache.set(&format!("rc1:k:{i}"), b"v", later()).await }
+        async move { cache.set(&format!("rc2:k:{i}"), b"v", later()).await }
     });
     for r in futures::future::join_all(writes).await {
         r.unwrap();
@@ -321,17 +324,17 @@ async fn pooled_connections_survive_a_memcached_restart() {
     server.restart();
     for i in 0..8 {
         cache
-            .set(&format!("rc1:k:{i}"), b"again", later())
+            .set(&format!("rc2:k:{i}"), b"again", later())
             .await
             .unwrap_or_else(|e| panic!("write {i} after the restart: {e}"));
     }
     assert_eq!(
-        cache.get("rc1:k:0").await.unwrap().unwrap().value.as_ref(),
+        cache.get("rc2:k:0").await.unwrap().unwrap().value.as_ref(),
         b"again"
     );
     assert_eq!(
         cache
-            .get_many(&["rc1:k:1".to_string()])
+            .get_many(&["rc2:k:1".to_string()])
             .await
             .unwrap()
             .len(),
@@ -346,7 +349,10 @@ async fn flush_all_gives_readers_a_clean_not_cached() {
     let scope = Scope::public();
     let r = repo("quay.io/org/app");
     let d = Digest::sha256_of(b"x");
-    store.put_image(&scope, &record(&d), later()).await.unwrap();
+    store
+        .put_image(&scope, &record(&d), &[], later())
+        .await
+        .unwrap();
     store
         .publish_index(
             &scope,
@@ -400,7 +406,7 @@ async fn adding_a_fourth_server_moves_about_a_quarter_of_the_keys() {
     ];
     let cache = client(&servers[..3].iter().collect::<Vec<_>>());
     let keys: Vec<String> = (0..3000)
-        .map(|i| format!("rc1:img:pub:sha256:{i:064x}"))
+        .map(|i| format!("rc2:img:pub:sha256:{i:064x}"))
         .collect();
     for k in &keys {
         cache.set(k, b"v", later()).await.unwrap();
@@ -429,7 +435,10 @@ async fn scopes_keep_tenants_apart() {
     );
     let (da, db) = (Digest::sha256_of(b"a"), Digest::sha256_of(b"b"));
     for (scope, d, tag) in [(&alice, &da, "only-alice"), (&bob, &db, "only-bob")] {
-        store.put_image(scope, &record(d), later()).await.unwrap();
+        store
+            .put_image(scope, &record(d), &[], later())
+            .await
+            .unwrap();
         store
             .publish_index(
                 scope,
@@ -477,14 +486,14 @@ async fn a_server_that_never_answers_times_out() {
     let cache = Memcached::new(vec![addr], options());
     let started = std::time::Instant::now();
     assert!(matches!(
-        cache.get("rc1:x").await,
+        cache.get("rc2:x").await,
         Err(CacheError::Timeout {
             operation: "get",
             ..
         })
     ));
     assert!(matches!(
-        cache.set("rc1:y", b"v", later()).await,
+        cache.set("rc2:y", b"v", later()).await,
         Err(CacheError::Timeout { .. } | CacheError::Unavailable { .. })
     ));
     assert!(started.elapsed() < Duration::from_secs(3));
@@ -542,8 +551,8 @@ async fn servers_are_discovered_from_dns_srv_and_refreshed() {
     };
     assert!(wait_for(2).await, "{:?}", cache.servers());
     // Servers named by SRV targets are reached through the name.
-    cache.set("rc1:discovered", b"v", later()).await.unwrap();
-    assert!(cache.get("rc1:discovered").await.unwrap().is_some());
+    cache.set("rc2:discovered", b"v", later()).await.unwrap();
+    assert!(cache.get("rc2:discovered").await.unwrap().is_some());
 
     // Scaling up shows within a refresh.
     let all: Vec<(&str, u16)> = servers.iter().map(|s| ("localhost", s.port())).collect();
@@ -592,7 +601,10 @@ async fn metrics_count_hits_misses_sizes_and_reads_lost_to_a_stopped_server() {
     let other = Digest::sha256_of(b"never cached");
 
     assert_eq!(store.read_index(&scope, &r).await.unwrap(), None);
-    store.put_image(&scope, &record(&d), later()).await.unwrap();
+    store
+        .put_image(&scope, &record(&d), &[], later())
+        .await
+        .unwrap();
     let entries: Vec<TagEntry> = (0..3).map(|i| entry(format!("v{i}"), &d, 1)).collect();
     store
         .publish_index(&scope, &r, &entries, Utc::now(), later())
@@ -645,7 +657,7 @@ async fn metrics_count_hits_misses_sizes_and_reads_lost_to_a_stopped_server() {
         .await
         .unwrap();
     assert!(found.is_empty());
-    let err = store.put_image(&scope, &record(&other), later()).await;
+    let err = store.put_image(&scope, &record(&other), &[], later()).await;
     assert!(err.is_err());
     let text = metrics.encode();
     let lost_reads = series(

@@ -1,7 +1,8 @@
 //! The registry API read by real registry clients: `regcache standalone` warms a real
 //! registry (through a counting proxy), then skopeo and crane read regcache as they read
-//! any registry and must get what they get from the upstream, while the upstream sees
-//! nothing.
+//! any registry and must get what they get from the upstream (single images, OCI indexes,
+//! Docker lists), while the upstream sees nothing. `Accept` negotiation is compared with
+//! the distribution registry's answers request by request.
 
 use crate::support;
 
@@ -9,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{ImageSpec, ManifestKind, Registry, RegistryAuth};
+use support::{ImageSpec, IndexKind, ManifestKind, PlatformSpec, Registry, RegistryAuth};
 
 /// `skopeo list-tags` of `reference` (plain HTTP allowed); its tags, sorted.
 fn skopeo_tags(reference: &str) -> Vec<String> {
@@ -55,77 +56,199 @@ fn crane_tags(reference: &str) -> Vec<String> {
     tags
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn skopeo_and_crane_list_the_same_tags_through_regcache_and_the_upstream_sees_no_request() {
-    let registry = Registry::start(RegistryAuth::Anonymous);
+/// Runs `program args…` and returns its stdout; panics with its stderr on failure.
+fn run(program: &std::path::Path, args: &[&str]) -> Vec<u8> {
+    let out = Command::new(program)
+        .args(args)
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", program.display()));
+    assert!(
+        out.status.success(),
+        "{} {args:?}: {}",
+        program.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// What skopeo and crane say of one image reference: each answer as bytes, `Name` (which
+/// holds the address) left out of skopeo's JSON.
+fn client_views(reference: &str) -> Vec<(String, Vec<u8>)> {
+    let skopeo = std::path::Path::new("skopeo");
+    let crane = support::apiserver::testbin().join("crane");
+    let docker = format!("docker://{reference}");
+    let mut inspect: Value =
+        serde_json::from_slice(&run(skopeo, &["inspect", "--tls-verify=false", &docker])).unwrap();
+    let inspect_map = inspect.as_object_mut().unwrap();
+    inspect_map.remove("Name");
+    // Registries list tags in any order.
+    if let Some(Value::Array(tags)) = inspect_map.get_mut("RepoTags") {
+        tags.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+    }
+    vec![
+        ("skopeo inspect".into(), inspect.to_string().into_bytes()),
+        (
+            "skopeo inspect --raw".into(),
+            run(skopeo, &["inspect", "--tls-verify=false", "--raw", &docker]),
+        ),
+        (
+            "crane digest".into(),
+            run(&crane, &["digest", "--insecure", reference]),
+        ),
+        (
+            "crane manifest".into(),
+            run(&crane, &["manifest", "--insecure", reference]),
+        ),
+        (
+            "crane config".into(),
+            run(&crane, &["config", "--insecure", reference]),
+        ),
+    ]
+}
+
+/// `regcache standalone` warming `image` (one watch, `default/app`), with its read API.
+struct Standalone {
+    child: std::process::Child,
+    api: String,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Standalone {
+    async fn start(image: &str, memcached: &support::Memcached) -> Standalone {
+        let dir = tempfile::tempdir().unwrap();
+        let watch = dir.path().join("watch.yaml");
+        std::fs::write(
+            &watch,
+            format!(
+                "apiVersion: regcache.io/v1alpha1\nkind: ImageRepositoryWatch\nmetadata: {{name: app}}\nspec: {{image: {image}, insecure: true, interval: 1h}}\n"
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join("regcache.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_regcache"))
+            .args(["standalone", "--watches"])
+            .arg(&watch)
+            .args(["--memcached", &memcached.addr()])
+            .args(["--api-bind-address", "127.0.0.1:0"])
+            .args(["--metrics-bind-address", "127.0.0.1:0"])
+            .args(["--health-probe-bind-address", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start regcache standalone");
+        let api = support::wait_for_listener(&log, "read API").await;
+        Standalone {
+            child,
+            api,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// Waits until every one of `tags` of `repository` is resolved and described.
+    async fn wait_warmed(&self, repository: &str, tags: usize) {
+        let http = support::http_client(None);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let answer = support::get_json(
+                &http,
+                &format!("http://{}/api/v1/repositories/{repository}", self.api),
+            )
+            .await;
+            if answer["tags"]
+                .as_object()
+                .is_some_and(|t| t.len() == tags && t.values().all(Value::is_string))
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not warmed: {answer}\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Standalone {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Pushes one repository with every manifest kind: tags of OCI and Docker images, an OCI
+/// index and a Docker list (linux/amd64 and linux/arm64 each). Returns its tags and a
+/// config and a layer digest.
+async fn push_every_kind(registry: &Registry, repo: &str) -> (Vec<&'static str>, String, String) {
     let pusher = registry.pusher();
-    let pushed = ["1.0.0", "1.2.0", "2.0.0-rc.1", "latest", "v1"];
-    for (i, tag) in pushed.iter().enumerate() {
+    let oci = pusher
+        .push_image(repo, "oci", &ImageSpec::new(ManifestKind::Oci).seed(1))
+        .await;
+    pusher
+        .push_image(
+            repo,
+            "docker",
+            &ImageSpec::new(ManifestKind::Docker).seed(2),
+        )
+        .await;
+    let platforms = [
+        PlatformSpec::linux_amd64(),
+        PlatformSpec::linux("arm64", None),
+    ];
+    pusher
+        .push_index(repo, "index", IndexKind::Oci, &platforms)
+        .await;
+    pusher
+        .push_index(repo, "list", IndexKind::DockerList, &platforms)
+        .await;
+    for (i, tag) in ["1.0.0", "1.2.0", "2.0.0-rc.1"].iter().enumerate() {
         pusher
             .push_image(
-                "rapi/app",
+                repo,
                 tag,
-                &ImageSpec::new(ManifestKind::Oci).seed(i as u64),
+                &ImageSpec::new(ManifestKind::Oci).seed(10 + i as u64),
             )
             .await;
     }
+    let tags = vec![
+        "1.0.0",
+        "1.2.0",
+        "2.0.0-rc.1",
+        "docker",
+        "index",
+        "list",
+        "oci",
+    ];
+    (tags, oci.config_digest, oci.layer_digests[0].clone())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn skopeo_and_crane_read_the_same_through_regcache_and_the_upstream_sees_no_request() {
+    let registry = Registry::start(RegistryAuth::Anonymous);
+    let (pushed, _, _) = push_every_kind(&registry, "rapi/app").await;
     let proxy = registry.fault_proxy();
     let host = proxy.host();
     let memcached = support::Memcached::start();
-    let dir = tempfile::tempdir().unwrap();
-    let watch = dir.path().join("watch.yaml");
-    std::fs::write(
-        &watch,
-        format!(
-            "apiVersion: regcache.io/v1alpha1\nkind: ImageRepositoryWatch\nmetadata: {{name: app}}\nspec: {{image: {host}/rapi/app, insecure: true, interval: 1h}}\n"
-        ),
-    )
-    .unwrap();
-    let log = dir.path().join("regcache.log");
-    let out = std::fs::File::create(&log).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_regcache"))
-        .args(["standalone", "--watches"])
-        .arg(&watch)
-        .args(["--memcached", &memcached.addr()])
-        .args(["--api-bind-address", "127.0.0.1:0"])
-        .args(["--metrics-bind-address", "127.0.0.1:0"])
-        .args(["--health-probe-bind-address", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .expect("start regcache standalone");
-    let api = support::wait_for_listener(&log, "read API").await;
-
-    // Warmed: every tag resolved.
-    let http = support::http_client(None);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let answer = support::get_json(
-            &http,
-            &format!("http://{api}/api/v1/repositories/{host}/rapi/app"),
-        )
+    let regcache = Standalone::start(&format!("{host}/rapi/app"), &memcached).await;
+    regcache
+        .wait_warmed(&format!("{host}/rapi/app"), pushed.len())
         .await;
-        if answer["tags"]
-            .as_object()
-            .is_some_and(|t| t.len() == pushed.len() && t.values().all(Value::is_string))
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not warmed: {answer}\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let api = &regcache.api;
 
-    let upstream = skopeo_tags(&format!("{}/rapi/app", registry.host()));
-    assert_eq!(upstream.len(), pushed.len(), "{upstream:?}");
-    assert_eq!(
-        crane_tags(&format!("{}/rapi/app", registry.host())),
-        upstream
-    );
+    let upstream_repo = format!("{}/rapi/app", registry.host());
+    let upstream = skopeo_tags(&upstream_repo);
+    assert_eq!(upstream, pushed);
+    assert_eq!(crane_tags(&upstream_repo), upstream);
+    let upstream_views: Vec<_> = pushed
+        .iter()
+        .map(|tag| client_views(&format!("{upstream_repo}:{tag}")))
+        .collect();
     proxy.reset_counts();
     // Standalone watches live in namespace `default`.
     // The upstream host's port is written `_PORT`: a colon cannot appear in a path.
@@ -141,6 +264,16 @@ async fn skopeo_and_crane_list_the_same_tags_through_regcache_and_the_upstream_s
             upstream,
             "crane {name}"
         );
+        for (tag, expected) in pushed.iter().zip(&upstream_views) {
+            let got = client_views(&format!("{api}/{name}:{tag}"));
+            for ((what, want), (_, have)) in expected.iter().zip(&got) {
+                assert_eq!(
+                    String::from_utf8_lossy(have),
+                    String::from_utf8_lossy(want),
+                    "{what} {name}:{tag}"
+                );
+            }
+        }
     }
     assert_eq!(
         proxy.total(),
@@ -148,6 +281,192 @@ async fn skopeo_and_crane_list_the_same_tags_through_regcache_and_the_upstream_s
         "reads through regcache reached the upstream: {:?}",
         proxy.seen()
     );
-    let _ = child.kill();
-    let _ = child.wait();
+}
+
+/// One answer, as compared: status, error code, content type, digest and body.
+async fn answer(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    accept: &[&str],
+) -> (u16, String, String, String, Vec<u8>) {
+    let mut request = http.request(method, url);
+    for a in accept {
+        request = request.header("accept", *a);
+    }
+    let response = request.send().await.unwrap();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let status = response.status().as_u16();
+    let (content_type, digest, length) = (
+        header("content-type"),
+        header("docker-content-digest"),
+        header("content-length"),
+    );
+    let body = response.bytes().await.unwrap().to_vec();
+    if status >= 400 {
+        let code = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v["errors"][0]["code"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        return (status, code, String::new(), String::new(), Vec::new());
+    }
+    (status, content_type, digest, length, body)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn manifests_and_blobs_answer_every_accept_header_as_the_distribution_registry_does() {
+    use support::{DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
+    let registry = Registry::start(RegistryAuth::Anonymous);
+    let (tags, config, layer) = push_every_kind(&registry, "rapi/neg").await;
+    let memcached = support::Memcached::start();
+    let upstream_repo = format!("{}/rapi/neg", registry.host());
+    let regcache = Standalone::start(&upstream_repo, &memcached).await;
+    regcache.wait_warmed(&upstream_repo, tags.len()).await;
+    let http = support::http_client(None);
+    let ours = format!("http://{}/v2/default/app", regcache.api);
+    let theirs = format!("{}/v2/rapi/neg", registry.base_url());
+
+    let all = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST];
+    let accepts: Vec<Vec<&str>> = vec![
+        all.to_vec(),
+        vec![OCI_MANIFEST],
+        vec![OCI_INDEX],
+        vec![DOCKER_MANIFEST],
+        vec![DOCKER_LIST, DOCKER_MANIFEST],
+        vec![OCI_MANIFEST, DOCKER_MANIFEST],
+        // One header with every type, with parameters, as some clients send it.
+        vec![
+            "application/vnd.oci.image.index.v1+json; q=0.9, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json",
+        ],
+    ];
+    let mut digests = Vec::new();
+    let mut compared = 0;
+    let mut schema1_seen = Vec::new();
+    for tag in ["oci", "docker", "index", "list"] {
+        for accept in &accepts {
+            // Where the distribution registry would rewrite a Docker manifest as schema1
+            // (by tag, without the Docker type in Accept) regcache answers MANIFEST_UNKNOWN:
+            // it cannot sign schema1. docs/registry-api.md says so.
+            let schema1 = !accept.iter().any(|a| a.contains(DOCKER_MANIFEST))
+                && (tag == "docker"
+                    || (tag == "list" && !accept.iter().any(|a| a.contains(DOCKER_LIST))));
+            for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
+                let want = answer(
+                    &http,
+                    method.clone(),
+                    &format!("{theirs}/manifests/{tag}"),
+                    accept,
+                )
+                .await;
+                let have = answer(
+                    &http,
+                    method.clone(),
+                    &format!("{ours}/manifests/{tag}"),
+                    accept,
+                )
+                .await;
+                if schema1 {
+                    let code = if method == reqwest::Method::GET {
+                        "MANIFEST_UNKNOWN"
+                    } else {
+                        ""
+                    };
+                    assert_eq!(
+                        (have.0, have.1.as_str()),
+                        (404, code),
+                        "{method} {tag} {accept:?} (the registry: {} {})",
+                        want.0,
+                        want.1
+                    );
+                    schema1_seen.push((tag, want.0, want.1));
+                    continue;
+                }
+                assert_eq!(have, want, "{method} {tag} accept {accept:?}");
+                compared += 1;
+                if want.0 == 200 {
+                    digests.push(want.2.clone());
+                }
+            }
+        }
+    }
+    assert!(compared >= 40, "{compared} answers compared");
+    eprintln!("where the registry rewrites to schema1: {schema1_seen:?}");
+    // By digest: every manifest reached by tag, and the children of the index and list.
+    digests.sort();
+    digests.dedup();
+    assert!(digests.len() >= 5, "{digests:?}");
+    for digest in &digests {
+        for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
+            let url = |base: &str| format!("{base}/manifests/{digest}");
+            let want = answer(&http, method.clone(), &url(&theirs), &all).await;
+            let have = answer(&http, method.clone(), &url(&ours), &all).await;
+            assert_eq!(have, want, "{method} {digest}");
+        }
+    }
+    // Config blobs byte for byte; layers are not served; unknown and invalid digests.
+    for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
+        let url = |base: &str, d: &str| format!("{base}/blobs/{d}");
+        let want = answer(&http, method.clone(), &url(&theirs, &config), &[]).await;
+        let have = answer(&http, method.clone(), &url(&ours, &config), &[]).await;
+        assert_eq!(want.0, 200);
+        assert_eq!(have, want, "{method} config blob");
+        let layer_answer = answer(&http, method.clone(), &url(&ours, &layer), &[]).await;
+        assert_eq!(
+            (layer_answer.0, layer_answer.1.as_str()),
+            (
+                404,
+                if method == reqwest::Method::GET {
+                    "BLOB_UNKNOWN"
+                } else {
+                    ""
+                }
+            )
+        );
+        let unknown = format!("sha256:{}", "0".repeat(64));
+        let m = answer(
+            &http,
+            method.clone(),
+            &format!("{ours}/manifests/{unknown}"),
+            &all,
+        )
+        .await;
+        assert_eq!(m.0, 404, "{method} unknown manifest");
+        let bad = answer(
+            &http,
+            method.clone(),
+            &format!("{ours}/manifests/sha256:nothex"),
+            &all,
+        )
+        .await;
+        assert_eq!(bad.0, 400, "{method} invalid digest");
+    }
+    let body: Value = http
+        .get(format!("{ours}/blobs/{layer}"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .map(|b| serde_json::from_slice(&b).unwrap())
+        .unwrap();
+    let message = body["errors"][0]["message"].as_str().unwrap();
+    assert!(message.contains("metadata only"), "{message}");
+    // Writes are refused as a read-only registry refuses them.
+    let put = http
+        .put(format!("{ours}/manifests/new"))
+        .header("content-type", OCI_MANIFEST)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 405);
+    let body: Value = serde_json::from_slice(&put.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["errors"][0]["code"], "UNSUPPORTED");
 }

@@ -5,22 +5,44 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
 use super::keys::{self, Scope};
+use super::schema::content_value;
 use super::{
     CHUNK_OVERHEAD, Freshness, ImageRecord, MetadataStore, RepositoryHead, TagEntry,
     WRITE_CONCURRENCY,
 };
 use crate::cache::memcached::key_hash;
 use crate::cache::{CacheError, CacheWriter, Millis};
-use crate::image::Repository;
+use crate::image::{RawContent, Repository};
 
 impl<B: CacheWriter> MetadataStore<B> {
-    /// Stores an image's metadata under its digest.
+    /// Stores an image's metadata under its digest, after the manifests and config blobs
+    /// fetched to describe it (each under its own digest; one too large for an item is
+    /// left out). The record is written last, so a record means its contents were written.
     pub async fn put_image(
         &self,
         scope: &Scope,
         record: &ImageRecord,
+        contents: &[RawContent],
         deadline: Millis,
     ) -> Result<(), CacheError> {
+        let limit = self.backend.item_limit().saturating_sub(CHUNK_OVERHEAD);
+        let mut items = Vec::with_capacity(contents.len());
+        for c in contents {
+            let value = content_value(c);
+            if value.len() > limit {
+                tracing::debug!(digest = %c.digest, bytes = c.bytes.len(), "content too large for one cache item; not kept");
+                continue;
+            }
+            items.push((keys::content(scope, &c.digest), value));
+        }
+        let writes = items
+            .into_iter()
+            .map(|(key, value)| async move { self.set(&key, &value, deadline).await });
+        let results: Vec<Result<(), CacheError>> = futures::stream::iter(writes)
+            .buffer_unordered(WRITE_CONCURRENCY)
+            .collect()
+            .await;
+        results.into_iter().collect::<Result<(), CacheError>>()?;
         self.set_json(&keys::image(scope, &record.digest), record, deadline)
             .await
     }

@@ -7,12 +7,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::keys::{self, Scope};
-use super::schema::{TagChunk, chunk_view};
+use super::schema::{TagChunk, chunk_view, parse_content};
 use super::{ImageRecord, MetadataStore, READ_ATTEMPTS, RepositoryHead, TagEntry};
 use crate::cache::decorate::created_time;
 use crate::cache::memcached::key_hash;
 use crate::cache::{CacheError, CacheReader};
-use crate::image::{Digest, ImageRef, PlatformImage, Reference, Repository};
+use crate::image::{Digest, ImageRef, PlatformImage, RawContent, Reference, Repository};
 
 /// What the library returns for a repository: images by tag, decorators applied.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -94,6 +94,54 @@ impl<B: CacheReader> MetadataStore<B> {
         digest: &Digest,
     ) -> Result<Option<ImageRecord>, CacheError> {
         self.get_json(&keys::image(scope, digest)).await
+    }
+
+    /// A manifest or config blob by digest, as the registry sent it. An item that does
+    /// not hold that digest's content is corrupt.
+    pub async fn get_content(
+        &self,
+        scope: &Scope,
+        digest: &Digest,
+    ) -> Result<Option<RawContent>, CacheError> {
+        let key = keys::content(scope, digest);
+        match self.get(&key).await? {
+            None => Ok(None),
+            Some(entry) => {
+                parse_content(digest, entry.value)
+                    .map(Some)
+                    .ok_or_else(|| CacheError::Corrupt {
+                        key,
+                        detail: "not a manifest or blob with this digest".to_string(),
+                    })
+            }
+        }
+    }
+
+    /// Whether `digest` belongs to the published images of `repository`: a tag's image,
+    /// or a platform manifest or config blob of one. Reads the whole index, and the image
+    /// records when the digest is not a tag's.
+    pub async fn references(
+        &self,
+        scope: &Scope,
+        repository: &Repository,
+        digest: &Digest,
+    ) -> Result<bool, ReadError> {
+        let (_, entries) = self.published_index(scope, repository).await?;
+        let mut tops: Vec<Digest> = entries.into_iter().filter_map(|e| e.digest).collect();
+        if tops.contains(digest) {
+            return Ok(true);
+        }
+        tops.sort_unstable();
+        tops.dedup();
+        let keys: Vec<String> = tops.iter().map(|d| keys::image(scope, d)).collect();
+        let found = self.get_many(&keys).await?;
+        Ok(found.values().any(|e| {
+            serde_json::from_slice::<ImageRecord>(&e.value).is_ok_and(|r| {
+                r.platforms
+                    .iter()
+                    .any(|p| &p.digest == digest || p.config_digest.as_ref() == Some(digest))
+            })
+        }))
     }
 
     /// Which of `digests` are cached (one batched read), for warming: the records on a

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::MAX_CHUNKS;
-use crate::image::{Digest, ImageMetadata, Platform, PlatformImage};
+use crate::image::{Digest, ImageMetadata, Platform, PlatformImage, RawContent};
 
 /// One image (manifest or index) by digest, shared by every tag and repository of a scope
 /// that points at it.
@@ -145,4 +145,30 @@ pub(crate) fn chunk_view(value: &[u8], generation: u64, index: u32) -> Option<Ch
     serde_json::from_slice::<ChunkView>(value)
         .ok()
         .filter(|c| c.generation == generation && c.index == index)
+}
+
+/// A content item's payload: the media type, a line feed, then the bytes exactly as the
+/// registry sent them (not JSON: manifests and blobs are served byte for byte).
+pub(super) fn content_value(content: &RawContent) -> Vec<u8> {
+    let mut value = Vec::with_capacity(content.media_type.len() + 1 + content.bytes.len());
+    value.extend_from_slice(content.media_type.as_bytes());
+    value.push(b'\n');
+    value.extend_from_slice(&content.bytes);
+    value
+}
+
+/// A content item read back: `None` when the payload is not one regcache wrote.
+pub(super) fn parse_content(digest: &Digest, value: bytes::Bytes) -> Option<RawContent> {
+    let end = value.iter().position(|b| *b == b'\n')?;
+    let media_type = std::str::from_utf8(&value[..end]).ok()?;
+    let valid = !media_type.is_empty()
+        && media_type.len() <= 255
+        && media_type.bytes().all(|b| b.is_ascii_graphic());
+    let bytes = value.slice(end + 1..);
+    // Served under its digest, so it must be that digest's content.
+    (valid && digest.verify(&bytes)).then(|| RawContent {
+        digest: digest.clone(),
+        media_type: media_type.to_string(),
+        bytes,
+    })
 }

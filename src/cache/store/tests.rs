@@ -52,7 +52,12 @@ async fn small_chunks_round_trip_and_tag_lookup_reads_one_chunk() {
     let d = Digest::sha256_of(b"image");
     let entries: Vec<TagEntry> = (0..500).map(|i| entry(&format!("v{i}"), &d)).collect();
     store
-        .put_image(&scope, &record(&d, "2024-01-01T00:00:00Z", None), later())
+        .put_image(
+            &scope,
+            &record(&d, "2024-01-01T00:00:00Z", None),
+            &[],
+            later(),
+        )
         .await
         .unwrap();
     let head = store
@@ -138,7 +143,12 @@ async fn not_cached_semantics_and_last_error() {
     // Once fetched, an error no longer hides the data: it rides along.
     let d = Digest::sha256_of(b"x");
     store
-        .put_image(&scope, &record(&d, "2024-01-01T00:00:00Z", None), later())
+        .put_image(
+            &scope,
+            &record(&d, "2024-01-01T00:00:00Z", None),
+            &[],
+            later(),
+        )
         .await
         .unwrap();
     store
@@ -175,7 +185,7 @@ async fn timestamp_labels_decorate_on_read() {
     ] {
         let store = MetadataStore::new(MemoryCache::default())
             .with_timestamp_labels(TimestampLabels::new(&patterns).unwrap());
-        store.put_image(&scope, &rec, later()).await.unwrap();
+        store.put_image(&scope, &rec, &[], later()).await.unwrap();
         let by_digest = ImageRef::parse(&format!("ghcr.io/org/app@{d}")).unwrap();
         let info = store.get_image(&scope, &by_digest).await.unwrap();
         assert_eq!(info.created.unwrap().to_rfc3339(), want, "{patterns:?}");
