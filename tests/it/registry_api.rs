@@ -6,8 +6,7 @@
 
 use crate::support;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use serde_json::Value;
 use support::{ImageSpec, IndexKind, ManifestKind, PlatformSpec, Registry, RegistryAuth};
@@ -107,81 +106,6 @@ fn client_views(reference: &str) -> Vec<(String, Vec<u8>)> {
     ]
 }
 
-/// `regcache standalone` warming `image` (one watch, `default/app`), with its read API.
-struct Standalone {
-    child: std::process::Child,
-    api: String,
-    log: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Standalone {
-    async fn start(image: &str, memcached: &support::Memcached) -> Standalone {
-        let dir = tempfile::tempdir().unwrap();
-        let watch = dir.path().join("watch.yaml");
-        std::fs::write(
-            &watch,
-            format!(
-                "apiVersion: regcache.io/v1alpha1\nkind: ImageRepositoryWatch\nmetadata: {{name: app}}\nspec: {{image: {image}, insecure: true, interval: 1h}}\n"
-            ),
-        )
-        .unwrap();
-        let log = dir.path().join("regcache.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_regcache"))
-            .args(["standalone", "--watches"])
-            .arg(&watch)
-            .args(["--memcached", &memcached.addr()])
-            .args(["--api-bind-address", "127.0.0.1:0"])
-            .args(["--metrics-bind-address", "127.0.0.1:0"])
-            .args(["--health-probe-bind-address", "127.0.0.1:0"])
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("start regcache standalone");
-        let api = support::wait_for_listener(&log, "read API").await;
-        Standalone {
-            child,
-            api,
-            log,
-            _dir: dir,
-        }
-    }
-
-    /// Waits until every one of `tags` of `repository` is resolved and described.
-    async fn wait_warmed(&self, repository: &str, tags: usize) {
-        let http = support::http_client(None);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let answer = support::get_json(
-                &http,
-                &format!("http://{}/api/v1/repositories/{repository}", self.api),
-            )
-            .await;
-            if answer["tags"]
-                .as_object()
-                .is_some_and(|t| t.len() == tags && t.values().all(Value::is_string))
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "not warmed: {answer}\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for Standalone {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Pushes one repository with every manifest kind: tags of OCI and Docker images, an OCI
 /// index and a Docker list (linux/amd64 and linux/arm64 each). Returns its tags and a
 /// config and a layer digest.
@@ -235,7 +159,8 @@ async fn skopeo_and_crane_read_the_same_through_regcache_and_the_upstream_sees_n
     let proxy = registry.fault_proxy();
     let host = proxy.host();
     let memcached = support::Memcached::start();
-    let regcache = Standalone::start(&format!("{host}/rapi/app"), &memcached).await;
+    let regcache =
+        support::standalone::Standalone::start(&format!("{host}/rapi/app"), &memcached).await;
     regcache
         .wait_warmed(&format!("{host}/rapi/app"), pushed.len())
         .await;
@@ -327,7 +252,7 @@ async fn manifests_and_blobs_answer_every_accept_header_as_the_distribution_regi
     let (tags, config, layer) = push_every_kind(&registry, "rapi/neg").await;
     let memcached = support::Memcached::start();
     let upstream_repo = format!("{}/rapi/neg", registry.host());
-    let regcache = Standalone::start(&upstream_repo, &memcached).await;
+    let regcache = support::standalone::Standalone::start(&upstream_repo, &memcached).await;
     regcache.wait_warmed(&upstream_repo, tags.len()).await;
     let http = support::http_client(None);
     let ours = format!("http://{}/v2/default/app", regcache.api);

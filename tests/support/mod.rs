@@ -39,6 +39,7 @@ pub mod registry;
 pub mod rig;
 pub mod seed;
 pub mod server;
+pub mod standalone;
 pub mod token;
 pub mod webhook;
 
