@@ -87,6 +87,13 @@ pub(crate) struct Caller {
     user: UserInfo,
 }
 
+impl Caller {
+    /// The Kubernetes user name (`system:serviceaccount:NS:NAME`).
+    pub(crate) fn username(&self) -> &str {
+        self.user.username.as_deref().unwrap_or_default()
+    }
+}
+
 struct Cache<K, V> {
     entries: Mutex<HashMap<K, (Instant, V)>>,
 }

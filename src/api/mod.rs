@@ -12,6 +12,7 @@ mod auth;
 mod error;
 mod metrics;
 mod registry;
+mod token;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -33,6 +34,7 @@ pub use answer::{ReadApi, RepositoryAnswer};
 use auth::{Caller, KubernetesAuth};
 pub use error::{ApiError, Reason};
 pub use metrics::ApiMetrics;
+pub use token::TokenKeys;
 
 /// Largest webhook body read. Registry notifications batch a few events; Harbor and Docker
 /// Hub send one push each. 1 MiB is far above any of them.
@@ -76,6 +78,23 @@ pub enum ApiAuth {
     Kubernetes(kube::Client),
 }
 
+/// How the registry API (`/v2/`) is reached and signed in to.
+#[derive(Debug, Default)]
+pub struct RegistryApiOptions {
+    /// Signs the registry tokens the token endpoint issues (with Kubernetes authentication).
+    /// Replicas that share it accept each other's tokens; `None`: a key of this process.
+    pub token_keys: Option<TokenKeys>,
+    /// The token endpoint's URL as clients reach it (the challenge's `realm`); `None`:
+    /// `/v2/token` on the scheme and `Host` of the challenged request.
+    pub token_realm: Option<String>,
+    /// Upstream registries by the host name agents connect with (`Host`, port aside):
+    /// a request to one of these names a repository of that upstream without its host, as
+    /// Argo CD Image Updater sends it (`ghcr-io.regcache.svc` -> `ghcr.io`).
+    pub upstreams: Vec<(String, String)>,
+    /// Whether the listener speaks TLS (for the default realm's scheme).
+    pub tls: bool,
+}
+
 /// What the API serves from.
 pub struct ApiState<B> {
     /// The answers, built from the cache.
@@ -89,6 +108,7 @@ pub struct ApiState<B> {
     pub forward: Option<Forward>,
     /// Shared token required by POST /hooks/registry (None: webhooks disabled, 404).
     pub webhook_token: Option<Secret>,
+    pub registry: RegistryApiOptions,
 }
 
 /// How a controller replica that does not lead passes a webhook on: it sets
@@ -148,6 +168,16 @@ struct Shared<B> {
     warmer: Option<Arc<dyn PassRequests>>,
     forward: Option<Forward>,
     webhook_token: Option<Secret>,
+    registry: RegistryApiOptions,
+}
+
+/// Who is asking, once authenticated.
+#[derive(Debug, Clone)]
+enum Identity {
+    /// A Kubernetes token, reviewed: access is asked of the API server per watch.
+    Reviewed(Caller),
+    /// A regcache registry token: the watches it grants, reviewed when it was issued.
+    Granted(std::collections::BTreeSet<String>),
 }
 
 type AppState<B> = State<Arc<Shared<B>>>;
@@ -164,6 +194,10 @@ pub fn router<B: CacheReader + 'static>(state: ApiState<B>) -> Router {
         warmer: state.warmer,
         forward: state.forward,
         webhook_token: state.webhook_token,
+        registry: RegistryApiOptions {
+            token_keys: Some(state.registry.token_keys.unwrap_or_else(TokenKeys::random)),
+            ..state.registry
+        },
     });
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -176,6 +210,7 @@ pub fn router<B: CacheReader + 'static>(state: ApiState<B>) -> Router {
         .route("/hooks/registry", post(registry_hook::<B>))
         // The registry API (`registry.rs`); axum answers HEAD from the GET handlers.
         .route("/v2/", get(registry::base::<B>))
+        .route("/v2/token", get(registry::token::<B>))
         .route(
             "/v2/{*path}",
             get(registry::route::<B>).fallback(registry::read_only::<B>),
@@ -186,16 +221,29 @@ pub fn router<B: CacheReader + 'static>(state: ApiState<B>) -> Router {
 
 impl<B: CacheReader + 'static> Shared<B> {
     /// `None` when authentication is off.
-    async fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Caller>, ApiError> {
-        match &self.auth {
-            None => Ok(None),
-            Some(auth) => auth.authenticate(headers).await.map(Some),
+    /// The caller: a regcache registry token (checked here, never sent to the API server)
+    /// or a Kubernetes token (reviewed). `None` when authentication is off.
+    async fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Identity>, ApiError> {
+        let Some(auth) = &self.auth else {
+            return Ok(None);
+        };
+        if let (Some(keys), Some(token)) = (&self.registry.token_keys, auth::bearer_token(headers))
+            && token::is_regcache_token(token)
+        {
+            return keys
+                .verify(token)
+                .map(|watches| Some(Identity::Granted(watches)))
+                .map_err(|e| ApiError::new(Reason::Unauthorized, e.to_string()));
         }
+        auth.authenticate(headers)
+            .await
+            .map(|c| Some(Identity::Reviewed(c)))
     }
 
-    async fn may_read(&self, caller: &Option<Caller>, id: &str) -> Result<bool, ApiError> {
+    async fn may_read(&self, caller: &Option<Identity>, id: &str) -> Result<bool, ApiError> {
         match (&self.auth, caller) {
-            (Some(auth), Some(caller)) => auth.may_read(caller, id).await,
+            (Some(auth), Some(Identity::Reviewed(caller))) => auth.may_read(caller, id).await,
+            (_, Some(Identity::Granted(watches))) => Ok(watches.contains(id)),
             _ => Ok(true),
         }
     }
@@ -203,7 +251,7 @@ impl<B: CacheReader + 'static> Shared<B> {
     /// The first watch (by id) covering `repository` that the caller may read.
     async fn readable_target(
         &self,
-        caller: &Option<Caller>,
+        caller: &Option<Identity>,
         repository: &Repository,
     ) -> Result<Arc<Target>, ApiError> {
         let mut covering: Vec<Arc<Target>> = self
@@ -233,7 +281,7 @@ impl<B: CacheReader + 'static> Shared<B> {
     /// first: whether a watch exists is not told to callers who may not get it.
     async fn readable_watch(
         &self,
-        caller: &Option<Caller>,
+        caller: &Option<Identity>,
         id: &str,
     ) -> Result<Arc<Target>, ApiError> {
         if !self.may_read(caller, id).await? {

@@ -28,7 +28,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::auth::Caller;
-use super::{ApiError, Reason, Shared};
+use super::token::{SERVICE, TOKEN_TTL, pull_scopes};
+use super::{ApiError, Identity, Reason, Shared};
 use crate::cache::CacheReader;
 use crate::cache::store::ReadError;
 use crate::image::{Digest, Platform, RawContent, Repository};
@@ -107,6 +108,8 @@ impl Code {
 pub(crate) struct RegistryError {
     pub code: Code,
     pub message: String,
+    /// `WWW-Authenticate` of a 401: the token endpoint's Bearer challenge, or Basic.
+    challenge: Option<String>,
 }
 
 impl RegistryError {
@@ -114,7 +117,29 @@ impl RegistryError {
         RegistryError {
             code,
             message: message.into(),
+            challenge: None,
         }
+    }
+
+    /// A 401 challenges the client as registries do: Bearer, naming regcache's token
+    /// endpoint and, on a repository's route, the scope to ask for.
+    fn challenging<B: CacheReader>(
+        mut self,
+        s: &Shared<B>,
+        headers: &HeaderMap,
+        name: Option<&str>,
+    ) -> Self {
+        if self.code == Code::Unauthorized {
+            let mut challenge = format!(
+                "Bearer realm=\"{}\",service=\"{SERVICE}\"",
+                realm(s, headers)
+            );
+            if let Some(name) = name {
+                challenge.push_str(&format!(",scope=\"repository:{name}:pull\""));
+            }
+            self.challenge = Some(challenge);
+        }
+        self
     }
 
     /// The read API's error for a repository name: a name regcache does not know or has
@@ -154,12 +179,14 @@ impl IntoResponse for RegistryError {
         let headers = response.headers_mut();
         headers.insert(API_VERSION.0, HeaderValue::from_static(API_VERSION.1));
         if self.code == Code::Unauthorized {
-            // Registry clients answer a Basic challenge with the credentials of a
-            // docker-registry Secret; the password is a Kubernetes token.
-            headers.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"regcache\""),
-            );
+            // The token endpoint itself takes Basic credentials: the password of a
+            // docker-registry Secret, a Kubernetes token.
+            let challenge = self
+                .challenge
+                .as_deref()
+                .and_then(|c| HeaderValue::from_str(c).ok())
+                .unwrap_or_else(|| HeaderValue::from_static("Basic realm=\"regcache\""));
+            headers.insert(header::WWW_AUTHENTICATE, challenge);
         }
         response
     }
@@ -186,9 +213,83 @@ pub(super) async fn base<B: CacheReader + 'static>(
 ) -> Result<Response, RegistryError> {
     let answer = match s.authenticate(&headers).await {
         Ok(_) => Ok(([API_VERSION], axum::Json(serde_json::json!({}))).into_response()),
-        Err(e) => Err(RegistryError::from_api(e)),
+        Err(e) => Err(RegistryError::from_api(e).challenging(&s, &headers, None)),
     };
     counted(&s, "base", answer)
+}
+
+/// The token endpoint's URL: configured, or `/v2/token` where the client reached us.
+fn realm<B: CacheReader>(s: &Shared<B>, headers: &HeaderMap) -> String {
+    if let Some(realm) = &s.registry.token_realm {
+        return realm.clone();
+    }
+    let scheme = if s.registry.tls { "https" } else { "http" };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty() && !h.contains(['"', ' ', ',']))
+        .unwrap_or("localhost");
+    format!("{scheme}://{host}/v2/token")
+}
+
+#[derive(Serialize)]
+struct TokenAnswer {
+    token: String,
+    access_token: String,
+    expires_in: u64,
+    issued_at: String,
+}
+
+/// `GET /v2/token?service=regcache&scope=repository:NAME:pull`: a registry token for the
+/// named repositories the caller may read. The caller presents a Kubernetes token (Basic
+/// password or Bearer); names it may not read are left out of the token (as registries
+/// grant the allowed subset), and reading them later answers `DENIED`.
+pub(super) async fn token<B: CacheReader + 'static>(
+    State(s): State<Arc<Shared<B>>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, RegistryError> {
+    let answer = issue(&s, &headers, query.as_deref()).await;
+    counted(&s, "token", answer)
+}
+
+async fn issue<B: CacheReader + 'static>(
+    s: &Shared<B>,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Response, RegistryError> {
+    let (Some(auth), Some(keys)) = (&s.auth, &s.registry.token_keys) else {
+        return Err(RegistryError::new(
+            Code::Unsupported,
+            "authentication is off (--api-auth none): the registry API needs no token",
+        ));
+    };
+    // Only a Kubernetes token is exchanged: a registry token cannot extend itself.
+    let caller: Caller = auth
+        .authenticate(headers)
+        .await
+        .map_err(RegistryError::from_api)?;
+    let identity = Some(Identity::Reviewed(caller.clone()));
+    let mut granted = std::collections::BTreeSet::new();
+    for name in pull_scopes(query) {
+        match resolve(s, &identity, headers, &name).await {
+            Ok(target) => {
+                granted.insert(target.id.clone());
+            }
+            Err(e) if e.code == Code::Unavailable => return Err(e),
+            Err(_) => {}
+        }
+    }
+    let now = chrono::Utc::now();
+    tracing::debug!(user = caller.username(), watches = ?granted, "registry token issued");
+    let token = keys.issue(caller.username(), granted, now.timestamp().max(0) as u64);
+    Ok(axum::Json(TokenAnswer {
+        access_token: token.clone(),
+        token,
+        expires_in: TOKEN_TTL.as_secs(),
+        issued_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    })
+    .into_response())
 }
 
 /// Everything under `/v2/<name>/`: the name is all segments before the route's own.
@@ -218,30 +319,33 @@ async fn answer<B: CacheReader + 'static>(
     path: &str,
     query: Option<&str>,
 ) -> Result<Response, RegistryError> {
+    // The repository name, and the tag or digest after the route's own segments.
+    let (name, reference) = match route {
+        "tags_list" => (path.strip_suffix("/tags/list"), ""),
+        "manifests" => path
+            .rsplit_once("/manifests/")
+            .map_or((None, ""), |(n, r)| (Some(n), r)),
+        "blobs" => path
+            .rsplit_once("/blobs/")
+            .map_or((None, ""), |(n, r)| (Some(n), r)),
+        _ => (None, ""),
+    };
     let caller = s
         .authenticate(headers)
         .await
-        .map_err(RegistryError::from_api)?;
-    match route {
-        "tags_list" => {
-            let name = path.strip_suffix("/tags/list").unwrap_or(path);
-            let target = resolve(s, &caller, name).await?;
+        .map_err(|e| RegistryError::from_api(e).challenging(s, headers, name))?;
+    match (route, name) {
+        ("tags_list", Some(name)) => {
+            let target = resolve(s, &caller, headers, name).await?;
             tags_list(s, &target, name, query).await
         }
-        "manifests" | "blobs" => {
-            let (name, reference) = path
-                .rsplit_once(if route == "manifests" {
-                    "/manifests/"
-                } else {
-                    "/blobs/"
-                })
-                .unwrap_or((path, ""));
-            let target = resolve(s, &caller, name).await?;
-            if route == "manifests" {
-                manifest(s, &target, reference, headers).await
-            } else {
-                blob(s, &target, reference).await
-            }
+        ("manifests", Some(name)) => {
+            let target = resolve(s, &caller, headers, name).await?;
+            manifest(s, &target, reference, headers).await
+        }
+        ("blobs", Some(name)) => {
+            let target = resolve(s, &caller, headers, name).await?;
+            blob(s, &target, reference).await
         }
         _ => Err(RegistryError::new(
             Code::Unsupported,
@@ -496,12 +600,37 @@ fn serve(content: RawContent) -> Response {
     response
 }
 
-/// The watch a registry name addresses, if the caller may read it.
+/// The upstream registry a request's `Host` stands for, if it is mapped to one.
+fn mapped_upstream<'a, B: CacheReader>(s: &'a Shared<B>, headers: &HeaderMap) -> Option<&'a str> {
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    };
+    let first_label = host.split('.').next().unwrap_or(host);
+    s.registry
+        .upstreams
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(host) || name.eq_ignore_ascii_case(first_label))
+        .map(|(_, upstream)| upstream.as_str())
+}
+
+/// The watch a registry name addresses, if the caller may read it. On a host mapped to an
+/// upstream registry, every name is a repository of that upstream.
 async fn resolve<B: CacheReader + 'static>(
     s: &Shared<B>,
-    caller: &Option<Caller>,
+    caller: &Option<Identity>,
+    headers: &HeaderMap,
     name: &str,
 ) -> Result<Arc<Target>, RegistryError> {
+    if let Some(upstream) = mapped_upstream(s, headers) {
+        let repository = Repository::parse(&format!("{upstream}/{name}"))
+            .map_err(|e| RegistryError::new(Code::NameInvalid, format!("{name}: {e}")))?;
+        return s
+            .readable_target(caller, &repository)
+            .await
+            .map_err(RegistryError::from_api);
+    }
     match name_kind(name)? {
         Name::Upstream => {
             let repository = Repository::parse(&upstream_name(name))

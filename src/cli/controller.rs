@@ -20,6 +20,8 @@ pub enum ControllerCommandError {
     Runtime(#[from] RuntimeError),
     #[error(transparent)]
     Platform(#[from] PlatformFlagError),
+    #[error(transparent)]
+    RegistryApi(#[from] super::flags::RegistryApiFlagError),
     #[error("lost leadership of lease {0}; exiting so a restart campaigns again")]
     LostLeadership(String),
 }
@@ -77,6 +79,7 @@ pub async fn controller(args: &ControllerArgs) -> Result<(), ControllerCommandEr
             .webhook_token
             .clone()
             .map(crate::credentials::Secret::new),
+        registry: args.registry_api_options()?,
     });
     runtime
         .serve(&args.listen_options(), router, ctx.watches_listed.clone())

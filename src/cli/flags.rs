@@ -111,6 +111,8 @@ pub struct StandaloneArgs {
     /// without one).
     #[arg(long, env = "REGCACHE_WEBHOOK_TOKEN", hide_env_values = true)]
     pub webhook_token: Option<String>,
+    #[command(flatten)]
+    pub registry: RegistryApiArgs,
     /// Address `/metrics` (Prometheus, OpenMetrics text) listens on (not with `--once`).
     #[arg(
         long,
@@ -132,6 +134,12 @@ pub struct StandaloneArgs {
 }
 
 impl StandaloneArgs {
+    pub fn registry_api_options(
+        &self,
+    ) -> Result<crate::api::RegistryApiOptions, RegistryApiFlagError> {
+        self.registry.options()
+    }
+
     pub fn runtime_options(&self) -> RuntimeOptions {
         runtime_options(&self.cache, &self.limits, self.concurrent)
     }
@@ -141,6 +149,7 @@ impl StandaloneArgs {
             &self.api_bind_address,
             &self.metrics_bind_address,
             &self.health_probe_bind_address,
+            self.registry.tls_files(),
         )
     }
 }
@@ -227,6 +236,12 @@ pub struct ControllerArgs {
 }
 
 impl ControllerArgs {
+    pub fn registry_api_options(
+        &self,
+    ) -> Result<crate::api::RegistryApiOptions, RegistryApiFlagError> {
+        self.api.registry.options()
+    }
+
     pub fn runtime_options(&self) -> RuntimeOptions {
         runtime_options(&self.cache, &self.limits, self.concurrent)
     }
@@ -236,15 +251,22 @@ impl ControllerArgs {
             &self.api.api_bind_address,
             &self.metrics_bind_address,
             &self.health_probe_bind_address,
+            self.api.registry.tls_files(),
         )
     }
 }
 
-fn listen_options(api: &str, metrics: &str, probes: &str) -> ListenOptions {
+fn listen_options(
+    api: &str,
+    metrics: &str,
+    probes: &str,
+    api_tls: Option<(PathBuf, PathBuf)>,
+) -> ListenOptions {
     ListenOptions {
         api: api.to_string(),
         metrics: metrics.to_string(),
         probes: probes.to_string(),
+        api_tls,
     }
 }
 
@@ -285,6 +307,115 @@ pub struct ApiArgs {
     /// without one). Prefer the env var: a flag shows in `ps`.
     #[arg(long, env = "REGCACHE_WEBHOOK_TOKEN", hide_env_values = true)]
     pub webhook_token: Option<String>,
+    #[command(flatten)]
+    pub registry: RegistryApiArgs,
+}
+
+/// The registry API (`/v2/`) and the read API's TLS.
+#[derive(Args, Debug, Clone, Default)]
+pub struct RegistryApiArgs {
+    /// `NAME=UPSTREAM` (repeatable or comma-separated): a request whose `Host` is NAME
+    /// (or starts with the label NAME, e.g. `ghcr-io` for `ghcr-io.regcache.svc:8080`)
+    /// names repositories of the registry UPSTREAM without its host, as Argo CD Image
+    /// Updater sends them (`ghcr-io=ghcr.io`).
+    #[arg(
+        long = "registry-upstream",
+        env = "REGCACHE_REGISTRY_UPSTREAMS",
+        value_delimiter = ','
+    )]
+    pub registry_upstreams: Vec<String>,
+    /// File holding the key (at least 32 bytes) that signs registry tokens; replicas
+    /// sharing it accept each other's tokens. Without it, each process makes its own.
+    #[arg(long, env = "REGCACHE_REGISTRY_TOKEN_KEY_FILE")]
+    pub registry_token_key_file: Option<PathBuf>,
+    /// The token endpoint's URL as clients reach it, e.g.
+    /// `https://regcache.example.com/v2/token` (default: `/v2/token` on the scheme and host
+    /// of the request).
+    #[arg(long, env = "REGCACHE_REGISTRY_TOKEN_REALM")]
+    pub registry_token_realm: Option<String>,
+    /// PEM certificate chain: the read API serves HTTPS (reloaded when the file changes).
+    #[arg(
+        long,
+        env = "REGCACHE_API_TLS_CERT_FILE",
+        requires = "api_tls_key_file"
+    )]
+    pub api_tls_cert_file: Option<PathBuf>,
+    /// PEM private key for `--api-tls-cert-file`.
+    #[arg(
+        long,
+        env = "REGCACHE_API_TLS_KEY_FILE",
+        requires = "api_tls_cert_file"
+    )]
+    pub api_tls_key_file: Option<PathBuf>,
+}
+
+/// A registry API flag that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RegistryApiFlagError(String);
+
+impl RegistryApiArgs {
+    /// The registry API's options; reads the token key file.
+    pub fn options(&self) -> Result<crate::api::RegistryApiOptions, RegistryApiFlagError> {
+        let mut upstreams = Vec::new();
+        for entry in &self.registry_upstreams {
+            let (name, upstream) = entry
+                .split_once('=')
+                .map(|(n, u)| (n.trim(), u.trim()))
+                .filter(|(n, u)| !n.is_empty() && !u.is_empty())
+                .ok_or_else(|| {
+                    RegistryApiFlagError(format!(
+                        "--registry-upstream {entry:?}: expected NAME=UPSTREAM, e.g. ghcr-io=ghcr.io"
+                    ))
+                })?;
+            crate::image::Repository::parse(&format!("{upstream}/x")).map_err(|e| {
+                RegistryApiFlagError(format!(
+                    "--registry-upstream {entry:?}: {upstream:?} is not a registry host: {e}"
+                ))
+            })?;
+            upstreams.push((name.to_string(), upstream.to_string()));
+        }
+        let token_keys = match &self.registry_token_key_file {
+            None => None,
+            Some(path) => {
+                let bytes = std::fs::read(path).map_err(|e| {
+                    RegistryApiFlagError(format!(
+                        "--registry-token-key-file {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                Some(crate::api::TokenKeys::from_secret(&bytes).map_err(|e| {
+                    RegistryApiFlagError(format!(
+                        "--registry-token-key-file {}: {e}",
+                        path.display()
+                    ))
+                })?)
+            }
+        };
+        if let Some(realm) = &self.registry_token_realm {
+            url::Url::parse(realm)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https"))
+                .ok_or_else(|| {
+                    RegistryApiFlagError(format!(
+                        "--registry-token-realm {realm:?}: expected an http(s) URL"
+                    ))
+                })?;
+        }
+        Ok(crate::api::RegistryApiOptions {
+            token_keys,
+            token_realm: self.registry_token_realm.clone(),
+            upstreams,
+            tls: self.api_tls_cert_file.is_some(),
+        })
+    }
+
+    /// The read API's certificate and key files, when it serves HTTPS.
+    pub fn tls_files(&self) -> Option<(PathBuf, PathBuf)> {
+        self.api_tls_cert_file
+            .clone()
+            .zip(self.api_tls_key_file.clone())
+    }
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

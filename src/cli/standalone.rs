@@ -19,6 +19,8 @@ pub enum StandaloneCommandError {
     Runtime(#[from] RuntimeError),
     #[error(transparent)]
     Platform(#[from] PlatformFlagError),
+    #[error(transparent)]
+    RegistryApi(#[from] super::flags::RegistryApiFlagError),
 }
 
 /// `regcache standalone`.
@@ -73,6 +75,7 @@ pub async fn standalone(args: &StandaloneArgs) -> Result<ExitCode, StandaloneCom
             .webhook_token
             .clone()
             .map(crate::credentials::Secret::new),
+        registry: args.registry_api_options()?,
     });
     // The watches come from files, listed already: readiness waits for the cache only.
     let listed = Arc::new(AtomicBool::new(true));

@@ -8,6 +8,7 @@
 //! signal, see [`Runtime::cancel_on_signals`]) and ends with [`Runtime::shutdown`].
 
 mod probes;
+mod tls;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -80,6 +81,8 @@ pub struct ListenOptions {
     pub api: String,
     pub metrics: String,
     pub probes: String,
+    /// The read API's certificate chain and key (PEM files): it serves HTTPS.
+    pub api_tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// Why the runtime could not start.
@@ -156,18 +159,40 @@ impl Runtime {
         api: axum::Router,
         watches_listed: Arc<AtomicBool>,
     ) -> Result<(), RuntimeError> {
+        let tls = match &listen.api_tls {
+            Some((cert, key)) => {
+                Some(
+                    tls::TlsFiles::load(cert, key).map_err(|reason| RuntimeError::Bind {
+                        address: listen.api.clone(),
+                        reason,
+                    })?,
+                )
+            }
+            None => None,
+        };
         let api_listener = bind(&listen.api, "read API").await?;
         let metrics_listener = bind(&listen.metrics, "metrics").await?;
         let probe_listener = bind(&listen.probes, "health probes").await?;
         let readiness = Arc::new(Readiness::new(watches_listed));
-        let routers = [
-            (api_listener, api),
+        let api_listener = match tls {
+            None => Some((api_listener, api)),
+            Some(files) => {
+                let shutdown = self.token.clone().cancelled_owned();
+                self.tasks.spawn(async move {
+                    if let Err(e) = tls::serve(api_listener, api, files, shutdown).await {
+                        tracing::error!(error = %e, "listener failed");
+                    }
+                });
+                None
+            }
+        };
+        let routers = api_listener.into_iter().chain([
             (
                 metrics_listener,
                 probes::metrics_router(self.metrics.clone()),
             ),
             (probe_listener, probes::probes_router(readiness.clone())),
-        ];
+        ]);
         for (listener, router) in routers {
             let shutdown = self.token.clone().cancelled_owned();
             // A failing listener is logged: a probe listener that dies must not take the

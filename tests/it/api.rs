@@ -250,6 +250,7 @@ fn open_state<B: CacheWriter + 'static>(
         warmer: None,
         forward: None,
         webhook_token: None,
+        registry: Default::default(),
     }
 }
 
@@ -519,6 +520,7 @@ async fn webhooks_ask_the_warmer_for_passes_of_the_pushed_repositories() {
         warmer: Some(Arc::new(warmer.clone())),
         forward: None,
         webhook_token: Some(Secret::new(HOOK_TOKEN)),
+        registry: Default::default(),
     })
     .await;
 
@@ -592,6 +594,7 @@ async fn webhooks_ask_the_warmer_for_passes_of_the_pushed_repositories() {
     let server = Server::start(ApiState {
         forward: None,
         webhook_token: Some(Secret::new(HOOK_TOKEN)),
+        registry: Default::default(),
         ..open_state(store, Arc::new(warmer))
     })
     .await;
@@ -673,9 +676,10 @@ async fn service_account_tokens_are_reviewed_by_the_kubernetes_api() {
         .await
         .unwrap();
     assert_eq!(challenged.status(), 401);
+    let host = server.base.trim_start_matches("http://").to_string();
     assert_eq!(
         challenged.headers()["www-authenticate"],
-        "Basic realm=\"regcache\""
+        format!("Bearer realm=\"http://{host}/v2/token\",service=\"regcache\"").as_str()
     );
     let body: Value = serde_json::from_slice(&challenged.bytes().await.unwrap()).unwrap();
     assert_eq!(body["errors"][0]["code"], "UNAUTHORIZED");
@@ -698,12 +702,74 @@ async fn service_account_tokens_are_reviewed_by_the_kubernetes_api() {
         "{body}"
     );
 
+    // The token endpoint: a Kubernetes token as the Basic password buys a regcache token
+    // for the repositories the caller may read, and for nothing else.
+    let issue = |token: &str, scope: &str| {
+        server
+            .http
+            .get(format!(
+                "{}/v2/token?service=regcache&scope=repository:{scope}:pull",
+                server.base
+            ))
+            .basic_auth("anything", Some(token))
+    };
+    let (status, body) = server.send(issue(&reader, "web/nginx")).await;
+    assert_eq!(status, 200, "{body}");
+    let granted = body["token"].as_str().unwrap().to_string();
+    assert_eq!(body["access_token"], body["token"]);
+    assert_eq!(body["expires_in"], 300);
+    let bearer = |token: &str, path: &str| {
+        server
+            .http
+            .get(format!("{}{path}", server.base))
+            .bearer_auth(token)
+    };
+    let (status, body) = server
+        .send(bearer(&granted, "/v2/web/nginx/tags/list"))
+        .await;
+    assert_eq!(
+        (status, &body["tags"]),
+        (200, &json!(["latest", "v1"])),
+        "{body}"
+    );
+    // A token issued for web/nginx cannot read another watch, even one its holder may get.
+    let (status, body) = server
+        .send(bearer(&granted, "/v2/web/gone/tags/list"))
+        .await;
+    assert_eq!(
+        (status, &body["errors"][0]["code"]),
+        (403, &json!("DENIED")),
+        "{body}"
+    );
+    // The outsider's token grants nothing; a forged or altered token is refused.
+    let (status, body) = server.send(issue(&outsider, "web/nginx")).await;
+    assert_eq!(status, 200, "{body}");
+    let empty = body["token"].as_str().unwrap().to_string();
+    let (status, body) = server.send(bearer(&empty, "/v2/web/nginx/tags/list")).await;
+    assert_eq!(
+        (status, &body["errors"][0]["code"]),
+        (403, &json!("DENIED")),
+        "{body}"
+    );
+    let mut forged = granted.clone();
+    forged.pop();
+    let (status, body) = server
+        .send(bearer(&forged, "/v2/web/nginx/tags/list"))
+        .await;
+    assert_eq!(
+        (status, &body["errors"][0]["code"]),
+        (401, &json!("UNAUTHORIZED")),
+        "{body}"
+    );
+    let (status, _) = server.send(issue("not-a-token", "web/nginx")).await;
+    assert_eq!(status, 401);
+
     // Each token was reviewed once (the unknown one too): answers are cached. The API
     // server's own request counter says so.
     let reviews = cluster
         .request_count(&[("resource", "tokenreviews"), ("verb", "POST")])
         .await;
-    assert_eq!(reviews, 3.0);
+    assert_eq!(reviews, 3.0, "regcache tokens are never sent for review");
     server.stop().await;
 }
 
