@@ -278,7 +278,7 @@ async fn manifests_and_blobs_answer_every_accept_header_as_the_distribution_regi
         for accept in &accepts {
             // Where the distribution registry would rewrite a Docker manifest as schema1
             // (by tag, without the Docker type in Accept) regcache answers MANIFEST_UNKNOWN:
-            // it cannot sign schema1. docs/registry-api.md says so.
+            // it cannot sign schema1. docs/api.md (Registry API) says so.
             let schema1 = !accept.iter().any(|a| a.contains(DOCKER_MANIFEST))
                 && (tag == "docker"
                     || (tag == "list" && !accept.iter().any(|a| a.contains(DOCKER_LIST))));
