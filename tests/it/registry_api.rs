@@ -9,6 +9,7 @@ use crate::support;
 use std::process::Command;
 
 use serde_json::Value;
+use std::time::{Duration, Instant};
 use support::{ImageSpec, IndexKind, ManifestKind, PlatformSpec, Registry, RegistryAuth};
 
 /// `skopeo list-tags` of `reference` (plain HTTP allowed); its tags, sorted.
@@ -394,4 +395,81 @@ async fn manifests_and_blobs_answer_every_accept_header_as_the_distribution_regi
     assert_eq!(put.status(), 405);
     let body: Value = serde_json::from_slice(&put.bytes().await.unwrap()).unwrap();
     assert_eq!(body["errors"][0]["code"], "UNSUPPORTED");
+}
+
+/// A test CA and a leaf for 127.0.0.1 under `dir/name`: the leaf's PEM cert and key, and
+/// the CA's PEM, which a client trusts.
+fn leaf_and_ca(dir: &std::path::Path, name: &str) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let sub = dir.join(name);
+    std::fs::create_dir_all(&sub).unwrap();
+    let certs = support::certs::generate_tls(&sub);
+    (certs.leaf.cert_pem, certs.leaf.key_pem, certs.ca.cert_pem)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_read_api_serves_https_and_reloads_a_renewed_certificate() {
+    let registry = Registry::start(RegistryAuth::Anonymous);
+    let (pushed, _, _) = push_every_kind(&registry, "rapi/tls").await;
+    let memcached = support::Memcached::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let (leaf, leaf_key, first) = leaf_and_ca(dir.path(), "first");
+    std::fs::write(&cert, leaf).unwrap();
+    std::fs::write(&key, leaf_key).unwrap();
+    let image = format!("{}/rapi/tls", registry.host());
+    let regcache = support::standalone::Standalone::start_with(
+        &image,
+        &memcached,
+        &[
+            "--api-tls-cert-file",
+            cert.to_str().unwrap(),
+            "--api-tls-key-file",
+            key.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let url = format!("https://{}/v2/default/app/tags/list", regcache.api);
+    let trusting = |pem: &[u8]| support::http_client(Some(pem));
+    // Warmed, read over HTTPS by a client trusting the first certificate only.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = trusting(&first).get(&url).send().await.unwrap();
+        if answer.status() == 200 {
+            let body: Value = serde_json::from_slice(&answer.bytes().await.unwrap()).unwrap();
+            assert_eq!(body["tags"].as_array().unwrap().len(), pushed.len());
+            break;
+        }
+        assert!(Instant::now() < deadline, "not warmed over HTTPS");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Plain HTTP is not served on that port.
+    let plain = support::http_client(None)
+        .get(format!("http://{}/v2/", regcache.api))
+        .send()
+        .await;
+    assert!(plain.map(|r| r.status() != 200).unwrap_or(true));
+    // Renewed in place (as a Secret's files are): the new certificate is served without a
+    // restart, within the 10 s check.
+    let (leaf, leaf_key, second) = leaf_and_ca(dir.path(), "second");
+    std::fs::write(dir.path().join("new.key"), leaf_key).unwrap();
+    std::fs::write(dir.path().join("new.crt"), leaf).unwrap();
+    std::fs::rename(dir.path().join("new.key"), &key).unwrap();
+    std::fs::rename(dir.path().join("new.crt"), &cert).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(answer) = trusting(&second).get(&url).send().await {
+            assert_eq!(answer.status(), 200);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the renewed certificate is not served:\n{}",
+            std::fs::read_to_string(&regcache.log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        trusting(&first).get(&url).send().await.is_err(),
+        "the old certificate is still served"
+    );
 }
