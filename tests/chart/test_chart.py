@@ -88,6 +88,13 @@ SCENARIOS = {
     "external-memcached": EXTERNAL,
     "everything": EVERYTHING,
     "api-auth-none": {"apiAuth": "none"},
+    "registry-api": {
+        "registryApi": {
+            "tokenRealm": "https://regcache.example.com/v2/token",
+            "upstreams": [{"name": "ghcr-io", "upstream": "ghcr.io"}, {"name": "hub", "upstream": "docker.io"}],
+        },
+        "tls": {"secretName": "regcache-api-tls"},
+    },
 }
 
 # The API calls regcache makes (src/controller, src/api/auth.rs, src/cli/controller.rs), as
@@ -430,7 +437,9 @@ def test_every_pod_runs_restricted(scenario):
         assert psc["runAsNonRoot"] is True
         assert psc["runAsUser"] > 0
         assert psc["seccompProfile"] == {"type": "RuntimeDefault"}
-        assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("volumes")
+        assert not pod.get("hostNetwork") and not pod.get("hostPID")
+        # Only Secret volumes (the token signing key, the TLS certificate): no host paths.
+        assert all(set(v) == {"name", "secret"} for v in pod.get("volumes", [])), pod["volumes"]
         for c in pod["containers"] + pod.get("initContainers", []):
             sc = c["securityContext"]
             assert sc["allowPrivilegeEscalation"] is False
@@ -525,6 +534,86 @@ def test_optional_pod_settings_reach_the_pods():
     assert mpod["automountServiceAccountToken"] is False
     assert mpod["containers"][0]["args"][-2:] == ["-c", "4096"]
     assert "REGCACHE_WEBHOOK_TOKEN" not in json.dumps(render(DEFAULT))
+
+
+def mounts(objects: list[dict]) -> dict[str, tuple[dict, dict]]:
+    """The regcache pod's volumes by name, each with its mount in the container."""
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    by_name = {m["name"]: m for m in container(objects).get("volumeMounts", [])}
+    return {v["name"]: (v, by_name[v["name"]]) for v in pod.get("volumes", [])}
+
+
+def flag(args: list[str], name: str) -> str | None:
+    values = [a.split("=", 1)[1] for a in args if a.startswith(name + "=")]
+    assert len(values) <= 1, values
+    return values[0] if values else None
+
+
+def test_registry_token_key_comes_from_a_secret_every_replica_mounts():
+    import base64
+
+    objects = render(HA, namespace=NAMESPACE)
+    secret = one(objects, "Secret", "regcache-registry-token-key")
+    key = base64.b64decode(secret["data"]["key"])
+    assert len(key) >= 32, "regcache refuses keys under 32 bytes"
+    volume, mount = mounts(objects)["registry-token-key"]
+    assert volume["secret"] == {"secretName": "regcache-registry-token-key", "items": [{"key": "key", "path": "key"}]}
+    assert mount["readOnly"] is True
+    assert flag(args_of(objects), "--registry-token-key-file") == mount["mountPath"] + "/key"
+    # The key is never in the pod spec or the arguments.
+    assert secret["data"]["key"] not in json.dumps(one(objects, "Deployment"))
+
+    # A Secret of the user's: the chart makes none and mounts that one's key.
+    objects = render({"registryApi": {"tokenKey": {"existingSecret": "my-key", "key": "signing"}}})
+    assert not kinds(objects, "Secret")
+    volume, mount = mounts(objects)["registry-token-key"]
+    assert volume["secret"] == {"secretName": "my-key", "items": [{"key": "signing", "path": "key"}]}
+    assert flag(args_of(objects), "--registry-token-key-file") == mount["mountPath"] + "/key"
+
+    # Without Kubernetes auth nothing signs tokens.
+    objects = render({"apiAuth": "none"})
+    assert not kinds(objects, "Secret") and not mounts(objects)
+    assert flag(args_of(objects), "--registry-token-key-file") is None
+
+
+def test_tls_secret_makes_the_read_api_serve_https():
+    assert flag(args_of(render(DEFAULT)), "--api-tls-cert-file") is None
+    objects = render(SCENARIOS["registry-api"], namespace=NAMESPACE)
+    volume, mount = mounts(objects)["tls"]
+    assert volume["secret"] == {"secretName": "regcache-api-tls"}
+    args = args_of(objects)
+    assert flag(args, "--api-tls-cert-file") == mount["mountPath"] + "/tls.crt"
+    assert flag(args, "--api-tls-key-file") == mount["mountPath"] + "/tls.key"
+    assert flag(args, "--registry-token-realm") == "https://regcache.example.com/v2/token"
+
+
+def test_each_upstream_gets_a_service_and_a_host_mapping():
+    objects = render(SCENARIOS["registry-api"], namespace=NAMESPACE)
+    args = args_of(objects)
+    assert [a for a in args if a.startswith("--registry-upstream=")] == [
+        "--registry-upstream=ghcr-io=ghcr.io",
+        "--registry-upstream=hub=docker.io",
+    ]
+    api = one(objects, "Service", "regcache-api")
+    for name in ("ghcr-io", "hub"):
+        service = one(objects, "Service", name)
+        assert service["metadata"]["namespace"] == NAMESPACE
+        assert service["spec"]["selector"] == api["spec"]["selector"]
+        assert service["spec"]["ports"] == api["spec"]["ports"]
+
+
+@pytest.mark.parametrize(
+    "upstreams, message",
+    [
+        ([{"name": "GHCR", "upstream": "ghcr.io"}], 'name "GHCR" must be a DNS label'),
+        ([{"name": "ghcr.io", "upstream": "ghcr.io"}], 'name "ghcr.io" must be a DNS label'),
+        ([{"name": "ghcr-io"}], "each entry needs name and upstream"),
+        (["ghcr-io=ghcr.io"], "each entry needs name and upstream"),
+    ],
+)
+def test_bad_upstreams_are_refused(upstreams, message):
+    with pytest.raises(helm.HelmError, match=re.escape(message)):
+        render({"registryApi": {"upstreams": upstreams}})
 
 
 def test_image_digest_pins_the_image():

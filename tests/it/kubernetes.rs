@@ -264,7 +264,19 @@ async fn helm_lints_templates_installs_and_uninstalls_the_chart() {
     // No controller-manager runs, so nothing the chart creates starts a Pod: `--wait` would
     // wait forever, and the test checks the objects instead.
     let cases: [(&str, &[&str]); 4] = [
-        ("one", &["--set", "replicas=1"]),
+        (
+            "one",
+            &[
+                "--set",
+                "replicas=1",
+                "--set",
+                "tls.secretName=api-tls",
+                "--set",
+                "registryApi.upstreams[0].name=ghcr-io",
+                "--set",
+                "registryApi.upstreams[0].upstream=ghcr.io",
+            ],
+        ),
         ("three", &["--set", "replicas=3"]),
         (
             "one-ns",
@@ -307,6 +319,37 @@ async fn helm_lints_templates_installs_and_uninstalls_the_chart() {
                 let replicas = if release.starts_with("three") { 3 } else { 1 };
                 assert_eq!(object.unwrap()["spec"]["replicas"], replicas, "{release}");
             }
+        }
+        // The registry API's signing key survives an upgrade (the chart looks up the Secret
+        // it made), so tokens issued before it stay valid.
+        let key_path = object_path(
+            "Secret",
+            &namespace,
+            &format!("{release}-regcache-registry-token-key"),
+        );
+        let key = server.get(&key_path).await.expect("the token key Secret")["data"]["key"].clone();
+        assert!(key.as_str().is_some_and(|k| k.len() >= 44), "{key}");
+        let (ok, out, err) = server.helm(&[
+            "upgrade",
+            release,
+            chart,
+            "-n",
+            &namespace,
+            "--reuse-values",
+            "--set",
+            "logLevel=debug",
+        ]);
+        assert!(ok, "helm upgrade {release}:\n{out}\n{err}");
+        let after = server.get(&key_path).await.unwrap()["data"]["key"].clone();
+        assert_eq!(
+            key, after,
+            "{release}: helm upgrade replaced the token signing key"
+        );
+        if release == "one" {
+            let service = server
+                .get(&object_path("Service", &namespace, "ghcr-io"))
+                .await;
+            assert!(service.is_some(), "the upstream's Service");
         }
         if release.ends_with("-ns") {
             assert!(

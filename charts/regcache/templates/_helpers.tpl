@@ -89,3 +89,20 @@ none. Call with (dict "constraints" LIST "selector" LABELS-YAML).
 - {{ toYaml $c | nindent 2 | trim }}
 {{- end }}
 {{- end -}}
+
+{{/* The Secret holding the registry API's token signing key: the user's, or the chart's. */}}
+{{- define "regcache.registryTokenSecret" -}}
+{{- default (printf "%s-registry-token-key" (include "regcache.fullname" .)) .Values.registryApi.tokenKey.existingSecret -}}
+{{- end -}}
+
+{{/* Fails on a malformed registryApi.upstreams entry; every template that reads them calls it. */}}
+{{- define "regcache.checkUpstreams" -}}
+{{- range .Values.registryApi.upstreams }}
+{{- if not (and (kindIs "map" .) (get . "name") (get . "upstream")) }}
+{{- fail (printf "registryApi.upstreams: each entry needs name and upstream ({name: ghcr-io, upstream: ghcr.io}), got %v" .) }}
+{{- end }}
+{{- if not (regexMatch "^[a-z]([-a-z0-9]*[a-z0-9])?$" .name) }}
+{{- fail (printf "registryApi.upstreams: name %q must be a DNS label (lower case letters, digits and '-', starting with a letter): it names a Service" .name) }}
+{{- end }}
+{{- end }}
+{{- end -}}
