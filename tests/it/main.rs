@@ -10,6 +10,7 @@ mod support;
 
 mod api;
 mod architecture;
+mod argocd;
 mod cache;
 mod cli;
 mod conformance;

@@ -3,7 +3,8 @@
 // registries.conf, endpoint lookup by image prefix, credentials from the endpoint's
 // `credentials` field, then tags and per-tag manifest + config-blob metadata. JSON goes to
 // stdout; every HTTP request the client makes goes to stderr as
-// "HTTP GET <url> [accept=<types>] [auth=<scheme>]".
+// "HTTP GET <url> [accept=<types>] [auth=<scheme>]". With --strategy it also names the tag
+// the updater would choose (newestTag).
 //
 //	argocd-registry-client --registries-conf FILE --image regcache.local/foo/bar [--tag T]
 //	    [--strategy newest-build|digest|semver|alphabetical] [--platforms any|os/arch,...]
@@ -36,6 +37,9 @@ type result struct {
 	Repository string            `json:"repository"`
 	Tags       []string          `json:"tags"`
 	Metadata   map[string]meta   `json:"metadata"`
+	// With --strategy: the tag the updater would pick (GetNewestVersionFromTags).
+	Newest    *meta  `json:"newest,omitempty"`
+	NewestTag string `json:"newestTag,omitempty"`
 }
 
 func fail(format string, args ...any) {
@@ -118,6 +122,14 @@ func main() {
 		for _, t := range list.SortAlphabetically() {
 			out.Tags = append(out.Tags, t.TagName)
 			out.Metadata[t.TagName] = meta{Digest: t.TagDigest, Created: t.TagDate.UTC().Format(time.RFC3339Nano)}
+		}
+		newest, err := img.GetNewestVersionFromTags(ctx, vc, list)
+		if err != nil {
+			fail("GetNewestVersionFromTags: %v", err)
+		}
+		if newest != nil {
+			out.NewestTag = newest.TagName
+			out.Newest = &meta{Digest: newest.TagDigest, Created: newest.TagDate.UTC().Format(time.RFC3339Nano)}
 		}
 	} else {
 		// The calls GetTags makes for the newest-build strategy, one by one, keeping the digest.
