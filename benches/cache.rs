@@ -1,8 +1,10 @@
 //! Cache throughput and read latency on a 10,000-tag repository in real memcached, beside a
-//! raw memcached read of the same items (same keys, same bytes) measured in the same run.
+//! raw memcached read of the same items (same keys, same bytes) measured in the same run;
+//! then memcached's memory per image with and without the raw manifests and configs the
+//! registry API serves (schema rc2).
 //!
 //! `cargo bench --bench cache` (env `BENCH_TAGS`, `BENCH_DIGESTS`, `BENCH_READS`,
-//! `BENCH_PLATFORMS`).
+//! `BENCH_PLATFORMS`, `BENCH_MEMORY_IMAGES`).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -18,7 +20,7 @@ use regcache::cache::keys::{self, Scope};
 use regcache::cache::memcached::{Memcached, MemcachedOptions};
 use regcache::cache::store::{ImageRecord, MetadataStore, TagEntry};
 use regcache::cache::{CacheReader, CacheStats, Millis};
-use regcache::image::PlatformImage;
+use regcache::image::{BLOB_MEDIA_TYPE, PlatformImage, RawContent};
 use regcache::image::{Digest, ImageRef, Platform, Repository};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -82,6 +84,167 @@ fn record(i: usize, platforms: usize) -> ImageRecord {
         })
         .collect(),
         available_platforms: Vec::new(),
+    }
+}
+
+/// A config blob shaped like a typical application image's, as `docker build` writes it:
+/// compact JSON with env, command, labels, 8 layer diff ids and 12 history entries.
+fn config_bytes(i: usize, p: usize) -> Vec<u8> {
+    let id = |what: &str, n: usize| Digest::sha256_of(format!("{what} {i} {p} {n}").as_bytes());
+    let history: Vec<serde_json::Value> = (0..12)
+        .map(|n| {
+            serde_json::json!({
+                "created": "2024-03-02T00:00:00Z",
+                "created_by": format!("RUN /bin/sh -c apt-get update && apt-get install -y --no-install-recommends package-{n} # buildkit"),
+                "comment": "buildkit.dockerfile.v0",
+            })
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "2024-03-02T00:00:00Z",
+        "config": {
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "APP_VERSION=1.2.3", "LANG=C.UTF-8"],
+            "Entrypoint": ["/docker-entrypoint.sh"],
+            "Cmd": ["app", "serve"],
+            "WorkingDir": "/app",
+            "ExposedPorts": {"8080/tcp": {}},
+            "Labels": {
+                "org.opencontainers.image.created": "2024-03-02T00:00:00Z",
+                "org.opencontainers.image.source": "https://github.com/example/app",
+                "org.opencontainers.image.revision": "0123456789abcdef0123456789abcdef01234567",
+            },
+        },
+        "rootfs": {"type": "layers", "diff_ids": (0..8).map(|n| id("diff", n).to_string()).collect::<Vec<_>>()},
+        "history": history,
+    }))
+    .unwrap()
+}
+
+/// An image's raw contents as the registry sends them (pretty JSON, as BuildKit pushes it):
+/// per platform an OCI manifest of 8 layers and its config, and an index over them when
+/// there is more than one platform.
+const ARCHES: [&str; 4] = ["amd64", "arm64", "arm", "s390x"];
+
+fn raw_contents(i: usize, platforms: usize) -> Vec<RawContent> {
+    let mut contents = Vec::new();
+    let mut entries = Vec::new();
+    for p in 0..platforms {
+        let config = config_bytes(i, p);
+        let config_digest = Digest::sha256_of(&config);
+        let layers: Vec<serde_json::Value> = (0..8)
+            .map(|n| {
+                serde_json::json!({
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": Digest::sha256_of(format!("layer {i} {p} {n}").as_bytes()).to_string(),
+                    "size": 1_000_000 + n * 7919,
+                })
+            })
+            .collect();
+        let manifest = serde_json::to_vec_pretty(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest.to_string(), "size": config.len()},
+            "layers": layers,
+        }))
+        .unwrap();
+        let digest = Digest::sha256_of(&manifest);
+        entries.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest.to_string(),
+            "size": manifest.len(),
+            "platform": {"architecture": ARCHES[p % 4], "os": "linux"},
+        }));
+        contents.push(RawContent {
+            digest,
+            media_type: "application/vnd.oci.image.manifest.v1+json".to_string(),
+            bytes: manifest.into(),
+        });
+        contents.push(RawContent {
+            digest: config_digest,
+            media_type: BLOB_MEDIA_TYPE.to_string(),
+            bytes: config.into(),
+        });
+    }
+    if platforms > 1 {
+        let index = serde_json::to_vec_pretty(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": entries,
+        }))
+        .unwrap();
+        contents.push(RawContent {
+            digest: Digest::sha256_of(&index),
+            media_type: "application/vnd.oci.image.index.v1+json".to_string(),
+            bytes: index.into(),
+        });
+    }
+    contents
+}
+
+/// memcached's item memory (`stats bytes`, item headers included) and item count after
+/// `images` images of `platforms` platforms are put into a fresh server, with their raw
+/// contents or without.
+async fn stored_memory(images: usize, platforms: usize, with_contents: bool) -> (f64, f64) {
+    let server = support::Memcached::start_with_args(&["-m", "1024"]);
+    let store = MetadataStore::new(Memcached::new(
+        vec![server.addr()],
+        MemcachedOptions::default(),
+    ));
+    let deadline = Millis::now().plus(Duration::from_secs(3600));
+    for i in 0..images {
+        let contents = if with_contents {
+            raw_contents(i, platforms)
+        } else {
+            Vec::new()
+        };
+        store
+            .put_image(&Scope::public(), &record(i, platforms), &contents, deadline)
+            .await
+            .unwrap();
+    }
+    let stats = server.stats();
+    let stat = |name: &str| -> f64 {
+        stats
+            .get(name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (stat("bytes"), stat("curr_items"))
+}
+
+/// What keeping the registry API's raw contents costs in memcached, per image.
+async fn memory_per_image(images: usize) {
+    println!(
+        "memcached memory per image, {images} images per case (stats bytes, item headers included):"
+    );
+    for platforms in [1, 2] {
+        let shape: Vec<String> = raw_contents(0, platforms)
+            .iter()
+            .map(|c| {
+                let kind = if c.media_type == BLOB_MEDIA_TYPE {
+                    "config"
+                } else if c.media_type.contains("index") {
+                    "index"
+                } else {
+                    "manifest"
+                };
+                format!("{kind} {} B", c.bytes.len())
+            })
+            .collect();
+        let (record_only, record_items) = stored_memory(images, platforms, false).await;
+        let (with_raw, raw_items) = stored_memory(images, platforms, true).await;
+        println!(
+            "  {platforms} platform(s) [{}]: record only {:.0} B/image ({:.0} items), with raw contents {:.0} B/image ({:.0} items): {:.2}x, +{:.0} B/image",
+            shape.join(", "),
+            record_only / images as f64,
+            record_items / images as f64,
+            with_raw / images as f64,
+            raw_items / images as f64,
+            with_raw / record_only,
+            (with_raw - record_only) / images as f64
+        );
     }
 }
 
@@ -268,4 +431,6 @@ async fn main() {
         j50.as_secs_f64() / r50.as_secs_f64(),
         j99.as_secs_f64() / r99.as_secs_f64()
     );
+
+    memory_per_image(support::env_usize("BENCH_MEMORY_IMAGES", 2_000)).await;
 }
