@@ -306,6 +306,7 @@ async fn main() {
         id: "bench/big".to_string(),
         repository: repository.clone(),
         credential: Credential::Anonymous,
+        cloud: None,
         scope: scope.clone(),
         endpoint: Endpoint {
             insecure: true,

@@ -159,6 +159,7 @@ async fn main() {
                     id: format!("bench/{r}"),
                     repository,
                     credential: Credential::Anonymous,
+                    cloud: None,
                     scope: Scope::public(),
                     endpoint: Endpoint {
                         insecure: true,

@@ -24,6 +24,7 @@ pub mod reasons {
     pub const INVALID_SECRET: &str = "InvalidSecret";
     pub const SERVICE_ACCOUNT_NOT_FOUND: &str = "ServiceAccountNotFound";
     pub const INVALID_CERTIFICATE: &str = "InvalidCertificate";
+    pub const CREDENTIALS_UNAVAILABLE: &str = "CredentialsUnavailable";
     pub const UNAUTHORIZED: &str = "Unauthorized";
     pub const RATE_LIMITED: &str = "RateLimited";
     pub const REPOSITORY_NOT_FOUND: &str = "RepositoryNotFound";
@@ -78,9 +79,19 @@ pub struct ImageRepositoryWatchSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pull_secrets: Vec<SecretReference>,
 
-    /// A ServiceAccount in this namespace whose `imagePullSecrets` are used too.
+    /// A ServiceAccount in this namespace whose `imagePullSecrets` are used too. With a
+    /// cloud `provider`, its cloud identity annotation (`eks.amazonaws.com/role-arn`) is the
+    /// identity regcache signs in as.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
+
+    /// How regcache signs in to the registry: `generic` (the default) with pull secrets;
+    /// `aws` to ECR (`ACCOUNT.dkr.ecr.REGION.amazonaws.com`, `public.ecr.aws`) with an AWS
+    /// identity: the role in `serviceAccountName`'s `eks.amazonaws.com/role-arn`
+    /// annotation, else the controller's own when the controller allows it. Pull secrets
+    /// are not used for the registry then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<Provider>,
 
     /// Which tags to keep warm.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -132,6 +143,20 @@ pub struct TagsSpec {
     /// Keep signature, attestation and SBOM tags too.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub include_signatures: bool,
+}
+
+/// How regcache signs in to the registry: `generic` (the default) with pull secrets;
+/// `aws` to ECR (`ACCOUNT.dkr.ecr.REGION.amazonaws.com`, `public.ecr.aws`) with an AWS
+/// identity: the role in `serviceAccountName`'s `eks.amazonaws.com/role-arn` annotation,
+/// else the controller's own when the controller allows it. Pull secrets are not used then.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// Pull secrets (`pullSecrets`, the ServiceAccount's `imagePullSecrets`).
+    #[default]
+    Generic,
+    /// ECR by an AWS identity.
+    Aws,
 }
 
 /// A Secret in the watch's namespace.

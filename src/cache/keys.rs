@@ -38,8 +38,14 @@ impl Scope {
         if credential.is_anonymous() {
             return Scope::public();
         }
+        Scope::for_identity(host, tenant, &credential.identity())
+    }
+
+    /// The private scope of an identity that is not a stored credential (a cloud login:
+    /// `aws:team/puller=arn:...`); the same hashing as [`Scope::for_credential`].
+    pub fn for_identity(host: &str, tenant: &str, identity: &str) -> Scope {
         let mut h = Sha256::new();
-        for part in [host, tenant, credential.identity().as_str()] {
+        for part in [host, tenant, identity] {
             h.update(part.as_bytes());
             h.update([0]);
         }

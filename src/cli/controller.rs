@@ -42,7 +42,13 @@ async fn client() -> Result<Client, ControllerCommandError> {
 /// `regcache controller`.
 pub async fn controller(args: &ControllerArgs) -> Result<(), ControllerCommandError> {
     let client = client().await?;
-    let defaults = Defaults::from_flags(&args.default_platforms, args.default_interval)?;
+    let mut defaults = Defaults::from_flags(&args.default_platforms, args.default_interval)?;
+    // ServiceAccounts' cloud identities sign in through the TokenRequest API.
+    defaults.sign_in = Some(Arc::new(crate::cloud::SignIn::new(
+        Some(client.clone()),
+        args.cloud.options(),
+    )));
+    defaults.cloud_controller_identity = args.cloud.cloud_controller_identity;
     let mut runtime = Runtime::start(&args.runtime_options()).await?;
     let identity = args.pod_name.clone().unwrap_or_else(|| {
         std::env::var("HOSTNAME")

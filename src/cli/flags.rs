@@ -113,6 +113,8 @@ pub struct StandaloneArgs {
     pub webhook_token: Option<String>,
     #[command(flatten)]
     pub registry: RegistryApiArgs,
+    #[command(flatten)]
+    pub cloud: CloudArgs,
     /// Address `/metrics` (Prometheus, OpenMetrics text) listens on (not with `--once`).
     #[arg(
         long,
@@ -229,6 +231,8 @@ pub struct ControllerArgs {
     pub health_probe_bind_address: String,
     #[command(flatten)]
     pub api: ApiArgs,
+    #[command(flatten)]
+    pub cloud: CloudArgs,
     #[command(flatten)]
     pub cache: CacheArgs,
     #[command(flatten)]
@@ -347,6 +351,39 @@ pub struct RegistryApiArgs {
         requires = "api_tls_cert_file"
     )]
     pub api_tls_key_file: Option<PathBuf>,
+}
+
+/// Cloud registry sign-in (watches with `provider: aws`).
+#[derive(Args, Debug, Clone)]
+pub struct CloudArgs {
+    /// Whether a cloud watch whose ServiceAccount carries no cloud identity annotation
+    /// signs in as regcache itself. Turn it off in clusters shared by tenants, so that each
+    /// signs in with its own role only.
+    #[arg(
+        long,
+        env = "REGCACHE_CLOUD_CONTROLLER_IDENTITY",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub cloud_controller_identity: bool,
+    /// Reuse cloud registry credentials at most this long (they are renewed after three
+    /// quarters of their lifetime in any case).
+    #[arg(long, env = "REGCACHE_CLOUD_CREDENTIAL_MAX_REUSE", default_value = "1h", value_parser = parse_duration)]
+    pub cloud_credential_max_reuse: Duration,
+    /// The AWS session asked of STS when signing in as a ServiceAccount's role (AWS
+    /// accepts 15m to 12h); the ECR token ends with it.
+    #[arg(long, env = "REGCACHE_AWS_SESSION_DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub aws_session_duration: Duration,
+}
+
+impl CloudArgs {
+    pub fn options(&self) -> crate::cloud::CloudOptions {
+        crate::cloud::CloudOptions {
+            max_reuse: self.cloud_credential_max_reuse,
+            aws_session_duration: self.aws_session_duration,
+            ..Default::default()
+        }
+    }
 }
 
 /// A registry API flag that cannot be used.

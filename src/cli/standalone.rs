@@ -34,7 +34,13 @@ pub async fn standalone(args: &StandaloneArgs) -> Result<ExitCode, StandaloneCom
             .collect();
         return Err(StandaloneError::NoWatches(list.join(", ")).into());
     }
-    let defaults = Defaults::from_flags(&args.default_platforms, args.default_interval)?;
+    let mut defaults = Defaults::from_flags(&args.default_platforms, args.default_interval)?;
+    // No Kubernetes API: only regcache's own cloud identity can sign in.
+    defaults.sign_in = Some(std::sync::Arc::new(crate::cloud::SignIn::new(
+        None,
+        args.cloud.options(),
+    )));
+    defaults.cloud_controller_identity = args.cloud.cloud_controller_identity;
     let mut runtime = Runtime::start(&args.runtime_options()).await?;
     let planned = manifests.targets(&defaults);
     tracing::info!(

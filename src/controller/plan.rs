@@ -8,18 +8,26 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
 use crate::cache::keys::Scope;
-use crate::crd::{ImageRepositoryWatch, ImageRepositoryWatchStatus, READY, duration, reasons};
-use crate::credentials::DockerConfig;
+use crate::cloud::{CloudLogin, Identity, SignIn};
+use crate::crd::{
+    ImageRepositoryWatch, ImageRepositoryWatchStatus, Provider, READY, duration, reasons,
+};
+use crate::credentials::{Credential, DockerConfig};
 use crate::image::{Platform, Repository};
 use crate::registry::{Endpoint, check_ca_bundle};
 use crate::warmer::filter::TagFilter;
-use crate::warmer::{FailureKind, Outcome, Target};
+use crate::warmer::{CloudSource, FailureKind, Outcome, Target};
 
 /// Defaults the controller applies to every watch.
 #[derive(Debug, Clone)]
 pub struct Defaults {
     pub interval: Duration,
     pub platforms: Vec<Platform>,
+    /// Signs in to cloud registries for watches with a cloud `provider`.
+    pub sign_in: Option<Arc<SignIn>>,
+    /// Whether a cloud watch without an annotated ServiceAccount signs in as the
+    /// controller itself (`--cloud-controller-identity`).
+    pub cloud_controller_identity: bool,
 }
 
 impl Default for Defaults {
@@ -27,6 +35,8 @@ impl Default for Defaults {
         Defaults {
             interval: Duration::from_secs(300),
             platforms: Vec::new(),
+            sign_in: None,
+            cloud_controller_identity: true,
         }
     }
 }
@@ -58,6 +68,7 @@ impl Defaults {
         Ok(Defaults {
             interval,
             platforms,
+            ..Defaults::default()
         })
     }
 }
@@ -83,6 +94,9 @@ impl Problem {
 pub struct Resolved {
     pub docker_config: DockerConfig,
     pub ca_pem: Option<Vec<u8>>,
+    /// The ServiceAccount the watch names, when it exists: its name and annotations
+    /// (a cloud identity's annotation among them).
+    pub service_account: Option<(String, std::collections::BTreeMap<String, String>)>,
 }
 
 /// `namespace/name`: the warmer's id for a watch.
@@ -158,16 +172,30 @@ pub(crate) fn plan(
             )
         })?;
     }
-    let credential = resolved.docker_config.credential_for(repository.host());
-    let scope = Scope::for_credential(
-        repository.host(),
-        &watch.namespace().unwrap_or_default(),
-        &credential,
-    );
+    let namespace = watch.namespace().unwrap_or_default();
+    let (credential, cloud, scope) = match watch.spec.provider.unwrap_or_default() {
+        Provider::Generic => {
+            let credential = resolved.docker_config.credential_for(repository.host());
+            let scope = Scope::for_credential(repository.host(), &namespace, &credential);
+            (credential, None, scope)
+        }
+        Provider::Aws => {
+            let cloud = cloud_source(
+                watch,
+                crate::cloud::Provider::Aws,
+                &repository,
+                resolved,
+                defaults,
+            )?;
+            let scope = Scope::for_identity(repository.host(), &namespace, &cloud.login.identity());
+            (Credential::Anonymous, Some(cloud), scope)
+        }
+    };
     Ok(Target {
         id,
         scope,
         credential,
+        cloud,
         endpoint: Endpoint {
             insecure: watch.spec.insecure,
             ca_pem: resolved.ca_pem.clone().map(Arc::new),
@@ -177,6 +205,77 @@ pub(crate) fn plan(
         interval,
         timestamp_labels: watch.spec.timestamp_labels,
         repository,
+    })
+}
+
+/// The cloud login of a watch with a cloud `provider`: its ServiceAccount's identity when
+/// the account carries the provider's annotation, else the controller's when allowed.
+fn cloud_source(
+    watch: &ImageRepositoryWatch,
+    provider: crate::cloud::Provider,
+    repository: &Repository,
+    resolved: &Resolved,
+    defaults: &Defaults,
+) -> Result<CloudSource, Problem> {
+    let id = target_id(watch);
+    provider.check_host(repository.host()).map_err(|e| {
+        Problem::new(
+            reasons::INVALID_SPEC,
+            format!(
+                "ImageRepositoryWatch {id}: spec.provider {}: {e}",
+                provider.name()
+            ),
+        )
+    })?;
+    let unavailable = |detail: String| {
+        Problem::new(
+            reasons::CREDENTIALS_UNAVAILABLE,
+            format!("ImageRepositoryWatch {id}: {detail}"),
+        )
+    };
+    let Some(sign_in) = &defaults.sign_in else {
+        return Err(unavailable(
+            "cloud sign-in is not set up in this process".into(),
+        ));
+    };
+    let annotation = provider.identity_annotation();
+    let annotated = resolved
+        .service_account
+        .as_ref()
+        .and_then(|(name, annotations)| {
+            annotations
+                .get(annotation)
+                .map(|v| v.trim())
+                .filter(|v| !v.is_empty())
+                .map(|role| (name, role))
+        });
+    let identity = match annotated {
+        Some((name, role)) => Identity::ServiceAccount {
+            namespace: watch.namespace().unwrap_or_default(),
+            name: name.clone(),
+            role: role.to_string(),
+        },
+        None if defaults.cloud_controller_identity => Identity::Controller,
+        None => {
+            let account = match &watch.spec.service_account_name {
+                Some(name) => format!("ServiceAccount {name} has no {annotation} annotation"),
+                None => "spec.serviceAccountName names no ServiceAccount".to_string(),
+            };
+            return Err(unavailable(format!(
+                "provider {}: {account}, and the controller does not lend its own cloud identity \
+                 (--cloud-controller-identity=false); name a ServiceAccount of this namespace \
+                 annotated {annotation}",
+                provider.name()
+            )));
+        }
+    };
+    Ok(CloudSource {
+        login: CloudLogin {
+            provider,
+            host: repository.host().to_string(),
+            identity,
+        },
+        sign_in: sign_in.clone(),
     })
 }
 
@@ -206,6 +305,7 @@ fn ready(
 
 fn failure_reason(kind: Option<FailureKind>) -> &'static str {
     match kind {
+        Some(FailureKind::CredentialsUnavailable) => reasons::CREDENTIALS_UNAVAILABLE,
         Some(FailureKind::Unauthorized) => reasons::UNAUTHORIZED,
         Some(FailureKind::RateLimited) => reasons::RATE_LIMITED,
         Some(FailureKind::RepositoryNotFound) => reasons::REPOSITORY_NOT_FOUND,
@@ -357,12 +457,122 @@ mod tests {
         }
     }
 
+    const ECR: &str = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/app";
+    const ROLE: &str = "arn:aws:iam::123456789012:role/reader";
+
+    fn aws_watch(account: Option<&str>) -> ImageRepositoryWatch {
+        let mut s = spec(ECR);
+        s.provider = Some(Provider::Aws);
+        s.service_account_name = account.map(str::to_string);
+        s.pull_secrets = vec![SecretReference::new("ignored")];
+        watch(s)
+    }
+
+    fn annotated(name: &str, role: Option<&str>) -> Resolved {
+        let annotations = role
+            .map(|r| [("eks.amazonaws.com/role-arn".to_string(), r.to_string())].into())
+            .unwrap_or_default();
+        Resolved {
+            service_account: Some((name.to_string(), annotations)),
+            ..Default::default()
+        }
+    }
+
+    fn cloud_defaults(controller_identity: bool) -> Defaults {
+        Defaults {
+            sign_in: Some(Arc::new(SignIn::new(None, Default::default()))),
+            cloud_controller_identity: controller_identity,
+            ..Defaults::default()
+        }
+    }
+
+    #[test]
+    fn a_cloud_watch_signs_in_as_its_service_account_or_the_controller() {
+        let t = plan(
+            &aws_watch(Some("puller")),
+            &annotated("puller", Some(ROLE)),
+            &cloud_defaults(false),
+        )
+        .unwrap();
+        let login = &t.cloud.as_ref().expect("a cloud login").login;
+        assert_eq!(
+            login.identity,
+            Identity::ServiceAccount {
+                namespace: "team".into(),
+                name: "puller".into(),
+                role: ROLE.into(),
+            }
+        );
+        assert_eq!(login.host, "123456789012.dkr.ecr.eu-west-1.amazonaws.com");
+        assert!(t.credential.is_anonymous(), "pull secrets are not used");
+        assert!(!t.scope.is_public());
+
+        // Another role, or the controller's identity: another scope.
+        let other = plan(
+            &aws_watch(Some("puller")),
+            &annotated("puller", Some("arn:aws:iam::123456789012:role/other")),
+            &cloud_defaults(false),
+        )
+        .unwrap();
+        let controller = plan(
+            &aws_watch(None),
+            &Resolved::default(),
+            &cloud_defaults(true),
+        )
+        .unwrap();
+        assert_eq!(
+            controller.cloud.as_ref().unwrap().login.identity,
+            Identity::Controller
+        );
+        assert_ne!(t.scope, other.scope);
+        assert_ne!(t.scope, controller.scope);
+
+        // Without an annotated account, and without the controller's identity: refused,
+        // saying what to do.
+        for (w, r) in [
+            (aws_watch(None), Resolved::default()),
+            (aws_watch(Some("plain")), annotated("plain", None)),
+        ] {
+            let p = plan(&w, &r, &cloud_defaults(false)).unwrap_err();
+            assert_eq!(p.reason, reasons::CREDENTIALS_UNAVAILABLE);
+            assert!(
+                p.message.contains("eks.amazonaws.com/role-arn")
+                    && p.message.contains("--cloud-controller-identity=false"),
+                "{}",
+                p.message
+            );
+        }
+    }
+
+    #[test]
+    fn a_cloud_provider_refuses_hosts_it_cannot_sign_in_to() {
+        let mut s = spec("ghcr.io/org/app");
+        s.provider = Some(Provider::Aws);
+        let p = plan(&watch(s), &Resolved::default(), &cloud_defaults(true)).unwrap_err();
+        assert_eq!(p.reason, reasons::INVALID_SPEC);
+        assert!(
+            p.message.contains("spec.provider aws")
+                && p.message.contains("ghcr.io is not an ECR registry"),
+            "{}",
+            p.message
+        );
+        // `generic` is the default, as before.
+        let mut s = spec("ghcr.io/org/app");
+        s.provider = Some(Provider::Generic);
+        assert!(
+            plan(&watch(s), &Resolved::default(), &Defaults::default())
+                .unwrap()
+                .cloud
+                .is_none()
+        );
+    }
+
     #[test]
     fn plans_a_target_with_defaults_and_credentials() {
         let json = br#"{"auths":{"docker.io":{"username":"bob","password":"pw"}}}"#;
         let resolved = Resolved {
             docker_config: DockerConfig::from_config_json("s", json).unwrap(),
-            ca_pem: None,
+            ..Default::default()
         };
         let t = plan(&watch(spec("nginx")), &resolved, &Defaults::default()).unwrap();
         assert_eq!(t.id, "team/app");

@@ -122,8 +122,24 @@ pub(crate) fn resolve_with(
         (Some(sa), _) => sa,
         (None, _) => None,
     };
-    let mut resolved = Resolved::default();
+    let cloud = watch
+        .spec
+        .provider
+        .is_some_and(|p| p != crate::crd::Provider::Generic);
+    let mut resolved = Resolved {
+        service_account: account.as_ref().map(|sa| {
+            (
+                sa.name_any(),
+                sa.metadata.annotations.clone().unwrap_or_default(),
+            )
+        }),
+        ..Resolved::default()
+    };
     for name in secret_names(watch, account.as_ref()) {
+        if cloud {
+            // The cloud signs in; pull secrets are not read (nor required to exist).
+            break;
+        }
         let Some(s) = secret(&name) else {
             return Err(Problem::new(
                 reasons::SECRET_NOT_FOUND,

@@ -26,7 +26,7 @@ pub use metrics::{PassReport, WarmerMetrics};
 pub use pass::PassOptions;
 use schedule::jittered;
 pub(crate) use target::TargetId;
-pub use target::{FailureKind, Outcome, Priority, TagChange, TagChangeKind, Target};
+pub use target::{CloudSource, FailureKind, Outcome, Priority, TagChange, TagChangeKind, Target};
 
 #[derive(Debug, Clone)]
 pub struct WarmerOptions {
@@ -98,7 +98,12 @@ impl<B: CacheWriter> Shared<B> {
                 .clone()
         };
         let _turn = lock.lock().await;
-        pass::run(&self.registry, &self.store, &self.options.pass, target).await
+        let outcome = pass::run(&self.registry, &self.store, &self.options.pass, target).await;
+        // Cloud credentials the registry refused are not reused: the next pass signs in.
+        if let (Some(cloud), Some(FailureKind::Unauthorized)) = (&target.cloud, outcome.failure) {
+            cloud.sign_in.forget(&cloud.login);
+        }
+        outcome
     }
 }
 

@@ -99,7 +99,26 @@ pub async fn run<B: CacheWriter>(
     let repository = &target.repository;
     let head_deadline = now.plus(target.interval);
 
-    let rc = match registry.repository(repository, target.credential.clone(), &target.endpoint) {
+    let credential = match &target.cloud {
+        None => target.credential.clone(),
+        Some(cloud) => match cloud.sign_in.credential(&cloud.login).await {
+            Ok(c) => c,
+            Err(e) => {
+                outcome.failure = Some(FailureKind::CredentialsUnavailable);
+                return finish_failed(
+                    store,
+                    target,
+                    outcome,
+                    started,
+                    e.to_string(),
+                    None,
+                    head_deadline,
+                )
+                .await;
+            }
+        },
+    };
+    let rc = match registry.repository(repository, credential, &target.endpoint) {
         Ok(rc) => rc,
         Err(e) => {
             return finish_failed(

@@ -1,6 +1,7 @@
 //! What goes into the warmer and comes out of it: a target per watch, an outcome per pass.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -8,6 +9,7 @@ use serde::Serialize;
 
 use super::filter::TagFilter;
 use crate::cache::keys::Scope;
+use crate::cloud::{CloudLogin, SignIn};
 use crate::credentials::Credential;
 use crate::image::{Digest, Platform, Repository};
 use crate::registry::{Endpoint, RequestKind};
@@ -20,7 +22,10 @@ pub(crate) type TargetId = String;
 pub struct Target {
     pub id: TargetId,
     pub repository: Repository,
+    /// Credentials for the registry; with `cloud`, the pass signs in instead.
     pub credential: Credential,
+    /// A cloud login that issues this target's registry credentials before each pass.
+    pub cloud: Option<CloudSource>,
     pub scope: Scope,
     pub endpoint: Endpoint,
     pub filter: TagFilter,
@@ -37,11 +42,25 @@ impl Target {
     pub(super) fn differs(&self, other: &Target) -> bool {
         self.repository != other.repository
             || self.credential != other.credential
+            || self.cloud.as_ref().map(|c| &c.login) != other.cloud.as_ref().map(|c| &c.login)
             || self.scope != other.scope
             || self.endpoint != other.endpoint
             || self.platforms != other.platforms
             || self.interval != other.interval
             || format!("{:?}", self.filter) != format!("{:?}", other.filter)
+    }
+}
+
+/// A cloud login and the sign-in service that serves it.
+#[derive(Clone)]
+pub struct CloudSource {
+    pub login: CloudLogin,
+    pub sign_in: Arc<SignIn>,
+}
+
+impl std::fmt::Debug for CloudSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("CloudSource").field(&self.login).finish()
     }
 }
 
@@ -64,6 +83,8 @@ pub struct TagChange {
 /// What kind of failure ended or spoiled a pass, for status reasons and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum FailureKind {
+    /// Cloud sign-in failed: no registry request was made.
+    CredentialsUnavailable,
     Unauthorized,
     RateLimited,
     RepositoryNotFound,
@@ -76,6 +97,7 @@ impl FailureKind {
     /// A short stable name, for metrics labels.
     pub fn metric_label(self) -> &'static str {
         match self {
+            FailureKind::CredentialsUnavailable => "credentials_unavailable",
             FailureKind::Unauthorized => "unauthorized",
             FailureKind::RateLimited => "rate_limited",
             FailureKind::RepositoryNotFound => "repository_not_found",

@@ -38,6 +38,7 @@ fn target(id: &str, repository: &str, scope: Scope, timestamp_labels: bool) -> T
         id: id.to_string(),
         repository: Repository::parse(repository).unwrap(),
         credential: Credential::Anonymous,
+        cloud: None,
         scope,
         endpoint: Endpoint::default(),
         filter: TagFilter::default(),

@@ -102,6 +102,7 @@ impl Rig {
             scope: Scope::for_credential(repository.host(), "default", &credential),
             repository,
             credential,
+            cloud: None,
             endpoint: Endpoint {
                 insecure: true,
                 ca_pem: None,
@@ -623,6 +624,7 @@ async fn a_failing_target_sharing_an_index_waits_for_the_other_pass() {
     let bad = Target {
         id: "default/wrong-password".to_string(),
         credential: Credential::basic(support::TEST_USER, "wrong-password"),
+        cloud: None,
         ..good.clone()
     };
     assert_eq!(
