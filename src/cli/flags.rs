@@ -543,8 +543,8 @@ pub enum Output {
 /// How to reach registries from the command line.
 #[derive(Args, Debug, Clone)]
 pub struct RegistryArgs {
-    /// Docker config file with credentials (`auths`). Default: `$DOCKER_CONFIG/config.json`
-    /// or `~/.docker/config.json` when present.
+    /// Docker config file with credentials (`auths`, `credHelpers`, `credsStore`). Default:
+    /// `$DOCKER_CONFIG/config.json` or `~/.docker/config.json` when present.
     #[arg(long, env = "REGCACHE_DOCKER_CONFIG")]
     pub docker_config: Option<PathBuf>,
     /// Registry host (`HOST[:PORT]`) to reach over plain HTTP (repeatable).

@@ -4,9 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::CliError;
 use super::flags::{InspectArgs, Output, RegistryArgs, TagsArgs};
-use crate::credentials::DockerConfig;
+use super::{CliError, credential_helper};
 use crate::image::{ImageRef, Platform, Repository};
 use crate::registry::{Endpoint, RegistryClient, RepositoryClient};
 
@@ -19,12 +18,14 @@ fn default_docker_config() -> Option<PathBuf> {
     path.is_file().then_some(path)
 }
 
-fn repository_client(
+/// A client for `repository` with the docker config's credential for its host: from the
+/// config's credential helper when it names one, else from its `auths`.
+async fn repository_client(
     args: &RegistryArgs,
     repository: &Repository,
 ) -> Result<RepositoryClient, CliError> {
     let credential = match args.docker_config.clone().or_else(default_docker_config) {
-        Some(path) => DockerConfig::from_file(&path)?.credential_for(repository.host()),
+        Some(path) => credential_helper::credential_for(&path, repository.host()).await?,
         None => Default::default(),
     };
     let ca_pem = match &args.ca_file {
@@ -57,7 +58,7 @@ pub async fn inspect(args: &InspectArgs) -> Result<String, CliError> {
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let client = repository_client(&args.registry, &reference.repository)?;
+    let client = repository_client(&args.registry, &reference.repository).await?;
     let metadata = client.inspect(&reference.reference(), &platforms).await?;
     Ok(serde_json::to_string_pretty(&metadata).expect("metadata serialises"))
 }
@@ -65,7 +66,7 @@ pub async fn inspect(args: &InspectArgs) -> Result<String, CliError> {
 /// `regcache tags`: one tag per line, or a JSON document.
 pub async fn tags(args: &TagsArgs) -> Result<String, CliError> {
     let repository = Repository::parse(&args.repository)?;
-    let client = repository_client(&args.registry, &repository)?;
+    let client = repository_client(&args.registry, &repository).await?;
     let tags = client.list_tags().await?;
     Ok(match args.output {
         Output::Text => tags.join("\n"),

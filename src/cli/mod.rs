@@ -3,6 +3,7 @@
 //! and it does not import `cli` either.
 
 mod controller;
+mod credential_helper;
 pub mod flags;
 mod get;
 mod inspect;
@@ -64,6 +65,8 @@ pub enum CliError {
     Credentials(#[from] CredentialsError),
     #[error(transparent)]
     Registry(#[from] registry::Error),
+    #[error(transparent)]
+    CredentialHelper(#[from] credential_helper::HelperError),
     #[error("cannot read CA file {path}: {reason}")]
     CaFile { path: PathBuf, reason: String },
     #[error("invalid --platform {value:?}: {source}")]
