@@ -49,6 +49,7 @@ pub async fn controller(args: &ControllerArgs) -> Result<(), ControllerCommandEr
         args.cloud.options(),
     )));
     defaults.cloud_controller_identity = args.cloud.cloud_controller_identity;
+    defaults.cloud_service_account_identity = args.cloud.cloud_service_account_identity;
     let mut runtime = Runtime::start(&args.runtime_options()).await?;
     let identity = args.pod_name.clone().unwrap_or_else(|| {
         std::env::var("HOSTNAME")

@@ -366,6 +366,16 @@ pub struct CloudArgs {
         action = clap::ArgAction::Set
     )]
     pub cloud_controller_identity: bool,
+    /// Whether a cloud watch signs in as the cloud identity its ServiceAccount is annotated
+    /// with, through a token of that ServiceAccount (needs `create` on
+    /// `serviceaccounts/token`).
+    #[arg(
+        long,
+        env = "REGCACHE_CLOUD_SERVICE_ACCOUNT_IDENTITY",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub cloud_service_account_identity: bool,
     /// Reuse cloud registry credentials at most this long (they are renewed after three
     /// quarters of their lifetime in any case).
     #[arg(long, env = "REGCACHE_CLOUD_CREDENTIAL_MAX_REUSE", default_value = "1h", value_parser = parse_duration)]
@@ -495,6 +505,34 @@ pub struct RegistryLimits {
     /// Requests that may go at once to one host after a quiet spell.
     #[arg(long, env = "REGCACHE_REGISTRY_BURST", default_value_t = 20.0)]
     pub registry_burst: f64,
+    /// `NAME=IP` (repeatable or comma-separated): connect to registry host NAME at IP
+    /// instead of looking it up, like curl's `--resolve`; the port is the one in the image
+    /// name. For a registry reached at a private address under its public name.
+    #[arg(
+        long = "registry-host-address",
+        env = "REGCACHE_REGISTRY_HOST_ADDRESSES",
+        value_delimiter = ',',
+        value_parser = parse_host_address
+    )]
+    pub registry_host_addresses: Vec<(String, std::net::IpAddr)>,
+}
+
+/// `NAME=IP` of `--registry-host-address`.
+fn parse_host_address(s: &str) -> Result<(String, std::net::IpAddr), String> {
+    let (name, ip) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NAME=IP, e.g. registry.example.com=10.0.0.5"))?;
+    let name = name.trim();
+    if name.is_empty() || name.contains([':', '/']) {
+        return Err(format!(
+            "{s:?}: NAME must be a host name without port or path"
+        ));
+    }
+    let ip = ip
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: {ip:?} is not an IP address"))?;
+    Ok((name.to_ascii_lowercase(), ip))
 }
 
 impl RegistryLimits {
@@ -506,6 +544,7 @@ impl RegistryLimits {
                 burst: self.registry_burst,
                 ..Default::default()
             },
+            host_addresses: self.registry_host_addresses.clone(),
             ..Default::default()
         }
     }

@@ -41,6 +41,7 @@ pub async fn standalone(args: &StandaloneArgs) -> Result<ExitCode, StandaloneCom
         args.cloud.options(),
     )));
     defaults.cloud_controller_identity = args.cloud.cloud_controller_identity;
+    defaults.cloud_service_account_identity = args.cloud.cloud_service_account_identity;
     let mut runtime = Runtime::start(&args.runtime_options()).await?;
     let planned = manifests.targets(&defaults);
     tracing::info!(

@@ -28,6 +28,9 @@ pub struct Defaults {
     /// Whether a cloud watch without an annotated ServiceAccount signs in as the
     /// controller itself (`--cloud-controller-identity`).
     pub cloud_controller_identity: bool,
+    /// Whether a cloud watch signs in as its ServiceAccount's annotated cloud identity
+    /// (`--cloud-service-account-identity`).
+    pub cloud_service_account_identity: bool,
 }
 
 impl Default for Defaults {
@@ -37,6 +40,7 @@ impl Default for Defaults {
             platforms: Vec::new(),
             sign_in: None,
             cloud_controller_identity: true,
+            cloud_service_account_identity: true,
         }
     }
 }
@@ -250,6 +254,14 @@ fn cloud_source(
                 .map(|role| (name, role))
         });
     let identity = match annotated {
+        Some((name, _)) if !defaults.cloud_service_account_identity => {
+            return Err(unavailable(format!(
+                "provider {}: ServiceAccount {name} names a cloud identity ({annotation}), but \
+                 regcache does not sign in as ServiceAccounts here \
+                 (--cloud-service-account-identity=false)",
+                provider.name()
+            )));
+        }
         Some((name, role)) => Identity::ServiceAccount {
             namespace: watch.namespace().unwrap_or_default(),
             name: name.clone(),
@@ -542,6 +554,26 @@ mod tests {
                 p.message
             );
         }
+    }
+
+    #[test]
+    fn service_account_identities_can_be_turned_off() {
+        let defaults = Defaults {
+            cloud_service_account_identity: false,
+            ..cloud_defaults(true)
+        };
+        let p = plan(
+            &aws_watch(Some("puller")),
+            &annotated("puller", Some(ROLE)),
+            &defaults,
+        )
+        .unwrap_err();
+        assert_eq!(p.reason, reasons::CREDENTIALS_UNAVAILABLE);
+        assert!(
+            p.message.contains("--cloud-service-account-identity=false"),
+            "{}",
+            p.message
+        );
     }
 
     #[test]

@@ -70,6 +70,9 @@ pub struct ClientOptions {
     pub max_rate_limit_wait: Duration,
     pub limiter: LimiterSettings,
     pub user_agent: String,
+    /// Registry host names connected to at a given address instead of being looked up
+    /// (`--registry-host-address`); the port stays the one the name carries.
+    pub host_addresses: Vec<(String, std::net::IpAddr)>,
 }
 
 impl Default for ClientOptions {
@@ -88,6 +91,7 @@ impl Default for ClientOptions {
             max_rate_limit_wait: Duration::from_secs(60),
             limiter: LimiterSettings::default(),
             user_agent: concat!("regcache/", env!("CARGO_PKG_VERSION")).to_string(),
+            host_addresses: Vec::new(),
         }
     }
 }
@@ -319,7 +323,11 @@ impl Inner {
             host: host.to_string(),
             detail,
         })?;
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        for (name, ip) in &self.options.host_addresses {
+            builder = builder.resolve(name, std::net::SocketAddr::new(*ip, 0));
+        }
+        let client = builder
             .tls_backend_preconfigured(tls)
             .timeout(self.options.request_timeout)
             .connect_timeout(self.options.connect_timeout)

@@ -696,3 +696,18 @@ def test_a_chart_upgrade_alone_does_not_restart_memcached():
     chart = helm.Chart.load(str(CHART)).metadata
     assert chart["version"] not in template and chart["appVersion"] not in template
     assert "helm.sh/chart" not in template
+
+
+def test_cloud_service_account_identities_grant_token_requests():
+    token = ("", "serviceaccounts/token", "create")
+    objects = render(DEFAULT)
+    assert token not in granted(objects)[("ClusterRole", None)]
+    assert "--cloud-service-account-identity=false" in args_of(objects)
+    assert "--cloud-controller-identity=true" in args_of(objects)
+    objects = render({"cloud": {"serviceAccountIdentities": True, "controllerIdentity": False}})
+    assert granted(objects) == {("ClusterRole", None): WATCH_RULES | AUTH_RULES | {token}}
+    assert "--cloud-service-account-identity=true" in args_of(objects)
+    assert "--cloud-controller-identity=false" in args_of(objects)
+    # Watching one namespace: the grant is a Role there, as for the watches.
+    objects = render({"cloud": {"serviceAccountIdentities": True}, **WATCH_NAMESPACE})
+    assert token in granted(objects)[("Role", "team-a")]

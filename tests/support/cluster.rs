@@ -17,7 +17,9 @@ pub const RELEASE_NS: &str = "regcache-system";
 pub const RELEASE: &str = "regcache";
 
 /// The flags of the chart's Deployment that decide which API calls regcache makes.
-const ACCESS_FLAGS: [&str; 6] = [
+const ACCESS_FLAGS: [&str; 8] = [
+    "--cloud-service-account-identity",
+    "--cloud-controller-identity",
     "--leader-elect",
     "--leader-election-id",
     "--lease-duration",
