@@ -13,6 +13,7 @@ mod architecture;
 mod argocd;
 mod cache;
 mod cli;
+mod cloud;
 mod conformance;
 mod controller_e2e;
 mod faults;

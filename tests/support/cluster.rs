@@ -129,9 +129,19 @@ impl Cluster {
 
     /// `regcache controller` as the chart's ServiceAccount, with [`Cluster::args`].
     pub fn controller(&self, args: &[&str], log: PathBuf) -> ControllerProcess {
+        self.controller_with_env(args, &[], log)
+    }
+
+    /// [`Cluster::controller`] with environment variables.
+    pub fn controller_with_env(
+        &self,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: PathBuf,
+    ) -> ControllerProcess {
         let args = self.args(args);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        ControllerProcess::start(&self.kubeconfig, &args, log)
+        ControllerProcess::start_with_env(&self.kubeconfig, &args, env, log)
     }
 
     /// The chart's Lease's path (with leader election on).

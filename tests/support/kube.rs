@@ -247,6 +247,16 @@ pub struct ControllerProcess {
 
 impl ControllerProcess {
     pub fn start(kubeconfig: &Path, args: &[&str], log: PathBuf) -> ControllerProcess {
+        Self::start_with_env(kubeconfig, args, &[], log)
+    }
+
+    /// With environment variables set for it too (`AWS_ENDPOINT_URL`, ...).
+    pub fn start_with_env(
+        kubeconfig: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: PathBuf,
+    ) -> ControllerProcess {
         let out = std::fs::File::create(&log).unwrap();
         // Benches may name a copy of the build (see benches/common's `regcache_binary`).
         let binary = std::env::var_os("BENCH_REGCACHE_BIN")
@@ -260,6 +270,7 @@ impl ControllerProcess {
             .args(args)
             .env("KUBECONFIG", kubeconfig)
             .env_remove("REGCACHE_LOG_LEVEL")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)

@@ -32,6 +32,7 @@ pub mod dns;
 pub mod foreign;
 pub mod kube;
 pub mod memcached;
+pub mod moto;
 pub mod process;
 pub mod proxy;
 pub mod pusher;

@@ -34,6 +34,8 @@ pub struct Registry {
     log_path: PathBuf,
     config_path: PathBuf,
     storage: PathBuf,
+    /// The htpasswd user of [`RegistryAuth::Basic`].
+    basic: (String, String),
     // Last so the directory outlives the child and the token server.
     dir: tempfile::TempDir,
 }
@@ -52,6 +54,21 @@ impl Registry {
     /// `extra_config_yaml` is appended verbatim to `config.yml` (top-level sections such as
     /// `notifications:`; must not repeat `version`, `log`, `storage`, `http` or `auth`).
     pub fn start_with(auth: RegistryAuth, tls: bool, extra_config_yaml: Option<&str>) -> Registry {
+        Self::start_as(auth, tls, extra_config_yaml, (TEST_USER, CANARY_PASSWORD))
+    }
+
+    /// A plain-HTTP registry with Basic auth whose only user is `user`/`password` (a
+    /// cloud's registry credentials, for example).
+    pub fn start_basic_as(user: &str, password: &str) -> Registry {
+        Self::start_as(RegistryAuth::Basic, false, None, (user, password))
+    }
+
+    fn start_as(
+        auth: RegistryAuth,
+        tls: bool,
+        extra_config_yaml: Option<&str>,
+        (user, password): (&str, &str),
+    ) -> Registry {
         let dir = tempfile::Builder::new()
             .prefix("regcache-registry-")
             .tempdir()
@@ -61,7 +78,8 @@ impl Registry {
         let tls_certs = tls.then(|| certs::generate_tls(dir.path()));
         let token = (auth == RegistryAuth::Token)
             .then(|| TokenServer::start_in(dir.path(), TOKEN_SERVICE, TOKEN_ISSUER));
-        let htpasswd = (auth == RegistryAuth::Basic).then(|| write_htpasswd(dir.path()));
+        let htpasswd =
+            (auth == RegistryAuth::Basic).then(|| write_htpasswd(dir.path(), user, password));
         let log_path = dir.path().join("registry.log");
         let config_path = dir.path().join("config.yml");
 
@@ -125,6 +143,7 @@ impl Registry {
                         log_path,
                         config_path,
                         storage,
+                        basic: (user.to_string(), password.to_string()),
                         dir,
                     };
                 }
@@ -168,11 +187,13 @@ impl Registry {
     pub fn tls_certs(&self) -> Option<&TlsCerts> {
         self.tls.as_ref()
     }
-    /// [`TEST_USER`]/[`CANARY_PASSWORD`] for Basic and Token, `None` for Anonymous.
+    /// [`TEST_USER`]/[`CANARY_PASSWORD`] for Token, the htpasswd user for Basic (those two
+    /// unless [`Self::start_basic_as`] chose another), `None` for Anonymous.
     pub fn credentials(&self) -> Option<(String, String)> {
         match self.auth {
             RegistryAuth::Anonymous => None,
-            _ => Some((TEST_USER.to_string(), CANARY_PASSWORD.to_string())),
+            RegistryAuth::Basic => Some(self.basic.clone()),
+            RegistryAuth::Token => Some((TEST_USER.to_string(), CANARY_PASSWORD.to_string())),
         }
     }
     /// `skopeo inspect [ARGS] docker://HOST/REFERENCE` with this registry's credentials:
@@ -314,11 +335,11 @@ fn spawn(
     }
 }
 
-fn write_htpasswd(dir: &Path) -> PathBuf {
-    let hash = bcrypt::hash_with_result(CANARY_PASSWORD, 4)
+fn write_htpasswd(dir: &Path, user: &str, password: &str) -> PathBuf {
+    let hash = bcrypt::hash_with_result(password, 4)
         .expect("bcrypt")
         .format_for_version(bcrypt::Version::TwoY);
     let path = dir.join("htpasswd");
-    std::fs::write(&path, format!("{TEST_USER}:{hash}\n")).expect("write htpasswd");
+    std::fs::write(&path, format!("{user}:{hash}\n")).expect("write htpasswd");
     path
 }
