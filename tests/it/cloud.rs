@@ -15,7 +15,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use support::cluster::Cluster;
 use support::kube::ready_is;
-use support::moto::Moto;
+use support::moto::{EcrPublic, Moto};
 use support::{ImageSpec, ManifestKind, Registry};
 
 const ACCOUNT_A: &str = "111111111111";
@@ -301,6 +301,86 @@ async fn ecr_sign_in_by_each_namespaces_role_renewed_before_expiry_and_the_contr
             !seen_by_users.contains(secret.as_str()),
             "a credential ({}...) is in the logs, a status or an Event",
             &secret[..8.min(secret.len())]
+        );
+    }
+}
+
+/// `regcache standalone --once` over one watch file, with `env`: its exit status and JSON
+/// summary.
+fn standalone_once(
+    dir: &std::path::Path,
+    watch: &Value,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (bool, Value, String) {
+    let file = dir.join("watch.json");
+    std::fs::write(&file, watch.to_string()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_regcache"))
+        .args(["standalone", "--watches"])
+        .arg(&file)
+        .args(["--once", "-o", "json"])
+        .args(args)
+        .envs(env.iter().copied())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .expect("run regcache standalone");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let summary = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("summary is not JSON ({e}):\n{stderr}"));
+    (out.status.success(), summary, stderr)
+}
+
+/// ECR Public (moto has none: a stand-in answers `GetAuthorizationToken`), as regcache's
+/// own identity in standalone mode: the SDK signs the call in us-east-1 with the
+/// environment's key, the token opens the registry, and a refusal is reported with the
+/// cloud's message.
+#[tokio::test(flavor = "multi_thread")]
+async fn ecr_public_sign_in_as_regcaches_own_identity() {
+    let password = "ecr-public-password-canary";
+    let registry = Registry::start_basic_as("AWS", password);
+    registry
+        .pusher()
+        .push_image("team/app", "v1", &ImageSpec::new(ManifestKind::Oci))
+        .await;
+    let ecr_public = EcrPublic::start(password);
+    let dir = tempfile::tempdir().unwrap();
+    let image = format!("public.ecr.aws:{}/team/app", registry.port());
+    let w = json!({"apiVersion": "regcache.io/v1alpha1", "kind": "ImageRepositoryWatch",
+                   "metadata": {"name": "public", "namespace": "default"},
+                   "spec": {"image": image, "provider": "aws", "insecure": true}});
+    let url = ecr_public.url();
+    let env = [
+        ("AWS_ENDPOINT_URL_ECR_PUBLIC", url.as_str()),
+        ("AWS_ACCESS_KEY_ID", "AKIAREGCACHEPUBLIC"),
+        ("AWS_SECRET_ACCESS_KEY", "regcache-public-secret-canary"),
+    ];
+    let args = ["--registry-host-address", "public.ecr.aws=127.0.0.1"];
+    let (ok, summary, stderr) = standalone_once(dir.path(), &w, &args, &env);
+    assert!(ok, "{summary:#}\n{stderr}");
+    assert_eq!(summary[0]["tagCount"], 1, "{summary:#}");
+    let calls = ecr_public.authorizations();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert!(
+        calls[0].starts_with("AWS4-HMAC-SHA256 Credential=AKIAREGCACHEPUBLIC/")
+            && calls[0].contains("/us-east-1/ecr-public/aws4_request"),
+        "{}",
+        calls[0]
+    );
+
+    ecr_public.deny();
+    let (ok, summary, stderr) = standalone_once(dir.path(), &w, &args, &env);
+    assert!(!ok, "{summary:#}");
+    let error = summary[0]["lastError"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("ECR Public GetAuthorizationToken")
+            && error.contains("not allowed to pull here")
+            && error.contains("public.ecr.aws"),
+        "{summary:#}"
+    );
+    for secret in [password, "regcache-public-secret-canary"] {
+        assert!(
+            !stderr.contains(secret) && !summary.to_string().contains(secret),
+            "a secret is in the output"
         );
     }
 }

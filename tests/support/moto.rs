@@ -148,3 +148,105 @@ impl Drop for Moto {
         self.child.stop();
     }
 }
+
+/// ECR Public's `GetAuthorizationToken`, which moto lacks: answers the AWS JSON protocol
+/// with `base64(AWS:PASSWORD)` valid for an hour, or with `AccessDeniedException` once
+/// [`EcrPublic::deny`] is set, and keeps each call's `Authorization` header.
+pub struct EcrPublic {
+    pub port: u16,
+    state: std::sync::Arc<EcrPublicState>,
+    _server: super::server::BackgroundServer,
+}
+
+#[derive(Default)]
+struct EcrPublicState {
+    password: String,
+    deny: std::sync::atomic::AtomicBool,
+    authorizations: std::sync::Mutex<Vec<String>>,
+}
+
+impl EcrPublic {
+    pub fn start(password: &str) -> EcrPublic {
+        use http_body_util::Full;
+        let state = std::sync::Arc::new(EcrPublicState {
+            password: password.to_string(),
+            ..Default::default()
+        });
+        let (listener, port) = super::server::bind_loopback("ecr-public");
+        let st = state.clone();
+        let server = super::server::BackgroundServer::builder("ecr-public").start(
+            listener,
+            move |req: hyper::Request<hyper::body::Incoming>| {
+                let st = st.clone();
+                async move {
+                    let target = req
+                        .headers()
+                        .get("x-amz-target")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    let authorization = req
+                        .headers()
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    let (status, body) = if !target.ends_with(".GetAuthorizationToken") {
+                        (400, json_error("UnknownOperationException", &target))
+                    } else if st.deny.load(std::sync::atomic::Ordering::SeqCst) {
+                        st.authorizations.lock().unwrap().push(authorization);
+                        (
+                            400,
+                            json_error("AccessDeniedException", "not allowed to pull here"),
+                        )
+                    } else {
+                        st.authorizations.lock().unwrap().push(authorization);
+                        use base64::Engine as _;
+                        let token = base64::engine::general_purpose::STANDARD
+                            .encode(format!("AWS:{}", st.password));
+                        let expires = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap()
+                            .as_secs()
+                            + 3600;
+                        let body = serde_json::json!({"authorizationData": {
+                            "authorizationToken": token, "expiresAt": expires}});
+                        (200, body.to_string())
+                    };
+                    Ok::<_, std::convert::Infallible>(
+                        hyper::Response::builder()
+                            .status(status)
+                            .header("content-type", "application/x-amz-json-1.1")
+                            .body(Full::new(bytes::Bytes::from(body)))
+                            .unwrap(),
+                    )
+                }
+            },
+        );
+        EcrPublic {
+            port,
+            state,
+            _server: server,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// From now on, refuse every call.
+    pub fn deny(&self) {
+        self.state
+            .deny
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The `Authorization` header of every `GetAuthorizationToken` call so far.
+    pub fn authorizations(&self) -> Vec<String> {
+        self.state.authorizations.lock().unwrap().clone()
+    }
+}
+
+fn json_error(kind: &str, message: &str) -> String {
+    serde_json::json!({"__type": kind, "message": message}).to_string()
+}
