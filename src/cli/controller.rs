@@ -43,14 +43,14 @@ async fn client() -> Result<Client, ControllerCommandError> {
 pub async fn controller(args: &ControllerArgs) -> Result<(), ControllerCommandError> {
     let client = client().await?;
     let mut defaults = Defaults::from_flags(&args.default_platforms, args.default_interval)?;
+    let mut runtime = Runtime::start(&args.runtime_options()).await?;
     // ServiceAccounts' cloud identities sign in through the TokenRequest API.
-    defaults.sign_in = Some(Arc::new(crate::cloud::SignIn::new(
-        Some(client.clone()),
-        args.cloud.options(),
-    )));
+    defaults.sign_in = Some(Arc::new(
+        crate::cloud::SignIn::new(Some(client.clone()), args.cloud.options())
+            .with_metrics(runtime.metrics.cloud.clone()),
+    ));
     defaults.cloud_controller_identity = args.cloud.cloud_controller_identity;
     defaults.cloud_service_account_identity = args.cloud.cloud_service_account_identity;
-    let mut runtime = Runtime::start(&args.runtime_options()).await?;
     let identity = args.pod_name.clone().unwrap_or_else(|| {
         std::env::var("HOSTNAME")
             .ok()

@@ -35,14 +35,14 @@ pub async fn standalone(args: &StandaloneArgs) -> Result<ExitCode, StandaloneCom
         return Err(StandaloneError::NoWatches(list.join(", ")).into());
     }
     let mut defaults = Defaults::from_flags(&args.default_platforms, args.default_interval)?;
+    let mut runtime = Runtime::start(&args.runtime_options()).await?;
     // No Kubernetes API: only regcache's own cloud identity can sign in.
-    defaults.sign_in = Some(std::sync::Arc::new(crate::cloud::SignIn::new(
-        None,
-        args.cloud.options(),
-    )));
+    defaults.sign_in = Some(std::sync::Arc::new(
+        crate::cloud::SignIn::new(None, args.cloud.options())
+            .with_metrics(runtime.metrics.cloud.clone()),
+    ));
     defaults.cloud_controller_identity = args.cloud.cloud_controller_identity;
     defaults.cloud_service_account_identity = args.cloud.cloud_service_account_identity;
-    let mut runtime = Runtime::start(&args.runtime_options()).await?;
     let planned = manifests.targets(&defaults);
     tracing::info!(
         watches = planned.len(),

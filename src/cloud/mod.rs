@@ -8,6 +8,9 @@
 //! refreshed token keeps the cache's data. Tokens are [`Secret`]s and never formatted.
 
 pub mod aws;
+mod metrics;
+
+pub use metrics::CloudMetrics;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -160,6 +163,7 @@ pub struct SignIn {
     /// One sign-in at a time per login: passes that need it together share it.
     flights: Mutex<HashMap<CloudLogin, Arc<tokio::sync::Mutex<()>>>>,
     aws: aws::Aws,
+    metrics: CloudMetrics,
 }
 
 impl std::fmt::Debug for SignIn {
@@ -181,7 +185,14 @@ impl SignIn {
             cache: Mutex::new(HashMap::new()),
             flights: Mutex::new(HashMap::new()),
             aws: aws::Aws::default(),
+            metrics: CloudMetrics::default(),
         }
+    }
+
+    /// Records `regcache_cloud_*` into `metrics` (the process's).
+    pub fn with_metrics(mut self, metrics: CloudMetrics) -> SignIn {
+        self.metrics = metrics;
+        self
     }
 
     /// Credentials for `login`: cached ones while they are fresh, else newly issued.
@@ -198,8 +209,15 @@ impl SignIn {
             return Ok(c);
         }
         let issued = match login.provider {
-            Provider::Aws => self.aws.sign_in(self, login).await?,
+            Provider::Aws => self.aws.sign_in(self, login).await,
         };
+        let identity = match login.identity {
+            Identity::Controller => "controller",
+            Identity::ServiceAccount { .. } => "service_account",
+        };
+        self.metrics
+            .sign_in(login.provider.name(), identity, issued.is_ok());
+        let issued = issued?;
         let lifetime = issued
             .expires
             .duration_since(SystemTime::now())

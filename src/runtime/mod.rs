@@ -35,6 +35,7 @@ pub struct Metrics {
     pub warmer: WarmerMetrics,
     pub reconcile: ReconcileMetrics,
     pub api: ApiMetrics,
+    pub cloud: crate::cloud::CloudMetrics,
     exposition: Arc<MetricsRegistry>,
 }
 
@@ -54,6 +55,7 @@ impl Metrics {
             warmer: WarmerMetrics::register(root),
             reconcile: ReconcileMetrics::register(root),
             api: ApiMetrics::register(root),
+            cloud: crate::cloud::CloudMetrics::register(root),
             exposition: Arc::new(exposition),
         }
     }

@@ -263,7 +263,7 @@ async fn ecr_sign_in_by_each_namespaces_role_renewed_before_expiry_and_the_contr
     // Allowed to lend its own identity, the controller signs team-c in as itself.
     controller.kill();
     let second_args = args(true);
-    let _controller = cluster.controller_with_env(
+    let second = cluster.controller_with_env(
         &strs(&second_args),
         &env,
         dir.path().join("controller-2.log"),
@@ -287,7 +287,24 @@ async fn ecr_sign_in_by_each_namespaces_role_renewed_before_expiry_and_the_contr
             .iter()
             .filter_map(|c| c["WebIdentityToken"].as_str().map(str::to_string)),
     );
-    let logs = std::fs::read_to_string(dir.path().join("controller.log")).unwrap()
+    // Each sign-in is counted by identity and result; reuses are not.
+    let metrics = second.address("metrics").await;
+    let ok = support::scrape_metric(
+        &metrics,
+        r#"regcache_cloud_sign_ins_total{provider="aws",identity="controller",result="ok"}"#,
+    )
+    .await;
+    assert_eq!(ok, 1.0, "team-c signed in once as the controller");
+    let scrape = support::http_client(None)
+        .get(format!("http://{metrics}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let logs = scrape
+        + &std::fs::read_to_string(dir.path().join("controller.log")).unwrap()
         + &std::fs::read_to_string(dir.path().join("controller-2.log")).unwrap();
     let mut seen_by_users = logs;
     for ns in ["team-a", "team-b", "team-c"] {
@@ -299,7 +316,7 @@ async fn ecr_sign_in_by_each_namespaces_role_renewed_before_expiry_and_the_contr
     for secret in &secrets {
         assert!(
             !seen_by_users.contains(secret.as_str()),
-            "a credential ({}...) is in the logs, a status or an Event",
+            "a credential ({}...) is in the logs, metrics, a status or an Event",
             &secret[..8.min(secret.len())]
         );
     }

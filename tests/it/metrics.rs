@@ -276,6 +276,8 @@ async fn controller_scrape_after_a_warm_pass_has_every_documented_metric() {
         &[
             "regcache_cache_errors_total",
             "regcache_reconcile_errors_total",
+            // Counted by tests/it/cloud.rs, whose watches sign in to ECR.
+            "regcache_cloud_sign_ins_total",
         ],
     );
 
@@ -556,6 +558,7 @@ async fn standalone_serves_metrics_and_probes_while_it_keeps_warming() {
         &[
             "regcache_api_registry_requests_total",
             "regcache_cache_errors_total",
+            "regcache_cloud_sign_ins_total",
             "regcache_reconcile_errors_total",
             "regcache_reconcile_total",
             "regcache_reconcile_duration_seconds",
