@@ -80,8 +80,8 @@ pub struct ImageRepositoryWatchSpec {
     pub pull_secrets: Vec<SecretReference>,
 
     /// A ServiceAccount in this namespace whose `imagePullSecrets` are used too. With a
-    /// cloud `provider`, its cloud identity annotation (`eks.amazonaws.com/role-arn`) is the
-    /// identity regcache signs in as.
+    /// cloud `provider`, its cloud identity annotation (`eks.amazonaws.com/role-arn`,
+    /// `iam.gke.io/gcp-service-account`) is the identity regcache signs in as.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
 
@@ -147,8 +147,11 @@ pub struct TagsSpec {
 
 /// How regcache signs in to the registry: `generic` (the default) with pull secrets;
 /// `aws` to ECR (`ACCOUNT.dkr.ecr.REGION.amazonaws.com`, `public.ecr.aws`) with an AWS
-/// identity: the role in `serviceAccountName`'s `eks.amazonaws.com/role-arn` annotation,
-/// else the controller's own when the controller allows it. Pull secrets are not used then.
+/// identity; `gcp` to Artifact Registry (`LOCATION-docker.pkg.dev`) and GCR (`gcr.io`,
+/// `REGION.gcr.io`) with a Google identity. The identity is the one `serviceAccountName`'s
+/// ServiceAccount is annotated with (`eks.amazonaws.com/role-arn`,
+/// `iam.gke.io/gcp-service-account`), else the controller's own when the controller allows
+/// it. Pull secrets are not used then.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Provider {
@@ -157,6 +160,8 @@ pub enum Provider {
     Generic,
     /// ECR by an AWS identity.
     Aws,
+    /// Artifact Registry and GCR by a Google identity.
+    Gcp,
 }
 
 /// A Secret in the watch's namespace.

@@ -384,6 +384,31 @@ pub struct CloudArgs {
     /// accepts 15m to 12h); the ECR token ends with it.
     #[arg(long, env = "REGCACHE_AWS_SESSION_DURATION", default_value = "1h", value_parser = parse_duration)]
     pub aws_session_duration: Duration,
+    /// The workload identity pool provider a ServiceAccount's Kubernetes token is exchanged
+    /// at, for watches signing in as the Google service account of their ServiceAccount's
+    /// `iam.gke.io/gcp-service-account` annotation
+    /// (`//iam.googleapis.com/projects/N/locations/global/workloadIdentityPools/POOL/providers/P`,
+    /// or GKE's `identitynamespace:PROJECT.svc.id.goog:...`).
+    #[arg(long, env = "REGCACHE_GCP_WORKLOAD_IDENTITY_PROVIDER")]
+    pub gcp_workload_identity_provider: Option<String>,
+    /// The audience of the Kubernetes tokens exchanged at that provider (default: the
+    /// provider as an `https://` URL; GKE's pool: `PROJECT.svc.id.goog`).
+    #[arg(long, env = "REGCACHE_GCP_TOKEN_AUDIENCE")]
+    pub gcp_token_audience: Option<String>,
+    /// Google's STS token endpoint.
+    #[arg(
+        long,
+        env = "REGCACHE_GCP_STS_URL",
+        default_value = "https://sts.googleapis.com/v1/token"
+    )]
+    pub gcp_sts_url: String,
+    /// Google's IAM Credentials endpoint (impersonation of the Google service account).
+    #[arg(
+        long,
+        env = "REGCACHE_GCP_IAM_CREDENTIALS_URL",
+        default_value = "https://iamcredentials.googleapis.com"
+    )]
+    pub gcp_iam_credentials_url: String,
 }
 
 impl CloudArgs {
@@ -391,6 +416,12 @@ impl CloudArgs {
         crate::cloud::CloudOptions {
             max_reuse: self.cloud_credential_max_reuse,
             aws_session_duration: self.aws_session_duration,
+            gcp: crate::cloud::gcp::GcpOptions {
+                workload_identity_provider: self.gcp_workload_identity_provider.clone(),
+                token_audience: self.gcp_token_audience.clone(),
+                sts_url: self.gcp_sts_url.clone(),
+                iam_credentials_url: self.gcp_iam_credentials_url.clone(),
+            },
             ..Default::default()
         }
     }

@@ -16,6 +16,9 @@ use base64::Engine as _;
 use super::{CloudError, CloudLogin, Identity, Issued, SignIn};
 use crate::credentials::Credential;
 
+/// The audience of the Kubernetes tokens STS takes (as IRSA asks for them).
+const STS_AUDIENCE: &str = "sts.amazonaws.com";
+
 /// ECR Public's registry host; its API lives in us-east-1 only.
 pub const ECR_PUBLIC: &str = "public.ecr.aws";
 const ECR_PUBLIC_REGION: &str = "us-east-1";
@@ -127,7 +130,7 @@ impl Aws {
                 role,
             } => {
                 let token = sign_in
-                    .service_account_token(login, namespace, name)
+                    .service_account_token(login, namespace, name, STS_AUDIENCE)
                     .await?;
                 let sts = aws_sdk_sts::Client::new(&loader(&region).no_credentials().load().await);
                 let answer = sts

@@ -1,4 +1,5 @@
-//! Cloud registry sign-in. A watch whose `provider` names a cloud signs in to that cloud's
+//! Cloud registry sign-in (ECR, Artifact Registry and GCR). A watch whose `provider` names a
+//! cloud signs in to that cloud's
 //! registry with a workload identity instead of a pull secret: [`CloudLogin`] says which
 //! registry and which identity (the controller's own, or the watch's ServiceAccount's), and
 //! [`SignIn`] turns it into registry credentials through the cloud's SDK, cached per login
@@ -8,6 +9,7 @@
 //! refreshed token keeps the cache's data. Tokens are [`Secret`]s and never formatted.
 
 pub mod aws;
+pub mod gcp;
 mod metrics;
 
 pub use metrics::CloudMetrics;
@@ -27,6 +29,8 @@ use crate::credentials::{Credential, Secret};
 pub enum Provider {
     /// ECR private and ECR Public, by `GetAuthorizationToken`.
     Aws,
+    /// Artifact Registry and Container Registry, by an access token.
+    Gcp,
 }
 
 impl Provider {
@@ -34,6 +38,7 @@ impl Provider {
     pub fn name(self) -> &'static str {
         match self {
             Provider::Aws => "aws",
+            Provider::Gcp => "gcp",
         }
     }
 
@@ -41,13 +46,7 @@ impl Provider {
     pub fn identity_annotation(self) -> &'static str {
         match self {
             Provider::Aws => "eks.amazonaws.com/role-arn",
-        }
-    }
-
-    /// The audience of the Kubernetes token the cloud's token exchange accepts.
-    pub fn token_audience(self) -> &'static str {
-        match self {
-            Provider::Aws => "sts.amazonaws.com",
+            Provider::Gcp => "iam.gke.io/gcp-service-account",
         }
     }
 
@@ -55,6 +54,7 @@ impl Provider {
     pub fn check_host(self, host: &str) -> Result<(), String> {
         match self {
             Provider::Aws => aws::Registry::parse(host).map(|_| ()),
+            Provider::Gcp => gcp::Registry::parse(host).map(|_| ()),
         }
     }
 }
@@ -70,7 +70,7 @@ pub enum Identity {
     ServiceAccount {
         namespace: String,
         name: String,
-        /// The annotation's value: a role ARN.
+        /// The annotation's value: a role ARN, or a Google service account's email.
         role: String,
     },
 }
@@ -138,6 +138,8 @@ pub struct CloudOptions {
     /// The AWS session asked of STS for a ServiceAccount's role (AWS takes 15 minutes to
     /// 12 hours); its ECR token ends with it.
     pub aws_session_duration: Duration,
+    /// Where Google ServiceAccount identities are exchanged.
+    pub gcp: gcp::GcpOptions,
 }
 
 impl Default for CloudOptions {
@@ -146,6 +148,7 @@ impl Default for CloudOptions {
             max_reuse: Duration::from_secs(3600),
             service_account_token_lifetime: Duration::from_secs(3600),
             aws_session_duration: Duration::from_secs(3600),
+            gcp: gcp::GcpOptions::default(),
         }
     }
 }
@@ -163,6 +166,7 @@ pub struct SignIn {
     /// One sign-in at a time per login: passes that need it together share it.
     flights: Mutex<HashMap<CloudLogin, Arc<tokio::sync::Mutex<()>>>>,
     aws: aws::Aws,
+    gcp: gcp::Gcp,
     metrics: CloudMetrics,
 }
 
@@ -185,6 +189,7 @@ impl SignIn {
             cache: Mutex::new(HashMap::new()),
             flights: Mutex::new(HashMap::new()),
             aws: aws::Aws::default(),
+            gcp: gcp::Gcp::default(),
             metrics: CloudMetrics::default(),
         }
     }
@@ -210,6 +215,7 @@ impl SignIn {
         }
         let issued = match login.provider {
             Provider::Aws => self.aws.sign_in(self, login).await,
+            Provider::Gcp => self.gcp.sign_in(self, login).await,
         };
         let identity = match login.identity {
             Identity::Controller => "controller",
@@ -243,8 +249,11 @@ impl SignIn {
 
     /// Drops the credentials of `login` (the registry refused them): the next pass signs
     /// in again.
-    pub fn forget(&self, login: &CloudLogin) {
+    pub async fn forget(&self, login: &CloudLogin) {
         lock(&self.cache).remove(login);
+        if login.provider == Provider::Gcp {
+            self.gcp.forget(login).await;
+        }
     }
 
     fn fresh(&self, login: &CloudLogin) -> Option<Credential> {
@@ -261,6 +270,7 @@ impl SignIn {
         login: &CloudLogin,
         namespace: &str,
         name: &str,
+        audience: &str,
     ) -> Result<Secret, CloudError> {
         let Some(client) = &self.kube else {
             return Err(CloudError::new(
@@ -268,40 +278,52 @@ impl SignIn {
                 "a ServiceAccount's identity needs the Kubernetes API (not available in standalone mode)",
             ));
         };
-        let accounts: kube::Api<ServiceAccount> = kube::Api::namespaced(client.clone(), namespace);
-        let request = TokenRequest {
-            spec: TokenRequestSpec {
-                audiences: vec![login.provider.token_audience().to_string()],
-                expiration_seconds: Some(
-                    self.options.service_account_token_lifetime.as_secs() as i64
-                ),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let answer = accounts
-            .create_token_request(name, &PostParams::default(), &request)
-            .await
-            .map_err(|e| {
-                CloudError::new(
-                    login,
-                    format!(
-                        "TokenRequest for ServiceAccount {namespace}/{name}: {}",
-                        kube_message(&e)
-                    ),
-                )
-            })?;
-        answer
-            .status
-            .map(|s| Secret::new(s.token))
-            .filter(|t| !t.expose().is_empty())
-            .ok_or_else(|| {
-                CloudError::new(
-                    login,
-                    format!("TokenRequest for ServiceAccount {namespace}/{name} returned no token"),
-                )
-            })
+        request_token(
+            client,
+            namespace,
+            name,
+            audience,
+            self.options.service_account_token_lifetime,
+        )
+        .await
+        .map_err(|e| CloudError::new(login, e))
     }
+}
+
+/// A token of the ServiceAccount `namespace/name` for `audience` (TokenRequest API), or
+/// the API server's reason for refusing it.
+async fn request_token(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    audience: &str,
+    lifetime: Duration,
+) -> Result<Secret, String> {
+    let accounts: kube::Api<ServiceAccount> = kube::Api::namespaced(client.clone(), namespace);
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![audience.to_string()],
+            expiration_seconds: Some(lifetime.as_secs() as i64),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let answer = accounts
+        .create_token_request(name, &PostParams::default(), &request)
+        .await
+        .map_err(|e| {
+            format!(
+                "TokenRequest for ServiceAccount {namespace}/{name}: {}",
+                kube_message(&e)
+            )
+        })?;
+    answer
+        .status
+        .map(|s| Secret::new(s.token))
+        .filter(|t| !t.expose().is_empty())
+        .ok_or_else(|| {
+            format!("TokenRequest for ServiceAccount {namespace}/{name} returned no token")
+        })
 }
 
 /// The API server's message for a failed call (its Status message, not the body).

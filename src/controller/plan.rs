@@ -183,14 +183,12 @@ pub(crate) fn plan(
             let scope = Scope::for_credential(repository.host(), &namespace, &credential);
             (credential, None, scope)
         }
-        Provider::Aws => {
-            let cloud = cloud_source(
-                watch,
-                crate::cloud::Provider::Aws,
-                &repository,
-                resolved,
-                defaults,
-            )?;
+        Provider::Aws | Provider::Gcp => {
+            let provider = match watch.spec.provider.unwrap_or_default() {
+                Provider::Gcp => crate::cloud::Provider::Gcp,
+                _ => crate::cloud::Provider::Aws,
+            };
+            let cloud = cloud_source(watch, provider, &repository, resolved, defaults)?;
             let scope = Scope::for_identity(repository.host(), &namespace, &cloud.login.identity());
             (Credential::Anonymous, Some(cloud), scope)
         }

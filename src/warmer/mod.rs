@@ -101,7 +101,7 @@ impl<B: CacheWriter> Shared<B> {
         let outcome = pass::run(&self.registry, &self.store, &self.options.pass, target).await;
         // Cloud credentials the registry refused are not reused: the next pass signs in.
         if let (Some(cloud), Some(FailureKind::Unauthorized)) = (&target.cloud, outcome.failure) {
-            cloud.sign_in.forget(&cloud.login);
+            cloud.sign_in.forget(&cloud.login).await;
         }
         outcome
     }
