@@ -14,6 +14,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde_json::{Value, json};
 use support::cluster::Cluster;
+use support::google::{self, Google};
 use support::kube::ready_is;
 use support::moto::{EcrPublic, Moto};
 use support::{ImageSpec, ManifestKind, Registry};
@@ -337,6 +338,9 @@ fn standalone_once(
         .arg(&file)
         .args(["--once", "-o", "json"])
         .args(args)
+        // Hermetic: no profile or well-known credential file of the machine's user.
+        .env("HOME", dir)
+        .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
         .envs(env.iter().copied())
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .output()
@@ -399,5 +403,217 @@ async fn ecr_public_sign_in_as_regcaches_own_identity() {
             !stderr.contains(secret) && !summary.to_string().contains(secret),
             "a secret is in the output"
         );
+    }
+}
+
+/// An Artifact Registry host reaching `registry`, and a registry that accepts only `token`
+/// as the password of `oauth2accesstoken`.
+async fn google_registry(token: &str) -> (Registry, String) {
+    let registry = Registry::start_basic_as("oauth2accesstoken", token);
+    registry
+        .pusher()
+        .push_image("proj/repo/app", "v1", &ImageSpec::new(ManifestKind::Oci))
+        .await;
+    let host = format!("us-docker.pkg.dev:{}", registry.port());
+    (registry, host)
+}
+
+fn gcp_watch(name: &str, ns: &str, image: &str, account: Option<&str>) -> Value {
+    let mut w = watch(name, ns, image, account);
+    w["spec"]["provider"] = json!("gcp");
+    w
+}
+
+/// regcache's own Google identity (application default credentials), in standalone mode:
+/// first the metadata server, then a workload identity federation file whose token
+/// exchange goes to the stand-in's STS.
+#[tokio::test(flavor = "multi_thread")]
+async fn gcp_sign_in_as_regcaches_own_identity_by_metadata_server_and_federation_file() {
+    let google = Google::start();
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--registry-host-address", "us-docker.pkg.dev=127.0.0.1"];
+
+    let (_metadata_registry, host) = google_registry(google::METADATA_TOKEN).await;
+    let w = gcp_watch("gar", "default", &format!("{host}/proj/repo/app"), None);
+    let metadata_host = google.host();
+    let env = [("GCE_METADATA_HOST", metadata_host.as_str())];
+    let (ok, summary, stderr) = standalone_once(dir.path(), &w, &args, &env);
+    assert!(ok, "{summary:#}\n{stderr}\n{:#?}", google.seen());
+    assert_eq!(summary[0]["tagCount"], 1, "{summary:#}");
+    assert!(
+        !google
+            .seen_at("/computeMetadata/v1/instance/service-accounts/default/token")
+            .is_empty()
+    );
+
+    // A federation credential file (as `gcloud iam workload-identity-pools
+    // create-cred-config` writes one): the subject token from a file, exchanged at STS.
+    let (_federated_registry, host) = google_registry(google::FEDERATED_TOKEN).await;
+    let subject = dir.path().join("subject-token");
+    std::fs::write(&subject, "oidc-subject-token-canary").unwrap();
+    let config = dir.path().join("federation.json");
+    std::fs::write(
+        &config,
+        json!({
+            "type": "external_account",
+            "audience": "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/pool/providers/oidc",
+            "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+            "token_url": format!("{}/v1/token", google.url()),
+            "credential_source": {"file": subject},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let w = gcp_watch("gar", "default", &format!("{host}/proj/repo/app"), None);
+    let config = config.to_str().unwrap().to_string();
+    let env = [
+        ("GOOGLE_APPLICATION_CREDENTIALS", config.as_str()),
+        ("GCE_METADATA_HOST", "127.0.0.1:9"),
+    ];
+    let (ok, summary, stderr) = standalone_once(dir.path(), &w, &args, &env);
+    assert!(ok, "{summary:#}\n{stderr}\n{:#?}", google.seen());
+    assert_eq!(summary[0]["tagCount"], 1, "{summary:#}");
+    let exchanges = google.seen_at("/v1/token");
+    assert_eq!(exchanges.len(), 1, "{exchanges:#?}");
+    assert_eq!(
+        exchanges[0].form("subject_token").as_deref(),
+        Some("oidc-subject-token-canary")
+    );
+    assert_eq!(
+        exchanges[0].form("audience").as_deref(),
+        Some(
+            "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/pool/providers/oidc"
+        )
+    );
+    for secret in [
+        google::METADATA_TOKEN,
+        google::FEDERATED_TOKEN,
+        "oidc-subject-token-canary",
+    ] {
+        assert!(
+            !stderr.contains(secret) && !summary.to_string().contains(secret),
+            "a secret is in the output"
+        );
+    }
+}
+
+/// Each ServiceAccount's Google service account on the real API server: its token is
+/// exchanged at STS for the pool's federated token, which impersonates the account named
+/// in `iam.gke.io/gcp-service-account`; a refused impersonation is `CredentialsUnavailable`
+/// with Google's message.
+#[tokio::test(flavor = "multi_thread")]
+async fn gcp_sign_in_as_each_service_accounts_google_account() {
+    const READER: &str = "reader@proj.iam.gserviceaccount.com";
+    const DENIED: &str = "denied@proj.iam.gserviceaccount.com";
+    const PROVIDER: &str =
+        "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/pool/providers/k8s";
+    let google = Google::start();
+    let (_registry, host) = google_registry(&google::impersonated_token(READER)).await;
+    let memcached = support::Memcached::start();
+    let cluster = Cluster::install(&["team-g"], &["cloud.serviceAccountIdentities=true"]).await;
+    for (name, email) in [("reader", READER), ("denied", DENIED)] {
+        cluster
+            .create(
+                "/api/v1/namespaces/team-g/serviceaccounts",
+                json!({"metadata": {"name": name, "namespace": "team-g",
+                       "annotations": {"iam.gke.io/gcp-service-account": email}}}),
+            )
+            .await;
+    }
+    let image = format!("{host}/proj/repo/app");
+    for (name, account) in [("app", "reader"), ("refused", "denied")] {
+        cluster
+            .create(
+                &watches("team-g"),
+                gcp_watch(name, "team-g", &image, Some(account)),
+            )
+            .await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sts = format!("{}/v1/token", google.url());
+    let args = vec![
+        "--memcached".to_string(),
+        memcached.addr(),
+        "--registry-host-address".to_string(),
+        "us-docker.pkg.dev=127.0.0.1".to_string(),
+        format!("--gcp-workload-identity-provider={PROVIDER}"),
+        format!("--gcp-sts-url={sts}"),
+        format!("--gcp-iam-credentials-url={}", google.url()),
+    ];
+    let env = [("GCE_METADATA_HOST", "127.0.0.1:9")];
+    let controller =
+        cluster.controller_with_env(&strs(&args), &env, dir.path().join("controller.log"));
+    let ready = cluster
+        .wait_for(
+            &format!("{}/app", watches("team-g")),
+            WAIT,
+            ready_is("True", "Succeeded"),
+        )
+        .await;
+    assert_eq!(ready["status"]["tagCount"], 1, "{ready:#}");
+    let refused = cluster
+        .wait_for(
+            &format!("{}/refused", watches("team-g")),
+            WAIT,
+            ready_is("False", "CredentialsUnavailable"),
+        )
+        .await;
+    let message = refused["status"]["conditions"][0]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.contains("PERMISSION_DENIED") || message.contains("denied on denied@"),
+        "{refused:#}"
+    );
+
+    // The exchanged tokens were the ServiceAccounts' own, for the pool's https audience.
+    let exchanges = google.seen_at("/v1/token");
+    let mut subjects: Vec<String> = exchanges
+        .iter()
+        .map(|e| {
+            let c = claims(&e.form("subject_token").unwrap());
+            assert_eq!(
+                c["aud"],
+                json!([PROVIDER.replacen("//", "https://", 1)]),
+                "{c:#}"
+            );
+            assert_eq!(e.form("audience").as_deref(), Some(PROVIDER));
+            c["sub"].as_str().unwrap().to_string()
+        })
+        .collect();
+    subjects.sort();
+    subjects.dedup();
+    assert_eq!(
+        subjects,
+        [
+            "system:serviceaccount:team-g:denied",
+            "system:serviceaccount:team-g:reader"
+        ]
+    );
+    let impersonations: Vec<String> = google
+        .seen_at("/v1/projects/-/serviceAccounts/")
+        .iter()
+        .map(|s| s.path.clone())
+        .collect();
+    assert!(
+        impersonations
+            .iter()
+            .any(|p| p.contains(&format!("{READER}:generateAccessToken"))),
+        "{impersonations:?}"
+    );
+    let metrics = controller.address("metrics").await;
+    let errors = support::scrape_metric(
+        &metrics,
+        r#"regcache_cloud_sign_ins_total{provider="gcp",identity="service_account",result="error"}"#,
+    )
+    .await;
+    assert!(errors >= 1.0, "the refused sign-in is counted");
+    let logs = controller.logs();
+    for secret in [
+        google::FEDERATED_TOKEN.to_string(),
+        google::impersonated_token(READER),
+    ] {
+        assert!(!logs.contains(&secret), "a token is in the log");
+        assert!(!message.contains(&secret), "a token is in the status");
     }
 }

@@ -30,6 +30,7 @@ pub mod certs;
 pub mod cluster;
 pub mod dns;
 pub mod foreign;
+pub mod google;
 pub mod kube;
 pub mod memcached;
 pub mod moto;
