@@ -711,3 +711,11 @@ def test_cloud_service_account_identities_grant_token_requests():
     # Watching one namespace: the grant is a Role there, as for the watches.
     objects = render({"cloud": {"serviceAccountIdentities": True}, **WATCH_NAMESPACE})
     assert token in granted(objects)[("Role", "team-a")]
+
+
+def test_gcp_workload_identity_provider_reaches_the_flags():
+    assert not [a for a in args_of(render(DEFAULT)) if a.startswith("--gcp-")]
+    provider = "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/k"
+    args = args_of(render({"cloud": {"gcp": {"workloadIdentityProvider": provider, "tokenAudience": "p.svc.id.goog"}}}))
+    assert f"--gcp-workload-identity-provider={provider}" in args
+    assert "--gcp-token-audience=p.svc.id.goog" in args
