@@ -170,24 +170,22 @@ impl Aws {
                 )
             }
         };
+        let refused = |api: &str, e: String| {
+            CloudError::new(login, format!("{api} GetAuthorizationToken: {e}"))
+        };
+        // The two APIs answer the same fields in different shapes.
         let (token, token_expires) = match registry {
             Registry::Private { .. } => {
                 let answer = aws_sdk_ecr::Client::new(&config)
                     .get_authorization_token()
                     .send()
                     .await
-                    .map_err(|e| {
-                        CloudError::new(
-                            login,
-                            format!("ECR GetAuthorizationToken: {}", DisplayErrorContext(&e)),
-                        )
-                    })?;
+                    .map_err(|e| refused("ECR", DisplayErrorContext(&e).to_string()))?;
                 let data = answer.authorization_data().first();
                 (
                     data.and_then(|d| d.authorization_token())
                         .map(str::to_string),
-                    data.and_then(|d| d.expires_at())
-                        .and_then(|t| SystemTime::try_from(*t).ok()),
+                    data.and_then(|d| d.expires_at()).copied(),
                 )
             }
             Registry::Public => {
@@ -195,24 +193,16 @@ impl Aws {
                     .get_authorization_token()
                     .send()
                     .await
-                    .map_err(|e| {
-                        CloudError::new(
-                            login,
-                            format!(
-                                "ECR Public GetAuthorizationToken: {}",
-                                DisplayErrorContext(&e)
-                            ),
-                        )
-                    })?;
+                    .map_err(|e| refused("ECR Public", DisplayErrorContext(&e).to_string()))?;
                 let data = answer.authorization_data();
                 (
                     data.and_then(|d| d.authorization_token())
                         .map(str::to_string),
-                    data.and_then(|d| d.expires_at())
-                        .and_then(|t| SystemTime::try_from(*t).ok()),
+                    data.and_then(|d| d.expires_at()).copied(),
                 )
             }
         };
+        let token_expires = token_expires.and_then(|t| SystemTime::try_from(t).ok());
         let token = token.ok_or_else(|| {
             CloudError::new(
                 login,
