@@ -135,11 +135,13 @@ pub(crate) fn resolve_with(
         }),
         ..Resolved::default()
     };
-    for name in secret_names(watch, account.as_ref()) {
-        if cloud {
-            // The cloud signs in; pull secrets are not read (nor required to exist).
-            break;
-        }
+    // With a cloud provider the cloud signs in: pull secrets are not read (nor required).
+    let pull_secrets = if cloud {
+        Vec::new()
+    } else {
+        secret_names(watch, account.as_ref())
+    };
+    for name in pull_secrets {
         let Some(s) = secret(&name) else {
             return Err(Problem::new(
                 reasons::SECRET_NOT_FOUND,
