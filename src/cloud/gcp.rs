@@ -245,7 +245,11 @@ async fn impersonate(
             format!("generateAccessToken for {google_account}: {detail}"),
         )
     };
-    let answer = reqwest::Client::new()
+    // One client for the process: connections to IAM Credentials are reused. Its roots are
+    // the system's, as for Google's library.
+    static HTTP: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    let answer = HTTP
+        .get_or_init(reqwest::Client::new)
         .post(&url)
         .header(http::header::AUTHORIZATION, bearer.expose())
         .json(&serde_json::json!({"scope": [SCOPE], "lifetime": "3600s"}))
