@@ -603,10 +603,7 @@ fn serve(content: RawContent) -> Response {
 /// The upstream registry a request's `Host` stands for, if it is mapped to one.
 fn mapped_upstream<'a, B: CacheReader>(s: &'a Shared<B>, headers: &HeaderMap) -> Option<&'a str> {
     let host = headers.get(header::HOST)?.to_str().ok()?;
-    let host = match host.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => host,
-    };
+    let host = crate::image::host_name(host);
     let first_label = host.split('.').next().unwrap_or(host);
     s.registry
         .upstreams

@@ -36,10 +36,7 @@ pub enum Registry {
 impl Registry {
     /// The registry a host names (a port is allowed and ignored), or why it names none.
     pub fn parse(host: &str) -> Result<Registry, String> {
-        let name = match host.rsplit_once(':') {
-            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-            _ => host,
-        };
+        let name = crate::image::host_name(host);
         if name.eq_ignore_ascii_case(ECR_PUBLIC) {
             return Ok(Registry::Public);
         }
@@ -51,25 +48,14 @@ impl Registry {
         };
         let name = name.to_ascii_lowercase();
         let labels: Vec<&str> = name.split('.').collect();
+        // `amazonaws.com`, or `amazonaws.com.cn` in the China partition.
+        let suffix_ok =
+            |rest: &[&str]| matches!(rest, ["amazonaws", "com"] | ["amazonaws", "com", "cn"]);
         let (account, region) = match labels.as_slice() {
-            [
-                account,
-                "dkr",
-                "ecr" | "ecr-fips",
-                region,
-                "amazonaws",
-                "com",
-            ]
-            | [
-                account,
-                "dkr",
-                "ecr" | "ecr-fips",
-                region,
-                "amazonaws",
-                "com",
-                "cn",
-            ]
-            | [account, "dkr-ecr" | "dkr-ecr-fips", region, "on", "aws"] => (*account, *region),
+            [account, "dkr", "ecr" | "ecr-fips", region, rest @ ..] if suffix_ok(rest) => {
+                (*account, *region)
+            }
+            [account, "dkr-ecr" | "dkr-ecr-fips", region, "on", "aws"] => (*account, *region),
             _ => return Err(not_ecr()),
         };
         let account_ok = account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit());

@@ -46,11 +46,7 @@ pub enum Registry {
 impl Registry {
     /// The registry a host names (a port is allowed and ignored), or why it names none.
     pub fn parse(host: &str) -> Result<Registry, String> {
-        let name = match host.rsplit_once(':') {
-            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-            _ => host,
-        }
-        .to_ascii_lowercase();
+        let name = crate::image::host_name(host).to_ascii_lowercase();
         let label = |s: &str| {
             !s.is_empty()
                 && s.bytes()

@@ -12,7 +12,9 @@ mod reference;
 pub(crate) use metadata::parse_time;
 pub use metadata::{BLOB_MEDIA_TYPE, ImageMetadata, PlatformImage, RawContent};
 pub use platform::Platform;
-pub use reference::{Digest, DigestAlgorithm, ImageRef, Reference, Repository, validate_tag};
+pub use reference::{
+    Digest, DigestAlgorithm, ImageRef, Reference, Repository, host_name, validate_tag,
+};
 
 /// Canonical host name of Docker Hub, as it appears in canonical repository names.
 pub(crate) const DOCKER_HUB: &str = "docker.io";

@@ -7,6 +7,14 @@ use sha2::Digest as _;
 
 use super::*;
 
+/// A registry host without its port: `registry.example.com:5000` → `registry.example.com`.
+pub fn host_name(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
 /// A repository: registry host plus path, in Docker's canonical form.
 ///
 /// Serialises as its canonical string (`"docker.io/library/nginx"`) and deserialises through

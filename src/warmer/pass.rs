@@ -99,34 +99,30 @@ pub async fn run<B: CacheWriter>(
     let repository = &target.repository;
     let head_deadline = now.plus(target.interval);
 
+    // A cloud login signs in first; a failure there makes no registry request.
     let credential = match &target.cloud {
-        None => target.credential.clone(),
-        Some(cloud) => match cloud.sign_in.credential(&cloud.login).await {
-            Ok(c) => c,
-            Err(e) => {
-                outcome.failure = Some(FailureKind::CredentialsUnavailable);
-                return finish_failed(
-                    store,
-                    target,
-                    outcome,
-                    started,
-                    e.to_string(),
-                    None,
-                    head_deadline,
-                )
-                .await;
-            }
-        },
+        None => Ok(target.credential.clone()),
+        Some(cloud) => cloud
+            .sign_in
+            .credential(&cloud.login)
+            .await
+            .map_err(|e| (Some(FailureKind::CredentialsUnavailable), e.to_string())),
     };
-    let rc = match registry.repository(repository, credential, &target.endpoint) {
+    let rc = credential.and_then(|c| {
+        registry
+            .repository(repository, c, &target.endpoint)
+            .map_err(|e| (None, e.to_string()))
+    });
+    let rc = match rc {
         Ok(rc) => rc,
-        Err(e) => {
+        Err((failure, message)) => {
+            outcome.failure = failure;
             return finish_failed(
                 store,
                 target,
                 outcome,
                 started,
-                e.to_string(),
+                message,
                 None,
                 head_deadline,
             )
