@@ -148,10 +148,11 @@ pub struct TagsSpec {
 /// How regcache signs in to the registry: `generic` (the default) with pull secrets;
 /// `aws` to ECR (`ACCOUNT.dkr.ecr.REGION.amazonaws.com`, `public.ecr.aws`) with an AWS
 /// identity; `gcp` to Artifact Registry (`LOCATION-docker.pkg.dev`) and GCR (`gcr.io`,
-/// `REGION.gcr.io`) with a Google identity. The identity is the one `serviceAccountName`'s
-/// ServiceAccount is annotated with (`eks.amazonaws.com/role-arn`,
-/// `iam.gke.io/gcp-service-account`), else the controller's own when the controller allows
-/// it. Pull secrets are not used then.
+/// `REGION.gcr.io`) with a Google identity; `azure` to ACR (`NAME.azurecr.io`, `.us`, `.cn`)
+/// with an Entra ID identity. The identity is the one `serviceAccountName`'s ServiceAccount
+/// is annotated with (`eks.amazonaws.com/role-arn`, `iam.gke.io/gcp-service-account`,
+/// `azure.workload.identity/client-id`), else the controller's own when the controller
+/// allows it. Pull secrets are not used then.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Provider {
@@ -162,6 +163,8 @@ pub enum Provider {
     Aws,
     /// Artifact Registry and GCR by a Google identity.
     Gcp,
+    /// ACR by an Entra ID identity.
+    Azure,
 }
 
 /// A Secret in the watch's namespace.

@@ -21,7 +21,7 @@ pub enum ControllerCommandError {
     #[error(transparent)]
     Platform(#[from] PlatformFlagError),
     #[error(transparent)]
-    RegistryApi(#[from] super::flags::RegistryApiFlagError),
+    Flag(#[from] super::flags::FlagError),
     #[error("lost leadership of lease {0}; exiting so a restart campaigns again")]
     LostLeadership(String),
 }
@@ -46,7 +46,7 @@ pub async fn controller(args: &ControllerArgs) -> Result<(), ControllerCommandEr
     let mut runtime = Runtime::start(&args.runtime_options()).await?;
     // ServiceAccounts' cloud identities sign in through the TokenRequest API.
     defaults.sign_in = Some(Arc::new(
-        crate::cloud::SignIn::new(Some(client.clone()), args.cloud.options())
+        crate::cloud::SignIn::new(Some(client.clone()), args.cloud.options()?)
             .with_metrics(runtime.metrics.cloud.clone()),
     ));
     defaults.cloud_controller_identity = args.cloud.cloud_controller_identity;

@@ -136,9 +136,7 @@ pub struct StandaloneArgs {
 }
 
 impl StandaloneArgs {
-    pub fn registry_api_options(
-        &self,
-    ) -> Result<crate::api::RegistryApiOptions, RegistryApiFlagError> {
+    pub fn registry_api_options(&self) -> Result<crate::api::RegistryApiOptions, FlagError> {
         self.registry.options()
     }
 
@@ -240,9 +238,7 @@ pub struct ControllerArgs {
 }
 
 impl ControllerArgs {
-    pub fn registry_api_options(
-        &self,
-    ) -> Result<crate::api::RegistryApiOptions, RegistryApiFlagError> {
+    pub fn registry_api_options(&self) -> Result<crate::api::RegistryApiOptions, FlagError> {
         self.api.registry.options()
     }
 
@@ -353,7 +349,7 @@ pub struct RegistryApiArgs {
     pub api_tls_key_file: Option<PathBuf>,
 }
 
-/// Cloud registry sign-in (watches with `provider: aws`).
+/// Cloud registry sign-in (watches with `provider: aws`, `gcp` or `azure`).
 #[derive(Args, Debug, Clone)]
 pub struct CloudArgs {
     /// Whether a cloud watch whose ServiceAccount carries no cloud identity annotation
@@ -409,11 +405,30 @@ pub struct CloudArgs {
         default_value = "https://iamcredentials.googleapis.com"
     )]
     pub gcp_iam_credentials_url: String,
+    /// The Entra ID tenant of ServiceAccounts annotated `azure.workload.identity/client-id`
+    /// without `azure.workload.identity/tenant-id`.
+    #[arg(long, env = "REGCACHE_AZURE_TENANT_ID")]
+    pub azure_tenant_id: Option<String>,
+    /// PEM CA certificates trusted for Entra ID beside the public roots (a TLS-inspecting
+    /// proxy's, or a private authority host's; `AZURE_AUTHORITY_HOST` moves it).
+    #[arg(long, env = "REGCACHE_AZURE_CA_FILE")]
+    pub azure_ca_file: Option<PathBuf>,
 }
 
 impl CloudArgs {
-    pub fn options(&self) -> crate::cloud::CloudOptions {
-        crate::cloud::CloudOptions {
+    /// The cloud options; reads `--azure-ca-file`.
+    pub fn options(&self) -> Result<crate::cloud::CloudOptions, FlagError> {
+        let ca_pem = match &self.azure_ca_file {
+            None => None,
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| FlagError(format!("--azure-ca-file {}: {e}", path.display())))?;
+                crate::registry::check_ca_bundle(&pem)
+                    .map_err(|e| FlagError(format!("--azure-ca-file {}: {e}", path.display())))?;
+                Some(pem)
+            }
+        };
+        Ok(crate::cloud::CloudOptions {
             max_reuse: self.cloud_credential_max_reuse,
             aws_session_duration: self.aws_session_duration,
             gcp: crate::cloud::gcp::GcpOptions {
@@ -422,19 +437,23 @@ impl CloudArgs {
                 sts_url: self.gcp_sts_url.clone(),
                 iam_credentials_url: self.gcp_iam_credentials_url.clone(),
             },
+            azure: crate::cloud::azure::AzureOptions {
+                tenant_id: self.azure_tenant_id.clone(),
+                ca_pem,
+            },
             ..Default::default()
-        }
+        })
     }
 }
 
-/// A registry API flag that cannot be used.
+/// A flag that cannot be used (a registry API or cloud flag), and why.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct RegistryApiFlagError(String);
+pub struct FlagError(String);
 
 impl RegistryApiArgs {
     /// The registry API's options; reads the token key file.
-    pub fn options(&self) -> Result<crate::api::RegistryApiOptions, RegistryApiFlagError> {
+    pub fn options(&self) -> Result<crate::api::RegistryApiOptions, FlagError> {
         let mut upstreams = Vec::new();
         for entry in &self.registry_upstreams {
             let (name, upstream) = entry
@@ -442,12 +461,12 @@ impl RegistryApiArgs {
                 .map(|(n, u)| (n.trim(), u.trim()))
                 .filter(|(n, u)| !n.is_empty() && !u.is_empty())
                 .ok_or_else(|| {
-                    RegistryApiFlagError(format!(
+                    FlagError(format!(
                         "--registry-upstream {entry:?}: expected NAME=UPSTREAM, e.g. ghcr-io=ghcr.io"
                     ))
                 })?;
             crate::image::Repository::parse(&format!("{upstream}/x")).map_err(|e| {
-                RegistryApiFlagError(format!(
+                FlagError(format!(
                     "--registry-upstream {entry:?}: {upstream:?} is not a registry host: {e}"
                 ))
             })?;
@@ -457,16 +476,10 @@ impl RegistryApiArgs {
             None => None,
             Some(path) => {
                 let bytes = std::fs::read(path).map_err(|e| {
-                    RegistryApiFlagError(format!(
-                        "--registry-token-key-file {}: {e}",
-                        path.display()
-                    ))
+                    FlagError(format!("--registry-token-key-file {}: {e}", path.display()))
                 })?;
                 Some(crate::api::TokenKeys::from_secret(&bytes).map_err(|e| {
-                    RegistryApiFlagError(format!(
-                        "--registry-token-key-file {}: {e}",
-                        path.display()
-                    ))
+                    FlagError(format!("--registry-token-key-file {}: {e}", path.display()))
                 })?)
             }
         };
@@ -475,7 +488,7 @@ impl RegistryApiArgs {
                 .ok()
                 .filter(|u| matches!(u.scheme(), "http" | "https"))
                 .ok_or_else(|| {
-                    RegistryApiFlagError(format!(
+                    FlagError(format!(
                         "--registry-token-realm {realm:?}: expected an http(s) URL"
                     ))
                 })?;

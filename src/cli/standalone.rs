@@ -20,7 +20,7 @@ pub enum StandaloneCommandError {
     #[error(transparent)]
     Platform(#[from] PlatformFlagError),
     #[error(transparent)]
-    RegistryApi(#[from] super::flags::RegistryApiFlagError),
+    Flag(#[from] super::flags::FlagError),
 }
 
 /// `regcache standalone`.
@@ -38,7 +38,7 @@ pub async fn standalone(args: &StandaloneArgs) -> Result<ExitCode, StandaloneCom
     let mut runtime = Runtime::start(&args.runtime_options()).await?;
     // No Kubernetes API: only regcache's own cloud identity can sign in.
     defaults.sign_in = Some(std::sync::Arc::new(
-        crate::cloud::SignIn::new(None, args.cloud.options())
+        crate::cloud::SignIn::new(None, args.cloud.options()?)
             .with_metrics(runtime.metrics.cloud.clone()),
     ));
     defaults.cloud_controller_identity = args.cloud.cloud_controller_identity;

@@ -1,4 +1,4 @@
-//! Cloud registry sign-in (ECR, Artifact Registry and GCR). A watch whose `provider` names a
+//! Cloud registry sign-in (ECR, Artifact Registry, GCR and ACR). A watch whose `provider` names a
 //! cloud signs in to that cloud's
 //! registry with a workload identity instead of a pull secret: [`CloudLogin`] says which
 //! registry and which identity (the controller's own, or the watch's ServiceAccount's), and
@@ -9,6 +9,7 @@
 //! refreshed token keeps the cache's data. Tokens are [`Secret`]s and never formatted.
 
 pub mod aws;
+pub mod azure;
 pub mod gcp;
 mod metrics;
 
@@ -23,6 +24,7 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::PostParams;
 
 use crate::credentials::{Credential, Secret};
+use crate::registry::RepositoryClient;
 
 /// A cloud whose registries regcache signs in to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -31,6 +33,8 @@ pub enum Provider {
     Aws,
     /// Artifact Registry and Container Registry, by an access token.
     Gcp,
+    /// Azure Container Registry, by an Entra ID token exchanged at the registry.
+    Azure,
 }
 
 impl Provider {
@@ -39,6 +43,7 @@ impl Provider {
         match self {
             Provider::Aws => "aws",
             Provider::Gcp => "gcp",
+            Provider::Azure => "azure",
         }
     }
 
@@ -47,6 +52,7 @@ impl Provider {
         match self {
             Provider::Aws => "eks.amazonaws.com/role-arn",
             Provider::Gcp => "iam.gke.io/gcp-service-account",
+            Provider::Azure => "azure.workload.identity/client-id",
         }
     }
 
@@ -55,6 +61,7 @@ impl Provider {
         match self {
             Provider::Aws => aws::Registry::parse(host).map(|_| ()),
             Provider::Gcp => gcp::Registry::parse(host).map(|_| ()),
+            Provider::Azure => azure::Registry::parse(host).map(|_| ()),
         }
     }
 }
@@ -70,7 +77,9 @@ pub enum Identity {
     ServiceAccount {
         namespace: String,
         name: String,
-        /// The annotation's value: a role ARN, or a Google service account's email.
+        /// The annotation's value: a role ARN, a Google service account's email, or an
+        /// Entra application's client ID (`TENANT/CLIENT` when the ServiceAccount names its
+        /// tenant).
         role: String,
     },
 }
@@ -140,6 +149,8 @@ pub struct CloudOptions {
     pub aws_session_duration: Duration,
     /// Where Google ServiceAccount identities are exchanged.
     pub gcp: gcp::GcpOptions,
+    /// Azure's tenant and CA settings.
+    pub azure: azure::AzureOptions,
 }
 
 impl Default for CloudOptions {
@@ -149,6 +160,7 @@ impl Default for CloudOptions {
             service_account_token_lifetime: Duration::from_secs(3600),
             aws_session_duration: Duration::from_secs(3600),
             gcp: gcp::GcpOptions::default(),
+            azure: azure::AzureOptions::default(),
         }
     }
 }
@@ -167,6 +179,7 @@ pub struct SignIn {
     flights: Mutex<HashMap<CloudLogin, Arc<tokio::sync::Mutex<()>>>>,
     aws: aws::Aws,
     gcp: gcp::Gcp,
+    azure: azure::Azure,
     metrics: CloudMetrics,
 }
 
@@ -190,6 +203,7 @@ impl SignIn {
             flights: Mutex::new(HashMap::new()),
             aws: aws::Aws::default(),
             gcp: gcp::Gcp::default(),
+            azure: azure::Azure::default(),
             metrics: CloudMetrics::default(),
         }
     }
@@ -201,7 +215,13 @@ impl SignIn {
     }
 
     /// Credentials for `login`: cached ones while they are fresh, else newly issued.
-    pub async fn credential(&self, login: &CloudLogin) -> Result<Credential, CloudError> {
+    /// `registry` is an anonymous client of the login's registry, for clouds whose
+    /// registry takes part in signing in (ACR's token exchange).
+    pub async fn credential(
+        &self,
+        login: &CloudLogin,
+        registry: &RepositoryClient,
+    ) -> Result<Credential, CloudError> {
         if let Some(c) = self.fresh(login) {
             return Ok(c);
         }
@@ -216,6 +236,7 @@ impl SignIn {
         let issued = match login.provider {
             Provider::Aws => self.aws.sign_in(self, login).await,
             Provider::Gcp => self.gcp.sign_in(self, login).await,
+            Provider::Azure => self.azure.sign_in(self, login, registry).await,
         };
         let identity = match login.identity {
             Identity::Controller => "controller",
@@ -251,8 +272,10 @@ impl SignIn {
     /// in again.
     pub async fn forget(&self, login: &CloudLogin) {
         lock(&self.cache).remove(login);
-        if login.provider == Provider::Gcp {
-            self.gcp.forget(login).await;
+        match login.provider {
+            Provider::Gcp => self.gcp.forget(login).await,
+            Provider::Azure => self.azure.forget(login).await,
+            Provider::Aws => {}
         }
     }
 

@@ -183,9 +183,10 @@ pub(crate) fn plan(
             let scope = Scope::for_credential(repository.host(), &namespace, &credential);
             (credential, None, scope)
         }
-        Provider::Aws | Provider::Gcp => {
-            let provider = match watch.spec.provider.unwrap_or_default() {
+        cloud @ (Provider::Aws | Provider::Gcp | Provider::Azure) => {
+            let provider = match cloud {
                 Provider::Gcp => crate::cloud::Provider::Gcp,
+                Provider::Azure => crate::cloud::Provider::Azure,
                 _ => crate::cloud::Provider::Aws,
             };
             let cloud = cloud_source(watch, provider, &repository, resolved, defaults)?;
@@ -263,7 +264,7 @@ fn cloud_source(
         Some((name, role)) => Identity::ServiceAccount {
             namespace: watch.namespace().unwrap_or_default(),
             name: name.clone(),
-            role: role.to_string(),
+            role: service_account_role(provider, role, resolved),
         },
         None if defaults.cloud_controller_identity => Identity::Controller,
         None => {
@@ -287,6 +288,25 @@ fn cloud_source(
         },
         sign_in: sign_in.clone(),
     })
+}
+
+/// A ServiceAccount's cloud identity: its annotation's value, with the tenant of an Entra
+/// ID identity in front (`TENANT/CLIENT`) when the ServiceAccount names it.
+fn service_account_role(
+    provider: crate::cloud::Provider,
+    role: &str,
+    resolved: &Resolved,
+) -> String {
+    let tenant = resolved
+        .service_account
+        .as_ref()
+        .and_then(|(_, annotations)| annotations.get(crate::cloud::azure::TENANT_ANNOTATION))
+        .map(|t| t.trim())
+        .filter(|t| !t.is_empty());
+    match (provider, tenant) {
+        (crate::cloud::Provider::Azure, Some(tenant)) => format!("{tenant}/{role}"),
+        _ => role.to_string(),
+    }
 }
 
 /// The `Ready` condition, keeping the previous transition time when status and reason

@@ -119,80 +119,18 @@ impl RepositoryClient {
             realm: realm.to_string(),
             detail,
         };
-        let mut url =
-            Url::parse(realm).map_err(|e| token_error(format!("invalid realm URL ({e})")))?;
-        // The realm is the registry's choice and may be another host (Docker Hub's is), but
-        // credentials travel to it in the clear only when the registry itself is plain HTTP.
-        match url.scheme() {
-            "https" => {}
-            "http" if self.base.scheme() == "http" || self.credential.is_anonymous() => {}
-            "http" => {
-                return Err(Error::InsecureRealm {
-                    host: self.host.clone(),
-                    realm: realm.to_string(),
-                });
-            }
-            other => return Err(token_error(format!("realm scheme {other} is not http(s)"))),
-        }
+        let mut url = self.realm_url(realm, !self.credential.is_anonymous())?;
         let answer = match &self.credential {
             Credential::IdentityToken { token, .. } => {
                 // OAuth2 refresh-token grant, as docker does with `identitytoken`.
-                // Built before any await: the serializer is not Send.
-                let body = {
-                    let mut form = url::form_urlencoded::Serializer::new(String::new());
-                    form.append_pair("grant_type", "refresh_token")
-                        .append_pair("refresh_token", token.expose())
-                        .append_pair("client_id", "regcache")
-                        .append_pair("scope", &self.scope);
-                    if let Some(s) = service {
-                        form.append_pair("service", s);
-                    }
-                    form.finish()
-                };
-                let token_host = url_host(&url);
-                self.inner.limiter(&token_host).acquire().await;
-                self.record(RequestKind::Token);
-                let started = std::time::Instant::now();
-                let failed = |e: Error| {
-                    self.inner.observe(
-                        &token_host,
-                        RequestKind::Token,
-                        e.metric_label().into(),
-                        started,
-                    );
-                    e
-                };
-                let resp = self
-                    .http
-                    .post(url.clone())
-                    .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                    .body(body)
-                    .send()
-                    .await
-                    .map_err(|e| failed(self.classify(&url, &e)))?;
-                let status = resp.status();
-                let headers = resp.headers().clone();
-                let body = self
-                    .read_body(
-                        resp,
-                        self.inner.options.max_token_bytes,
-                        &url,
-                        RequestKind::Token,
-                    )
-                    .await
-                    .map_err(failed)?;
-                self.inner.observe(
-                    &token_host,
-                    RequestKind::Token,
-                    status.as_str().to_string().into(),
-                    started,
-                );
-                Answer {
-                    status,
-                    headers,
-                    body,
-                    url: url.clone(),
-                }
+                let mut form = vec![
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", token.expose()),
+                    ("client_id", "regcache"),
+                    ("scope", &self.scope),
+                ];
+                form.extend(service.map(|s| ("service", s)));
+                self.post_form(&url, &form).await?
             }
             _ => {
                 {
@@ -213,34 +151,7 @@ impl RepositoryClient {
                 .await?
             }
         };
-        match answer.status {
-            s if s.is_success() => {}
-            s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
-                return Err(Error::Unauthorized {
-                    host: self.host.clone(),
-                    identity: self.credential.identity(),
-                    status: s,
-                    detail: Some("token endpoint refused them".to_string()),
-                });
-            }
-            StatusCode::TOO_MANY_REQUESTS => {
-                let pause = self
-                    .inner
-                    .rate_limited(&url_host(&url), retry_after(&answer.headers));
-                return Err(Error::RateLimited {
-                    host: url_host(&url),
-                    retry_after: Some(pause),
-                });
-            }
-            s if s.is_server_error() => {
-                return Err(Error::Server {
-                    host: url_host(&url),
-                    url: url.to_string(),
-                    status: s,
-                });
-            }
-            s => return Err(token_error(format!("answered {s}"))),
-        }
+        self.check_token_answer(&answer, &url, &self.credential.identity(), token_error)?;
         let parsed: TokenResponse = serde_json::from_slice(&answer.body).map_err(|e| {
             token_error(format!(
                 "response is not a token document ({})",
@@ -265,6 +176,170 @@ impl RepositoryClient {
             lifetime,
         );
         Ok(token)
+    }
+
+    /// Exchanges an Entra ID access token for the registry's refresh token (Azure Container
+    /// Registry's `POST /oauth2/exchange`, on the host its challenge's realm names, as
+    /// `az acr login` finds it). The refresh token is the password of ACR's
+    /// `00000000-0000-0000-0000-000000000000` user.
+    pub async fn exchange_entra_token(
+        &self,
+        tenant: Option<&str>,
+        entra_token: &Secret,
+    ) -> Result<Secret> {
+        let challenge = match self.inner.known_challenge(&self.challenge_key()) {
+            Some(c) => c,
+            None => self.ping().await?,
+        };
+        let Challenge::Bearer { realm, service, .. } = challenge else {
+            return Err(Error::TokenEndpoint {
+                host: self.host.clone(),
+                realm: "(none)".to_string(),
+                detail: "the registry asks for no bearer token, so it has no token exchange"
+                    .to_string(),
+            });
+        };
+        let token_error = |detail: String| Error::TokenEndpoint {
+            host: self.host.clone(),
+            realm: realm.clone(),
+            detail: format!("token exchange: {detail}"),
+        };
+        let mut url = self.realm_url(&realm, true)?;
+        url.set_path("/oauth2/exchange");
+        url.set_query(None);
+        let service = service.unwrap_or_else(|| self.host.clone());
+        let mut form = vec![
+            ("grant_type", "access_token"),
+            ("service", service.as_str()),
+            ("access_token", entra_token.expose()),
+        ];
+        form.extend(tenant.map(|t| ("tenant", t)));
+        let answer = self.post_form(&url, &form).await?;
+        self.check_token_answer(&answer, &url, "an Entra ID token", token_error)?;
+        #[derive(serde::Deserialize)]
+        struct Exchanged {
+            refresh_token: Option<String>,
+        }
+        let parsed: Exchanged = serde_json::from_slice(&answer.body).map_err(|e| {
+            token_error(format!(
+                "response is not a token document ({})",
+                e.classify_name()
+            ))
+        })?;
+        parsed
+            .refresh_token
+            .filter(|t| !t.is_empty())
+            .map(Secret::new)
+            .ok_or_else(|| token_error("response has no refresh_token".to_string()))
+    }
+
+    /// The realm as a URL, if secrets may travel to it. The realm is the registry's choice
+    /// and may be another host (Docker Hub's is), but secrets travel to it in the clear
+    /// only when the registry itself is plain HTTP.
+    fn realm_url(&self, realm: &str, sends_secret: bool) -> Result<Url> {
+        let url = Url::parse(realm).map_err(|e| Error::TokenEndpoint {
+            host: self.host.clone(),
+            realm: realm.to_string(),
+            detail: format!("invalid realm URL ({e})"),
+        })?;
+        match url.scheme() {
+            "https" => Ok(url),
+            "http" if self.base.scheme() == "http" || !sends_secret => Ok(url),
+            "http" => Err(Error::InsecureRealm {
+                host: self.host.clone(),
+                realm: realm.to_string(),
+            }),
+            other => Err(Error::TokenEndpoint {
+                host: self.host.clone(),
+                realm: realm.to_string(),
+                detail: format!("realm scheme {other} is not http(s)"),
+            }),
+        }
+    }
+
+    /// `POST`s a form to a token endpoint, counted and limited as a token request.
+    async fn post_form(&self, url: &Url, form: &[(&str, &str)]) -> Result<Answer> {
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        let token_host = url_host(url);
+        self.inner.limiter(&token_host).acquire().await;
+        self.record(RequestKind::Token);
+        let started = std::time::Instant::now();
+        let failed = |e: Error| {
+            self.inner.observe(
+                &token_host,
+                RequestKind::Token,
+                e.metric_label().into(),
+                started,
+            );
+            e
+        };
+        let resp = self
+            .http
+            .post(url.clone())
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| failed(self.classify(url, &e)))?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = self
+            .read_body(
+                resp,
+                self.inner.options.max_token_bytes,
+                url,
+                RequestKind::Token,
+            )
+            .await
+            .map_err(failed)?;
+        self.inner.observe(
+            &token_host,
+            RequestKind::Token,
+            status.as_str().to_string().into(),
+            started,
+        );
+        Ok(Answer {
+            status,
+            headers,
+            body,
+            url: url.clone(),
+        })
+    }
+
+    /// The error a token endpoint's non-success answer means, if it is one.
+    fn check_token_answer(
+        &self,
+        answer: &Answer,
+        url: &Url,
+        identity: &str,
+        token_error: impl Fn(String) -> Error,
+    ) -> Result<()> {
+        match answer.status {
+            s if s.is_success() => Ok(()),
+            s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => Err(Error::Unauthorized {
+                host: self.host.clone(),
+                identity: identity.to_string(),
+                status: s,
+                detail: Some("token endpoint refused them".to_string()),
+            }),
+            StatusCode::TOO_MANY_REQUESTS => {
+                let pause = self
+                    .inner
+                    .rate_limited(&url_host(url), retry_after(&answer.headers));
+                Err(Error::RateLimited {
+                    host: url_host(url),
+                    retry_after: Some(pause),
+                })
+            }
+            s if s.is_server_error() => Err(Error::Server {
+                host: url_host(url),
+                url: url.to_string(),
+                status: s,
+            }),
+            s => Err(token_error(format!("answered {s}"))),
+        }
     }
 }
 

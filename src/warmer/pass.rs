@@ -13,6 +13,7 @@ use super::schedule::{Change, RefreshPolicy};
 use super::{FailureKind, Outcome, TagChange, TagChangeKind, Target};
 use crate::cache::store::{Freshness, ImageRecord, MetadataStore, TagEntry};
 use crate::cache::{CacheWriter, Millis};
+use crate::credentials::Credential;
 use crate::image::{Digest, Reference};
 use crate::registry::{self, FetchedManifest, RegistryClient, RepositoryClient};
 
@@ -102,11 +103,16 @@ pub async fn run<B: CacheWriter>(
     // A cloud login signs in first; a failure there makes no registry request.
     let credential = match &target.cloud {
         None => Ok(target.credential.clone()),
-        Some(cloud) => cloud
-            .sign_in
-            .credential(&cloud.login)
-            .await
-            .map_err(|e| (Some(FailureKind::CredentialsUnavailable), e.to_string())),
+        Some(cloud) => {
+            match registry.repository(repository, Credential::Anonymous, &target.endpoint) {
+                Ok(anonymous) => cloud
+                    .sign_in
+                    .credential(&cloud.login, &anonymous)
+                    .await
+                    .map_err(|e| (Some(FailureKind::CredentialsUnavailable), e.to_string())),
+                Err(e) => Err((None, e.to_string())),
+            }
+        }
     };
     let rc = credential.and_then(|c| {
         registry

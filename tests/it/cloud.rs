@@ -164,16 +164,7 @@ async fn ecr_sign_in_by_each_namespaces_role_renewed_before_expiry_and_the_contr
     let elsewhere = wait("team-c", "elsewhere", "False", "ServiceAccountNotFound").await;
     assert_eq!(a["status"]["tagCount"], 1, "{a:#}");
     // The Ready condition's message says why.
-    let message = |w: &Value| {
-        w["status"]["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|c| c["type"] == "Ready")
-            .and_then(|c| c["message"].as_str())
-            .unwrap_or_default()
-            .to_string()
-    };
+    let message = ready_message;
     assert!(
         message(&borrowed).contains("401") || message(&borrowed).contains("refused"),
         "{borrowed:#}"
@@ -222,44 +213,7 @@ async fn ecr_sign_in_by_each_namespaces_role_renewed_before_expiry_and_the_contr
 
     // Renewal: credentials are reused while fresh (three quarters of the 20 s session),
     // and renewed before the session ends; no pass fails for it.
-    let rescan = |value: String| {
-        let cluster = &cluster;
-        async move {
-            cluster
-                .merge_patch(
-                    &format!("{}/app", watches("team-a")),
-                    json!({"metadata": {"annotations": {"regcache.io/requestedAt": value}}}),
-                )
-                .await;
-        }
-    };
-    let passed_after = |before: String| {
-        let cluster = &cluster;
-        async move {
-            cluster
-                .wait_for(&format!("{}/app", watches("team-a")), WAIT, move |w| {
-                    last_update(w) > before && w["status"]["lastError"].is_null()
-                })
-                .await
-        }
-    };
-    let mut seen = last_update(&a);
-    rescan("1".into()).await;
-    seen = last_update(&passed_after(seen).await);
-    assert!(
-        signed_in.elapsed() < Duration::from_secs(session * 3 / 4),
-        "too slow to see a reuse"
-    );
-    assert_eq!(sign_ins_a(), 1, "fresh credentials were not reused");
-    let renew_at = Duration::from_secs(session * 3 / 4) + Duration::from_secs(1);
-    tokio::time::sleep(renew_at.saturating_sub(signed_in.elapsed())).await;
-    rescan("2".into()).await;
-    passed_after(seen).await;
-    assert!(
-        signed_in.elapsed() < Duration::from_secs(session),
-        "the renewal was not seen before the session's end"
-    );
-    assert_eq!(sign_ins_a(), 2, "credentials were not renewed");
+    renewed_before_expiry(&cluster, "team-a", &a, signed_in, session, sign_ins_a).await;
 
     // Allowed to lend its own identity, the controller signs team-c in as itself.
     controller.kill();
@@ -307,14 +261,81 @@ async fn ecr_sign_in_by_each_namespaces_role_renewed_before_expiry_and_the_contr
     let logs = scrape
         + &std::fs::read_to_string(dir.path().join("controller.log")).unwrap()
         + &std::fs::read_to_string(dir.path().join("controller-2.log")).unwrap();
+    assert_not_shown(&cluster, &["team-a", "team-b", "team-c"], logs, &secrets).await;
+}
+
+/// The Ready condition's message.
+fn ready_message(w: &Value) -> String {
+    w["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Ready")
+        .and_then(|c| c["message"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The watch `ns/app`, first ready as `first` after a sign-in at `signed_in` whose
+/// credentials last `lifetime` seconds, passes again within three quarters of it without
+/// a new sign-in, and after that with one (`sign_ins` counts them), before they expire.
+async fn renewed_before_expiry(
+    cluster: &Cluster,
+    ns: &str,
+    first: &Value,
+    signed_in: std::time::Instant,
+    lifetime: u64,
+    sign_ins: impl Fn() -> usize,
+) {
+    let url = format!("{}/app", watches(ns));
+    let pass = |value: &'static str, before: String| {
+        let url = url.clone();
+        async move {
+            cluster
+                .merge_patch(
+                    &url,
+                    json!({"metadata": {"annotations": {"regcache.io/requestedAt": value}}}),
+                )
+                .await;
+            let after = cluster
+                .wait_for(&url, WAIT, move |w| {
+                    last_update(w) > before && w["status"]["lastError"].is_null()
+                })
+                .await;
+            last_update(&after)
+        }
+    };
+    let seen = pass("1", last_update(first)).await;
+    assert!(
+        signed_in.elapsed() < Duration::from_secs(lifetime * 3 / 4),
+        "too slow to see a reuse"
+    );
+    assert_eq!(sign_ins(), 1, "fresh credentials were not reused");
+    let renew_at = Duration::from_secs(lifetime * 3 / 4) + Duration::from_secs(1);
+    tokio::time::sleep(renew_at.saturating_sub(signed_in.elapsed())).await;
+    pass("2", seen).await;
+    assert!(
+        signed_in.elapsed() < Duration::from_secs(lifetime),
+        "the renewal was not seen before the credentials' end"
+    );
+    assert_eq!(sign_ins(), 2, "credentials were not renewed");
+}
+
+/// None of `secrets` is in `logs`, nor in a watch's status or an Event of `namespaces`.
+async fn assert_not_shown(
+    cluster: &Cluster,
+    namespaces: &[&str],
+    logs: String,
+    secrets: &[String],
+) {
     let mut seen_by_users = logs;
-    for ns in ["team-a", "team-b", "team-c"] {
+    for ns in namespaces {
         seen_by_users += &cluster.text(&watches(ns)).await;
         seen_by_users += &cluster
             .text(&format!("/apis/events.k8s.io/v1/namespaces/{ns}/events"))
             .await;
     }
-    for secret in &secrets {
+    for secret in secrets {
         assert!(
             !seen_by_users.contains(secret.as_str()),
             "a credential ({}...) is in the logs, metrics, a status or an Event",
@@ -341,6 +362,7 @@ fn standalone_once(
         // Hermetic: no profile or well-known credential file of the machine's user.
         .env("HOME", dir)
         .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
+        .env_remove("AZURE_FEDERATED_TOKEN_FILE")
         .envs(env.iter().copied())
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .output()
@@ -615,5 +637,315 @@ async fn gcp_sign_in_as_each_service_accounts_google_account() {
     ] {
         assert!(!logs.contains(&secret), "a token is in the log");
         assert!(!message.contains(&secret), "a token is in the status");
+    }
+}
+
+/// The ACR host reaching `registry` (`--registry-host-address regcacheacr.azurecr.io=...`).
+fn acr_host(registry: &Registry) -> String {
+    format!("regcacheacr.azurecr.io:{}", registry.port())
+}
+
+/// ACR on the real API server, against the Entra stand-in over HTTPS and the harness token
+/// server's `/oauth2/exchange`:
+/// - each namespace's ServiceAccount signs in as its own Entra application (its token for
+///   `api://AzureADTokenExchange` is the client assertion), in the tenant it names or
+///   `--azure-tenant-id`, and reads only what that application was granted;
+/// - a watch without a ServiceAccount signs in as the controller's workload identity
+///   (`AZURE_FEDERATED_TOKEN_FILE`);
+/// - an application Entra refuses is `CredentialsUnavailable` with Entra's message;
+/// - the refresh token is reused while fresh and exchanged again before it expires;
+/// - no token reaches a log, metric, status or Event.
+#[tokio::test(flavor = "multi_thread")]
+async fn acr_sign_in_by_each_service_accounts_entra_application_and_the_controllers_workload_identity()
+ {
+    let entra = support::entra::Entra::start();
+    let registry = Registry::start(support::RegistryAuth::Token);
+    for repository in ["team/a", "team/b", "team/c"] {
+        registry
+            .pusher()
+            .push_image(repository, "v1", &ImageSpec::new(ManifestKind::Oci))
+            .await;
+    }
+    let tokens = registry.token_server().expect("a token server");
+    // Only regcache's requests from here on.
+    tokens.reset_counts();
+    tokens.acr_grant("client-a", &["team/a"]);
+    tokens.acr_grant("client-b", &["team/b"]);
+    tokens.acr_grant("controller-client", &["team/c"]);
+    let refresh_lifetime = 20;
+    tokens.set_acr_refresh_lifetime(refresh_lifetime as i64);
+    let host = acr_host(&registry);
+
+    let memcached = support::Memcached::start();
+    let cluster = Cluster::install(
+        &["team-a", "team-b", "team-c"],
+        &["cloud.serviceAccountIdentities=true"],
+    )
+    .await;
+    let accounts = [
+        ("team-a", "puller", "client-a", Some("tenant-a")),
+        ("team-b", "puller", "client-b", None),
+        ("team-b", "denied", "denied-client", None),
+    ];
+    for (ns, name, client, tenant) in accounts {
+        let mut annotations = json!({"azure.workload.identity/client-id": client});
+        if let Some(t) = tenant {
+            annotations["azure.workload.identity/tenant-id"] = json!(t);
+        }
+        cluster
+            .create(
+                &format!("/api/v1/namespaces/{ns}/serviceaccounts"),
+                json!({"metadata": {"name": name, "namespace": ns, "annotations": annotations}}),
+            )
+            .await;
+    }
+    let azure_watch = |name: &str, ns: &str, repository: &str, account: Option<&str>| {
+        let mut w = watch(name, ns, &format!("{host}/{repository}"), account);
+        w["spec"]["provider"] = json!("azure");
+        w
+    };
+    for w in [
+        azure_watch("app", "team-a", "team/a", Some("puller")),
+        azure_watch("app", "team-b", "team/b", Some("puller")),
+        // team-b's application was not granted team-a's repository.
+        azure_watch("borrowed", "team-b", "team/a", Some("puller")),
+        azure_watch("refused", "team-b", "team/b", Some("denied")),
+        azure_watch("app", "team-c", "team/c", None),
+    ] {
+        let ns = w["metadata"]["namespace"].as_str().unwrap().to_string();
+        cluster.create(&watches(&ns), w).await;
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let federated = dir.path().join("azure-identity-token");
+    std::fs::write(&federated, "controller-federated-token-canary").unwrap();
+    let authority = entra.authority_host();
+    let federated_path = federated.to_str().unwrap().to_string();
+    let env = [
+        ("AZURE_AUTHORITY_HOST", authority.as_str()),
+        ("AZURE_FEDERATED_TOKEN_FILE", federated_path.as_str()),
+        ("AZURE_CLIENT_ID", "controller-client"),
+        ("AZURE_TENANT_ID", "tenant-controller"),
+    ];
+    let args = vec![
+        "--memcached".to_string(),
+        memcached.addr(),
+        "--registry-host-address".to_string(),
+        "regcacheacr.azurecr.io=127.0.0.1".to_string(),
+        "--azure-tenant-id=tenant-default".to_string(),
+        format!("--azure-ca-file={}", entra.ca_file().display()),
+        "--log-level=info,regcache::cloud=debug".to_string(),
+    ];
+    let controller =
+        cluster.controller_with_env(&strs(&args), &env, dir.path().join("controller.log"));
+    let wait =
+        |ns: &'static str, name: &'static str, status: &'static str, reason: &'static str| {
+            let cluster = &cluster;
+            async move {
+                cluster
+                    .wait_for(
+                        &format!("{}/{name}", watches(ns)),
+                        WAIT,
+                        ready_is(status, reason),
+                    )
+                    .await
+            }
+        };
+    let a = wait("team-a", "app", "True", "Succeeded").await;
+    let signed_in = std::time::Instant::now();
+    assert_eq!(a["status"]["tagCount"], 1, "{a:#}");
+    wait("team-b", "app", "True", "Succeeded").await;
+    wait("team-c", "app", "True", "Succeeded").await;
+    let borrowed = wait("team-b", "borrowed", "False", "Unauthorized").await;
+    let refused = wait("team-b", "refused", "False", "CredentialsUnavailable").await;
+    assert!(
+        ready_message(&refused).contains("AADSTS700016"),
+        "{refused:#}"
+    );
+    assert!(ready_message(&borrowed).contains("401"), "{borrowed:#}");
+
+    // Each ServiceAccount's own token was its application's assertion, in its tenant.
+    for (ns, client, tenant) in [
+        ("team-a", "client-a", "tenant-a"),
+        ("team-b", "client-b", "tenant-default"),
+    ] {
+        let requests = entra.requests_of(tenant);
+        let request = requests
+            .iter()
+            .find(|r| r.form("client_id").as_deref() == Some(client))
+            .unwrap_or_else(|| panic!("no Entra request of {client}: {:#?}", entra.seen()));
+        assert_eq!(
+            request.form("scope").as_deref(),
+            Some("https://containerregistry.azure.net/.default")
+        );
+        let c = claims(&request.form("client_assertion").unwrap());
+        assert_eq!(
+            c["sub"],
+            format!("system:serviceaccount:{ns}:puller").as_str(),
+            "{c:#}"
+        );
+        assert_eq!(c["aud"], json!(["api://AzureADTokenExchange"]), "{c:#}");
+    }
+    // The controller's identity: the federated token file, as the workload identity webhook
+    // mounts it.
+    let controller_requests = entra.requests_of("tenant-controller");
+    assert!(
+        controller_requests.iter().all(|r| {
+            r.form("client_id").as_deref() == Some("controller-client")
+                && r.form("client_assertion").as_deref()
+                    == Some("controller-federated-token-canary")
+        }) && !controller_requests.is_empty(),
+        "{controller_requests:#?}"
+    );
+    // Every exchange named the registry's service and the identity's tenant; the registry
+    // then saw ACR's user.
+    let exchanges = tokens.acr_exchanges();
+    let exchange_of = |client: &str| {
+        exchanges
+            .iter()
+            .find(|e| e.client == client)
+            .unwrap_or_else(|| panic!("no exchange for {client}: {exchanges:#?}"))
+            .clone()
+    };
+    assert_eq!(exchange_of("client-a").tenant.as_deref(), Some("tenant-a"));
+    assert_eq!(
+        exchange_of("client-b").tenant.as_deref(),
+        Some("tenant-default")
+    );
+    assert_eq!(
+        exchange_of("controller-client").tenant.as_deref(),
+        Some("tenant-controller")
+    );
+    assert!(
+        exchanges
+            .iter()
+            .all(|e| e.service.as_deref() == Some(tokens.service())),
+        "{exchanges:#?}"
+    );
+    assert!(
+        tokens
+            .request_log()
+            .iter()
+            .filter(|r| r.user.is_some())
+            .all(|r| r.user.as_deref() == Some(support::token::ACR_USER)),
+        "{:#?}",
+        tokens.request_log()
+    );
+
+    // The refresh token (20 s here) is reused while fresh and renewed before it expires.
+    let exchanges_a = || {
+        tokens
+            .acr_exchanges()
+            .iter()
+            .filter(|e| e.client == "client-a")
+            .count()
+    };
+    assert_eq!(exchanges_a(), 1, "one exchange for team-a's application");
+    renewed_before_expiry(
+        &cluster,
+        "team-a",
+        &a,
+        signed_in,
+        refresh_lifetime,
+        exchanges_a,
+    )
+    .await;
+
+    let metrics = controller.address("metrics").await;
+    let errors = support::scrape_metric(
+        &metrics,
+        r#"regcache_cloud_sign_ins_total{provider="azure",identity="service_account",result="error"}"#,
+    )
+    .await;
+    assert!(errors >= 1.0, "the refused sign-in is counted");
+    let scrape = support::http_client(None)
+        .get(format!("http://{metrics}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut secrets: Vec<String> = tokens
+        .acr_exchanges()
+        .into_iter()
+        .map(|e| e.refresh_token)
+        .collect();
+    secrets.extend(
+        ["client-a", "client-b", "controller-client"]
+            .iter()
+            .zip(["tenant-a", "tenant-default", "tenant-controller"])
+            .map(|(c, t)| support::entra::access_token(t, c)),
+    );
+    secrets.push("controller-federated-token-canary".into());
+    let logs = scrape + &controller.logs();
+    assert_not_shown(&cluster, &["team-a", "team-b", "team-c"], logs, &secrets).await;
+}
+
+/// regcache's own Azure identity in standalone mode, as a service principal
+/// (`AZURE_CLIENT_SECRET`): the secret reaches Entra ID only, the exchanged refresh token
+/// opens the registry, and without `--azure-ca-file` the stand-in's certificate is refused
+/// with a message that says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn acr_sign_in_as_regcaches_own_service_principal_in_standalone_mode() {
+    let entra = support::entra::Entra::start();
+    let registry = Registry::start(support::RegistryAuth::Token);
+    registry
+        .pusher()
+        .push_image("team/app", "v1", &ImageSpec::new(ManifestKind::Oci))
+        .await;
+    let tokens = registry.token_server().expect("a token server");
+    tokens.acr_grant("principal", &["team/app"]);
+    let dir = tempfile::tempdir().unwrap();
+    let w = json!({"apiVersion": "regcache.io/v1alpha1", "kind": "ImageRepositoryWatch",
+                   "metadata": {"name": "acr", "namespace": "default"},
+                   "spec": {"image": format!("{}/team/app", acr_host(&registry)),
+                            "provider": "azure", "insecure": true}});
+    let authority = entra.authority_host();
+    let env = [
+        ("AZURE_AUTHORITY_HOST", authority.as_str()),
+        ("AZURE_CLIENT_ID", "principal"),
+        ("AZURE_TENANT_ID", "tenant-sp"),
+        ("AZURE_CLIENT_SECRET", "service-principal-secret-canary"),
+    ];
+    let ca = format!("--azure-ca-file={}", entra.ca_file().display());
+    let mapping = [
+        "--registry-host-address",
+        "regcacheacr.azurecr.io=127.0.0.1",
+    ];
+    let args = [mapping[0], mapping[1], ca.as_str()];
+    let (ok, summary, stderr) = standalone_once(dir.path(), &w, &args, &env);
+    assert!(ok, "{summary:#}\n{stderr}\n{:#?}", entra.seen());
+    assert_eq!(summary[0]["tagCount"], 1, "{summary:#}");
+    let requests = entra.requests_of("tenant-sp");
+    assert_eq!(requests.len(), 1, "{requests:#?}");
+    assert_eq!(
+        requests[0].form("client_secret").as_deref(),
+        Some("service-principal-secret-canary")
+    );
+    let exchanges = tokens.acr_exchanges();
+    assert_eq!(exchanges.len(), 1, "{exchanges:#?}");
+    assert_eq!(exchanges[0].tenant.as_deref(), Some("tenant-sp"));
+
+    // The stand-in's CA is not a public root.
+    let (ok, summary, stderr) = standalone_once(dir.path(), &w, &mapping, &env);
+    assert!(!ok, "{summary:#}");
+    let error = summary[0]["lastError"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("Entra ID token")
+            && error.contains("regcacheacr.azurecr.io")
+            && error.contains("invalid peer certificate"),
+        "{summary:#}"
+    );
+    let mut secrets = vec![
+        "service-principal-secret-canary".to_string(),
+        support::entra::access_token("tenant-sp", "principal"),
+    ];
+    secrets.extend(exchanges.into_iter().map(|e| e.refresh_token));
+    for secret in &secrets {
+        assert!(
+            !stderr.contains(secret.as_str()) && !summary.to_string().contains(secret.as_str()),
+            "a secret is in the output"
+        );
     }
 }

@@ -9,9 +9,6 @@
 //! What it leaves out: no signature or audience is checked (the tests read the recorded
 //! requests instead), and no IAM policy decides who may impersonate whom.
 
-use std::sync::{Arc, Mutex};
-
-use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 
 /// The access token the metadata server hands out.
@@ -24,81 +21,19 @@ pub fn impersonated_token(email: &str) -> String {
     format!("impersonated-{email}-canary")
 }
 
-/// One recorded request: method, path, headers (lower-case names) and body.
-#[derive(Debug, Clone)]
-pub struct Seen {
-    pub method: String,
-    pub path: String,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-}
-
-impl Seen {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The body's form fields.
-    pub fn form(&self, field: &str) -> Option<String> {
-        url::form_urlencoded::parse(self.body.as_bytes())
-            .find(|(k, _)| k == field)
-            .map(|(_, v)| v.into_owned())
-    }
-}
+pub use super::server::Seen;
 
 pub struct Google {
     pub port: u16,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    _server: super::server::BackgroundServer,
+    stand_in: super::server::StandIn,
 }
 
 impl Google {
     pub fn start() -> Google {
-        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-        let (listener, port) = super::server::bind_loopback("google");
-        let record = seen.clone();
-        let server = super::server::BackgroundServer::builder("google").start(
-            listener,
-            move |req: hyper::Request<hyper::body::Incoming>| {
-                let record = record.clone();
-                async move {
-                    let (parts, body) = req.into_parts();
-                    let body = body
-                        .collect()
-                        .await
-                        .map(|b| b.to_bytes())
-                        .unwrap_or_default();
-                    let request = Seen {
-                        method: parts.method.to_string(),
-                        path: parts.uri.path().to_string(),
-                        headers: parts
-                            .headers
-                            .iter()
-                            .map(|(n, v)| {
-                                (n.to_string(), v.to_str().unwrap_or_default().to_string())
-                            })
-                            .collect(),
-                        body: String::from_utf8_lossy(&body).into_owned(),
-                    };
-                    let (status, answer) = answer(&request);
-                    record.lock().unwrap().push(request);
-                    Ok::<_, std::convert::Infallible>(
-                        hyper::Response::builder()
-                            .status(status)
-                            .header("content-type", "application/json")
-                            .body(Full::new(bytes::Bytes::from(answer.to_string())))
-                            .unwrap(),
-                    )
-                }
-            },
-        );
+        let stand_in = super::server::StandIn::start("google", None, answer);
         Google {
-            port,
-            seen,
-            _server: server,
+            port: stand_in.port(),
+            stand_in,
         }
     }
 
@@ -113,15 +48,12 @@ impl Google {
 
     /// Every request so far.
     pub fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
+        self.stand_in.seen()
     }
 
     /// The requests whose path starts with `prefix`.
     pub fn seen_at(&self, prefix: &str) -> Vec<Seen> {
-        self.seen()
-            .into_iter()
-            .filter(|s| s.path.starts_with(prefix))
-            .collect()
+        self.stand_in.seen_at(prefix)
     }
 }
 

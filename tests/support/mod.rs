@@ -29,6 +29,7 @@ pub mod apiserver;
 pub mod certs;
 pub mod cluster;
 pub mod dns;
+pub mod entra;
 pub mod foreign;
 pub mod google;
 pub mod kube;

@@ -6,6 +6,11 @@
 //! [`CANARY_PASSWORD`]): [`TEST_USER`]/[`CANARY_PASSWORD`] via HTTP
 //! basic auth get the requested actions; no credentials get a token with an empty access
 //! list (so the registry answers 401); wrong credentials get 401.
+//!
+//! It also plays Azure Container Registry's sign-in: `POST /oauth2/exchange` takes an
+//! [`super::entra::access_token`] and answers a refresh token (a JWT with `exp`), which is
+//! then the password of [`ACR_USER`]; such a user gets only the repositories
+//! [`TokenServer::acr_grant`] gave its client.
 
 use super::certs::{self, CertPair};
 use super::server::{BackgroundServer, bind_loopback};
@@ -41,6 +46,36 @@ struct State {
     requests: AtomicUsize,
     denied: AtomicUsize,
     log: Mutex<Vec<TokenRequest>>,
+    acr: Mutex<Acr>,
+}
+
+/// The registry user whose password is an ACR refresh token.
+pub const ACR_USER: &str = "00000000-0000-0000-0000-000000000000";
+
+/// One `/oauth2/exchange` the server answered.
+#[derive(Clone, Debug)]
+pub struct AcrExchange {
+    pub tenant: Option<String>,
+    pub service: Option<String>,
+    /// The Entra client the access token was issued to.
+    pub client: String,
+    pub refresh_token: String,
+}
+
+struct Acr {
+    grants: std::collections::HashMap<String, Vec<String>>,
+    refresh_lifetime: i64,
+    /// Refresh token -> (client, expiry as a Unix time).
+    issued: std::collections::HashMap<String, (String, i64)>,
+    exchanges: Vec<AcrExchange>,
+}
+
+impl Acr {
+    /// The client of a refresh token still valid.
+    fn client_of(&self, refresh_token: &str) -> Option<String> {
+        let (client, exp) = self.issued.get(refresh_token)?;
+        (chrono::Utc::now().timestamp() < *exp).then(|| client.clone())
+    }
 }
 
 /// See the module docs.
@@ -78,6 +113,12 @@ impl TokenServer {
             requests: AtomicUsize::new(0),
             denied: AtomicUsize::new(0),
             log: Mutex::new(Vec::new()),
+            acr: Mutex::new(Acr {
+                grants: Default::default(),
+                refresh_lifetime: 3 * 3600,
+                issued: Default::default(),
+                exchanges: Vec::new(),
+            }),
         });
         let (listener, port) = bind_loopback("token server");
         let st = state.clone();
@@ -157,6 +198,21 @@ impl TokenServer {
         self.state.denied.store(0, Ordering::SeqCst);
         self.state.log.lock().unwrap().clear();
     }
+    /// ACR: `client`'s refresh tokens give pull access to `repositories`.
+    pub fn acr_grant(&self, client: &str, repositories: &[&str]) {
+        self.state.acr.lock().unwrap().grants.insert(
+            client.to_string(),
+            repositories.iter().map(|r| r.to_string()).collect(),
+        );
+    }
+    /// ACR: the lifetime of refresh tokens exchanged from now on (default 3 hours).
+    pub fn set_acr_refresh_lifetime(&self, secs: i64) {
+        self.state.acr.lock().unwrap().refresh_lifetime = secs;
+    }
+    /// ACR: every exchange answered so far.
+    pub fn acr_exchanges(&self) -> Vec<AcrExchange> {
+        self.state.acr.lock().unwrap().exchanges.clone()
+    }
     /// Issue a token directly (no HTTP), e.g. to hand-craft requests.
     pub fn mint(&self, subject: &str, access: &[(String, Vec<String>)]) -> String {
         mint(&self.state, subject, access)
@@ -200,6 +256,9 @@ async fn handle(req: Request<hyper::body::Incoming>, st: &State) -> Response<Ful
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
+    if path == "/oauth2/exchange" && method == "POST" {
+        return acr_exchange(st, &body);
+    }
     if path != "/token" {
         return respond(StatusCode::NOT_FOUND, "text/plain", "not found");
     }
@@ -222,7 +281,12 @@ async fn handle(req: Request<hyper::body::Incoming>, st: &State) -> Response<Ful
             && get("grant_type").as_deref() == Some("refresh_token")
             && let Some(t) = get("refresh_token")
         {
-            creds = Some((TEST_USER.to_string(), t));
+            let user = if st.acr.lock().unwrap().issued.contains_key(&t) {
+                ACR_USER
+            } else {
+                TEST_USER
+            };
+            creds = Some((user.to_string(), t));
         }
         params.extend(form);
     }
@@ -233,7 +297,18 @@ async fn handle(req: Request<hyper::body::Incoming>, st: &State) -> Response<Ful
         .flat_map(|(_, v)| v.split(' ').map(str::to_string).collect::<Vec<_>>())
         .filter(|s| !s.is_empty())
         .collect();
-    let authenticated = matches!(&creds, Some((u, p)) if u == TEST_USER && p == CANARY_PASSWORD);
+    let test_user = matches!(&creds, Some((u, p)) if u == TEST_USER && p == CANARY_PASSWORD);
+    // An ACR refresh token's client, and the repositories granted to it.
+    let acr_grants: Option<Vec<String>> =
+        creds
+            .as_ref()
+            .filter(|(u, _)| u == ACR_USER)
+            .and_then(|(_, p)| {
+                let acr = st.acr.lock().unwrap();
+                let client = acr.client_of(p)?;
+                Some(acr.grants.get(&client).cloned().unwrap_or_default())
+            });
+    let authenticated = test_user || acr_grants.is_some();
     st.log.lock().unwrap().push(TokenRequest {
         method: method.clone(),
         user: creds.as_ref().map(|(u, _)| u.clone()),
@@ -282,6 +357,12 @@ async fn handle(req: Request<hyper::body::Incoming>, st: &State) -> Response<Ful
                 .filter(|a| !a.is_empty())
                 .map(str::to_string)
                 .collect();
+            if acr_grants
+                .as_ref()
+                .is_some_and(|g| !g.iter().any(|r| r == name))
+            {
+                continue;
+            }
             access.push((name.to_string(), actions));
         }
     }
@@ -298,14 +379,68 @@ async fn handle(req: Request<hyper::body::Incoming>, st: &State) -> Response<Ful
 }
 
 fn mint(st: &State, subject: &str, access: &[(String, Vec<String>)]) -> String {
-    let now = chrono::Utc::now().timestamp();
-    let exp = now + st.expires_in.load(Ordering::SeqCst);
     let access: Vec<serde_json::Value> = access
         .iter()
         .map(|(name, actions)| {
             serde_json::json!({"type": "repository", "name": name, "actions": actions})
         })
         .collect();
+    let lifetime = st.expires_in.load(Ordering::SeqCst);
+    sign(st, subject, lifetime, ("access", serde_json::json!(access)))
+}
+
+/// ACR's `/oauth2/exchange`: an Entra access token for a refresh token of its client.
+fn acr_exchange(st: &State, body: &[u8]) -> Response<Full<Bytes>> {
+    let form: Vec<(String, String)> = url::form_urlencoded::parse(body).into_owned().collect();
+    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let client = get("access_token").and_then(|t| {
+        let parts: Vec<&str> = t.split('.').collect();
+        match parts.as_slice() {
+            ["entra", _tenant, client, "canary"] => Some(client.to_string()),
+            _ => None,
+        }
+    });
+    let (Some("access_token"), Some(client)) = (get("grant_type").as_deref(), client) else {
+        return respond(
+            StatusCode::UNAUTHORIZED,
+            "application/json",
+            r#"{"errors":[{"code":"UNAUTHORIZED","message":"invalid Entra ID access token"}]}"#,
+        );
+    };
+    let lifetime = st.acr.lock().unwrap().refresh_lifetime;
+    let refresh_token = sign(
+        st,
+        &client,
+        lifetime,
+        ("grant_type", serde_json::json!("refresh_token")),
+    );
+    let mut acr = st.acr.lock().unwrap();
+    acr.issued.insert(
+        refresh_token.clone(),
+        (client.clone(), chrono::Utc::now().timestamp() + lifetime),
+    );
+    acr.exchanges.push(AcrExchange {
+        tenant: get("tenant"),
+        service: get("service"),
+        client,
+        refresh_token: refresh_token.clone(),
+    });
+    respond(
+        StatusCode::OK,
+        "application/json",
+        serde_json::json!({ "refresh_token": refresh_token }).to_string(),
+    )
+}
+
+/// A JWT of this server for `subject`, valid `lifetime` seconds, with one more claim.
+fn sign(
+    st: &State,
+    subject: &str,
+    lifetime: i64,
+    (claim, value): (&'static str, serde_json::Value),
+) -> String {
+    let now = chrono::Utc::now().timestamp();
+    let exp = now + lifetime;
     let mut claims = BTreeMap::new();
     claims.insert("iss", serde_json::json!(st.issuer));
     claims.insert("sub", serde_json::json!(subject));
@@ -317,7 +452,7 @@ fn mint(st: &State, subject: &str, access: &[(String, Vec<String>)]) -> String {
         "jti",
         serde_json::json!(format!("{:032x}", rand::random::<u128>())),
     );
-    claims.insert("access", serde_json::json!(access));
+    claims.insert(claim, value);
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     header.typ = Some("JWT".to_string());
     header.x5c = Some(vec![st.x5c.clone()]);
