@@ -32,9 +32,8 @@ use azure_identity::{
 };
 use base64::Engine as _;
 
-use super::{CloudError, CloudLogin, Identity, Issued, SignIn};
+use super::{CloudError, CloudLogin, Identity, Issued, RegistryExchange, SignIn};
 use crate::credentials::{Credential, Secret};
-use crate::registry::RepositoryClient;
 
 /// The registry user an ACR refresh token signs in as.
 pub const USER: &str = "00000000-0000-0000-0000-000000000000";
@@ -129,7 +128,7 @@ impl Azure {
         &self,
         sign_in: &SignIn,
         login: &CloudLogin,
-        registry: &RepositoryClient,
+        registry: &dyn RegistryExchange,
     ) -> Result<Issued, CloudError> {
         let cloud = Registry::parse(&login.host).map_err(|e| CloudError::new(login, e))?;
         let options = &sign_in.options.azure;
@@ -161,7 +160,7 @@ impl Azure {
         let refresh = registry
             .exchange_entra_token(tenant.as_deref(), &Secret::new(entra.token.secret()))
             .await
-            .map_err(|e| CloudError::new(login, e.to_string()))?;
+            .map_err(|e| CloudError::new(login, e))?;
         // The refresh token says when it ends; else it lasts as long as the Entra token.
         let expires = jwt_expiry(refresh.expose()).unwrap_or_else(|| {
             SystemTime::UNIX_EPOCH
@@ -297,13 +296,18 @@ fn jwt_expiry(token: &str) -> Option<SystemTime> {
     Some(SystemTime::UNIX_EPOCH + Duration::from_secs(exp))
 }
 
-/// The HTTP client for Entra ID: rustls with ring, the public roots plus `--azure-ca-file`.
+/// The HTTP client for Entra ID: the system's roots (as for the other clouds' libraries)
+/// plus `--azure-ca-file`.
 fn http_client(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, String> {
-    let tls = crate::registry::tls_config(ca_pem).map_err(|e| format!("--azure-ca-file: {e}"))?;
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
+    let mut builder = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
-        .redirect(reqwest::redirect::Policy::none())
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(pem) = ca_pem {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| format!("--azure-ca-file: {e}"))?;
+        builder = builder.tls_certs_merge(certs);
+    }
+    builder
         .build()
         .map_err(|e| format!("Entra ID HTTP client: {e}"))
 }

@@ -24,7 +24,6 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::PostParams;
 
 use crate::credentials::{Credential, Secret};
-use crate::registry::RepositoryClient;
 
 /// A cloud whose registries regcache signs in to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -106,6 +105,19 @@ impl CloudLogin {
             } => format!("{}:{namespace}/{name}={role}", self.provider.name()),
         }
     }
+}
+
+/// The registry's part in a sign-in, for clouds whose registry takes part (ACR exchanges an
+/// Entra ID token at `/oauth2/exchange`). `registry` implements it: this module never
+/// speaks to a registry itself.
+#[async_trait::async_trait]
+pub trait RegistryExchange: Send + Sync {
+    /// The registry's refresh token for an Entra ID access token, or why there is none.
+    async fn exchange_entra_token(
+        &self,
+        tenant: Option<&str>,
+        entra_token: &Secret,
+    ) -> Result<Secret, String>;
 }
 
 /// A failed sign-in; the message is the cloud's (or the API server's), never a token.
@@ -215,12 +227,12 @@ impl SignIn {
     }
 
     /// Credentials for `login`: cached ones while they are fresh, else newly issued.
-    /// `registry` is an anonymous client of the login's registry, for clouds whose
-    /// registry takes part in signing in (ACR's token exchange).
+    /// `registry` is the login's registry, for clouds whose registry takes part in
+    /// signing in (ACR's token exchange).
     pub async fn credential(
         &self,
         login: &CloudLogin,
-        registry: &RepositoryClient,
+        registry: &dyn RegistryExchange,
     ) -> Result<Credential, CloudError> {
         if let Some(c) = self.fresh(login) {
             return Ok(c);

@@ -35,8 +35,7 @@ use manifest::{ImageConfig, Manifest, MediaKind};
 pub use metrics::RegistryMetrics;
 pub use operations::next_link;
 pub(crate) use transport::check_ca_bundle;
-use transport::error_chain;
-pub(crate) use transport::tls_config;
+use transport::{error_chain, tls_config};
 
 /// Header carrying a manifest's digest in distribution responses.
 pub(crate) const DIGEST_HEADER: &str = "docker-content-digest";

@@ -343,6 +343,19 @@ impl RepositoryClient {
     }
 }
 
+#[async_trait::async_trait]
+impl crate::cloud::RegistryExchange for RepositoryClient {
+    async fn exchange_entra_token(
+        &self,
+        tenant: Option<&str>,
+        entra_token: &Secret,
+    ) -> std::result::Result<Secret, String> {
+        RepositoryClient::exchange_entra_token(self, tenant, entra_token)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
 pub(super) fn basic_header(credential: &Credential) -> Option<Secret> {
     use base64::Engine as _;
     match credential {

@@ -22,7 +22,7 @@ pub(crate) fn check_ca_bundle(pem: &[u8]) -> std::result::Result<(), String> {
 
 /// rustls with ring, the public web roots plus any extra CA; one crypto provider for the
 /// whole process, chosen here rather than by whichever crate initialises first.
-pub(crate) fn tls_config(
+pub(super) fn tls_config(
     ca_pem: Option<&[u8]>,
 ) -> std::result::Result<rustls::ClientConfig, String> {
     use rustls_pki_types::CertificateDer;

@@ -719,3 +719,9 @@ def test_gcp_workload_identity_provider_reaches_the_flags():
     args = args_of(render({"cloud": {"gcp": {"workloadIdentityProvider": provider, "tokenAudience": "p.svc.id.goog"}}}))
     assert f"--gcp-workload-identity-provider={provider}" in args
     assert "--gcp-token-audience=p.svc.id.goog" in args
+
+
+def test_azure_tenant_reaches_the_flags():
+    assert not [a for a in args_of(render(DEFAULT)) if a.startswith("--azure-")]
+    args = args_of(render({"cloud": {"azure": {"tenantId": "72f988bf-0000-0000-0000-000000000000"}}}))
+    assert "--azure-tenant-id=72f988bf-0000-0000-0000-000000000000" in args
