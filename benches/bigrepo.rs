@@ -297,7 +297,6 @@ async fn main() {
                     min: Duration::ZERO,
                     ..RefreshPolicy::default()
                 },
-                ..PassOptions::default()
             },
             ..WarmerOptions::default()
         },

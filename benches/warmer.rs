@@ -147,7 +147,6 @@ async fn main() {
                         min: Duration::ZERO,
                         ..RefreshPolicy::default()
                     },
-                    ..PassOptions::default()
                 },
                 ..WarmerOptions::default()
             },

@@ -43,7 +43,7 @@ async fn client() -> Result<Client, ControllerCommandError> {
 pub async fn controller(args: &ControllerArgs) -> Result<(), ControllerCommandError> {
     let client = client().await?;
     let mut defaults = Defaults::from_flags(&args.default_platforms, args.default_interval)?;
-    let mut runtime = Runtime::start(&args.runtime_options()).await?;
+    let mut runtime = Runtime::start(&args.runtime_options()?).await?;
     // ServiceAccounts' cloud identities sign in through the TokenRequest API.
     defaults.sign_in = Some(Arc::new(
         crate::cloud::SignIn::new(Some(client.clone()), args.cloud.options()?)

@@ -140,7 +140,7 @@ impl StandaloneArgs {
         self.registry.options()
     }
 
-    pub fn runtime_options(&self) -> RuntimeOptions {
+    pub fn runtime_options(&self) -> Result<RuntimeOptions, FlagError> {
         runtime_options(&self.cache, &self.limits, self.concurrent)
     }
 
@@ -242,7 +242,7 @@ impl ControllerArgs {
         self.api.registry.options()
     }
 
-    pub fn runtime_options(&self) -> RuntimeOptions {
+    pub fn runtime_options(&self) -> Result<RuntimeOptions, FlagError> {
         runtime_options(&self.cache, &self.limits, self.concurrent)
     }
 
@@ -274,18 +274,18 @@ fn runtime_options(
     cache: &CacheArgs,
     limits: &RegistryLimits,
     concurrency: usize,
-) -> RuntimeOptions {
-    RuntimeOptions {
+) -> Result<RuntimeOptions, FlagError> {
+    Ok(RuntimeOptions {
         cache: CacheOptions {
             servers: cache.memcached.clone(),
             service: cache.memcached_service.clone(),
             refresh: cache.memcached_refresh,
             timeout: cache.memcached_timeout,
         },
-        registry: limits.client_options(),
+        registry: limits.client_options()?,
         concurrency,
         answer_cache_bytes: cache.answer_cache_mib.saturating_mul(1 << 20),
-    }
+    })
 }
 
 /// The read API and the registry webhook endpoint.
@@ -549,6 +549,14 @@ pub struct RegistryLimits {
     /// Requests that may go at once to one host after a quiet spell.
     #[arg(long, env = "REGCACHE_REGISTRY_BURST", default_value_t = 20.0)]
     pub registry_burst: f64,
+    /// Requests in flight at once to one host, shared by every pass on it.
+    #[arg(long, env = "REGCACHE_REGISTRY_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub registry_concurrency: u32,
+    /// YAML file of per-registry limits (`hosts: [{host: PATTERN, qps, burst,
+    /// concurrency}]`), matched before the ones regcache ships for Docker Hub, GHCR, Quay
+    /// and ECR Public; the three flags above are the defaults for other hosts.
+    #[arg(long, env = "REGCACHE_REGISTRY_LIMITS_FILE")]
+    pub registry_limits_file: Option<PathBuf>,
     /// `NAME=IP` (repeatable or comma-separated): connect to registry host NAME at IP
     /// instead of looking it up, like curl's `--resolve`; the port is the one in the image
     /// name. For a registry reached at a private address under its public name.
@@ -580,17 +588,29 @@ fn parse_host_address(s: &str) -> Result<(String, std::net::IpAddr), String> {
 }
 
 impl RegistryLimits {
-    pub fn client_options(&self) -> ClientOptions {
-        ClientOptions {
+    /// The registry client's options; reads `--registry-limits-file`.
+    pub fn client_options(&self) -> Result<ClientOptions, FlagError> {
+        let mut host_rules = Vec::new();
+        if let Some(path) = &self.registry_limits_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                FlagError(format!("--registry-limits-file {}: {e}", path.display()))
+            })?;
+            host_rules = crate::registry::limits::parse_file(&text, &path.display().to_string())
+                .map_err(|e| FlagError(format!("--registry-limits-file {e}")))?;
+        }
+        host_rules.extend(crate::registry::limits::shipped());
+        Ok(ClientOptions {
             request_timeout: self.request_timeout,
             limiter: LimiterSettings {
                 max_rate: self.registry_qps,
                 burst: self.registry_burst,
+                concurrency: self.registry_concurrency as usize,
                 ..Default::default()
             },
             host_addresses: self.registry_host_addresses.clone(),
+            host_rules,
             ..Default::default()
-        }
+        })
     }
 }
 

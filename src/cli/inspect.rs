@@ -41,7 +41,7 @@ async fn repository_client(
         .insecure_registries
         .iter()
         .any(|h| h == repository.host() || h == repository.endpoint_host());
-    let client = RegistryClient::new(args.limits.client_options());
+    let client = RegistryClient::new(args.limits.client_options()?);
     Ok(client.repository(repository, credential, &Endpoint { insecure, ca_pem })?)
 }
 

@@ -67,6 +67,8 @@ pub enum CliError {
     Registry(#[from] registry::Error),
     #[error(transparent)]
     CredentialHelper(#[from] credential_helper::HelperError),
+    #[error(transparent)]
+    Flag(#[from] flags::FlagError),
     #[error("cannot read CA file {path}: {reason}")]
     CaFile { path: PathBuf, reason: String },
     #[error("invalid --platform {value:?}: {source}")]

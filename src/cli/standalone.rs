@@ -35,7 +35,7 @@ pub async fn standalone(args: &StandaloneArgs) -> Result<ExitCode, StandaloneCom
         return Err(StandaloneError::NoWatches(list.join(", ")).into());
     }
     let mut defaults = Defaults::from_flags(&args.default_platforms, args.default_interval)?;
-    let mut runtime = Runtime::start(&args.runtime_options()).await?;
+    let mut runtime = Runtime::start(&args.runtime_options()?).await?;
     // No Kubernetes API: only regcache's own cloud identity can sign in.
     defaults.sign_in = Some(std::sync::Arc::new(
         crate::cloud::SignIn::new(None, args.cloud.options()?)

@@ -29,6 +29,9 @@ pub struct LimiterSettings {
     /// Cap on the pause, whatever a registry says (a `Retry-After` of a day is not obeyed
     /// blindly; the pass fails with a rate-limit error instead, see the client).
     pub max_backoff: Duration,
+    /// Requests in flight to the host at once, shared by every pass that uses it (first
+    /// come, first served).
+    pub concurrency: usize,
 }
 
 impl Default for LimiterSettings {
@@ -41,6 +44,7 @@ impl Default for LimiterSettings {
             recovery_factor: 1.5,
             default_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(300),
+            concurrency: 8,
         }
     }
 }
@@ -146,28 +150,44 @@ fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
-/// Async wrapper around [`Bucket`] for one host.
+/// Async wrapper around [`Bucket`] for one host, with the host's in-flight slots.
 #[derive(Debug)]
 pub struct HostLimiter {
     bucket: Mutex<Bucket>,
+    slots: tokio::sync::Semaphore,
+    concurrency: usize,
 }
+
+/// One request's slot at a host; the slot frees when this drops.
+#[derive(Debug)]
+pub struct Slot<'a>(#[allow(dead_code)] tokio::sync::SemaphorePermit<'a>);
 
 impl HostLimiter {
     pub fn new(settings: LimiterSettings) -> Self {
+        let concurrency = settings.concurrency.max(1);
         HostLimiter {
             bucket: Mutex::new(Bucket::new(settings, now())),
+            slots: tokio::sync::Semaphore::new(concurrency),
+            concurrency,
         }
     }
 
-    /// Waits until the host's bucket lets one request through.
-    pub async fn acquire(&self) {
+    /// Waits for a free slot at the host (first come, first served), then until the
+    /// host's bucket lets one request through. Hold the slot until the answer is read.
+    pub async fn acquire(&self) -> Slot<'_> {
+        let slot = self.slots.acquire().await.expect("never closed");
         loop {
             let decision = self.lock().admit(now());
             match decision {
-                Admission::Go => return,
+                Admission::Go => return Slot(slot),
                 Admission::Wait(d) => tokio::time::sleep(d).await,
             }
         }
+    }
+
+    /// Requests that may be in flight to the host at once.
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
     }
 
     pub fn on_rate_limited(&self, retry_after: Option<Duration>) -> Duration {
@@ -206,6 +226,7 @@ mod tests {
             recovery_factor: 2.0,
             default_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(60),
+            concurrency: 2,
         }
     }
 
@@ -283,11 +304,29 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn slots_bound_the_requests_in_flight() {
+        let l = HostLimiter::new(LimiterSettings {
+            max_rate: 1000.0,
+            burst: 100.0,
+            ..settings()
+        });
+        let first = l.acquire().await;
+        let _second = l.acquire().await;
+        let wait = Duration::from_secs(1);
+        assert!(
+            tokio::time::timeout(wait, l.acquire()).await.is_err(),
+            "a third request waits while two are in flight"
+        );
+        drop(first);
+        assert!(tokio::time::timeout(wait, l.acquire()).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn async_limiter_waits_for_tokens() {
         let l = HostLimiter::new(settings());
         let start = tokio::time::Instant::now();
         for _ in 0..12 {
-            l.acquire().await;
+            drop(l.acquire().await);
         }
         // 2 from the burst, then 10 at 10/s.
         let waited = start.elapsed();

@@ -28,6 +28,14 @@ struct HostLabels {
     host: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HostLimitLabels {
+    host: String,
+    /// The rule's host pattern, or `default`.
+    rule: String,
+    setting: &'static str,
+}
+
 /// Clones record into the same families.
 #[derive(Debug, Clone)]
 pub struct RegistryMetrics {
@@ -35,6 +43,7 @@ pub struct RegistryMetrics {
     request_duration: HistogramFamily<HostKindLabels>,
     rate_limit_backoffs: Family<HostLabels, Counter>,
     rate_limit: Family<HostLabels, GaugeF64>,
+    host_limit: Family<HostLimitLabels, GaugeF64>,
 }
 
 impl Default for RegistryMetrics {
@@ -53,6 +62,7 @@ impl RegistryMetrics {
             request_duration: Family::new_with_constructor(seconds_histogram),
             rate_limit_backoffs: Family::default(),
             rate_limit: Family::default(),
+            host_limit: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("registry");
         r.register(
@@ -75,6 +85,11 @@ impl RegistryMetrics {
             "rate_limit",
             "Current ceiling on requests per second to the host",
             m.rate_limit.clone(),
+        );
+        r.register(
+            "host_limit",
+            "The limits in force for a host (setting qps, burst or concurrency) and the rule that set them",
+            m.host_limit.clone(),
         );
         m
     }
@@ -118,5 +133,27 @@ impl RegistryMetrics {
                 host: host.to_string(),
             })
             .set(rate);
+    }
+
+    /// Records the limits `rule` set for `host`.
+    pub(crate) fn host_limits(
+        &self,
+        host: &str,
+        rule: &str,
+        settings: &super::limiter::LimiterSettings,
+    ) {
+        for (setting, value) in [
+            ("qps", settings.max_rate),
+            ("burst", settings.burst),
+            ("concurrency", settings.concurrency as f64),
+        ] {
+            self.host_limit
+                .get_or_create(&HostLimitLabels {
+                    host: host.to_string(),
+                    rule: rule.to_string(),
+                    setting,
+                })
+                .set(value);
+        }
     }
 }

@@ -9,6 +9,7 @@ pub mod auth;
 mod describe;
 mod error;
 pub mod limiter;
+pub mod limits;
 pub mod manifest;
 mod metrics;
 mod operations;
@@ -73,6 +74,9 @@ pub struct ClientOptions {
     /// Registry host names connected to at a given address instead of being looked up
     /// (`--registry-host-address`); the port stays the one the name carries.
     pub host_addresses: Vec<(String, std::net::IpAddr)>,
+    /// Per-host limits over `limiter` (the defaults): the first matching rule wins
+    /// (`--registry-limits-file`, then [`limits::shipped`]).
+    pub host_rules: Vec<limits::HostRule>,
 }
 
 impl Default for ClientOptions {
@@ -92,6 +96,7 @@ impl Default for ClientOptions {
             limiter: LimiterSettings::default(),
             user_agent: concat!("regcache/", env!("CARGO_PKG_VERSION")).to_string(),
             host_addresses: Vec::new(),
+            host_rules: limits::shipped(),
         }
     }
 }
@@ -310,7 +315,12 @@ impl Inner {
     fn limiter(&self, host: &str) -> Arc<HostLimiter> {
         lock(&self.limiters)
             .entry(host.to_string())
-            .or_insert_with(|| Arc::new(HostLimiter::new(self.options.limiter.clone())))
+            .or_insert_with(|| {
+                let (settings, rule) =
+                    limits::settings_for(&self.options.host_rules, &self.options.limiter, host);
+                self.metrics.host_limits(host, &rule, &settings);
+                Arc::new(HostLimiter::new(settings))
+            })
             .clone()
     }
 
@@ -382,6 +392,14 @@ impl RepositoryClient {
     }
 
     /// A copy of this client whose requests are also counted in a fresh [`PassContext`].
+    /// Requests that may be in flight to this repository's host at once; every pass on
+    /// the host shares them.
+    pub fn host_concurrency(&self) -> usize {
+        self.inner
+            .limiter(&transport::url_host(&self.base))
+            .concurrency()
+    }
+
     pub fn for_pass(&self) -> (RepositoryClient, Arc<PassContext>) {
         let pass = Arc::new(PassContext::default());
         let mut rc = self.clone();

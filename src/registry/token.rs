@@ -263,7 +263,8 @@ impl RepositoryClient {
             .extend_pairs(form)
             .finish();
         let token_host = url_host(url);
-        self.inner.limiter(&token_host).acquire().await;
+        let limiter = self.inner.limiter(&token_host);
+        let _slot = limiter.acquire().await;
         self.record(RequestKind::Token);
         let started = std::time::Instant::now();
         let failed = |e: Error| {

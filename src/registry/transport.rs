@@ -127,7 +127,7 @@ impl RepositoryClient {
                 retry_after: Some(pause),
             });
         }
-        limiter.acquire().await;
+        let _slot = limiter.acquire().await;
         self.inner.metrics.rate(&limiter_host, limiter.rate());
         self.record(kind);
         let started = std::time::Instant::now();

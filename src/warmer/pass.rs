@@ -21,24 +21,11 @@ use crate::registry::{self, FetchedManifest, RegistryClient, RepositoryClient};
 /// the longest tag interval.
 const IMAGE_DEADLINE: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// Limits inside one pass.
-#[derive(Debug, Clone)]
+/// How a pass decides. It sends as many requests at once as its host allows (the host
+/// limiter's concurrency, shared with the other passes on the host).
+#[derive(Debug, Clone, Default)]
 pub struct PassOptions {
-    /// HEADs in flight at once for one target.
-    pub head_concurrency: usize,
-    /// Image fetches (manifest, children, configs) in flight at once for one target.
-    pub fetch_concurrency: usize,
     pub policy: RefreshPolicy,
-}
-
-impl Default for PassOptions {
-    fn default() -> Self {
-        PassOptions {
-            head_concurrency: 8,
-            fetch_concurrency: 8,
-            policy: RefreshPolicy::default(),
-        }
-    }
 }
 
 /// What failed in a pass, kept to the first of each kind so `lastError` stays readable.
@@ -136,6 +123,7 @@ pub async fn run<B: CacheWriter>(
         }
     };
     let (rc, pass) = rc.for_pass();
+    let in_flight = rc.host_concurrency();
 
     // 1. List and filter.
     let listed = match rc.list_tags().await {
@@ -194,7 +182,7 @@ pub async fn run<B: CacheWriter>(
                 (tag, r)
             }
         })
-        .buffer_unordered(options.head_concurrency.max(1));
+        .buffer_unordered(in_flight);
     let mut resolved: Vec<(String, Option<Digest>)> = Vec::new();
     while let Some((tag, result)) = heads.next().await {
         let tag = &tag;
@@ -269,7 +257,7 @@ pub async fn run<B: CacheWriter>(
                     (digest, r)
                 }
             })
-            .buffer_unordered(options.fetch_concurrency.max(1));
+            .buffer_unordered(in_flight);
         let image_deadline = now.plus(IMAGE_DEADLINE);
         let mut unknown: HashSet<Digest> = HashSet::new();
         let mut failed: HashSet<Digest> = HashSet::new();

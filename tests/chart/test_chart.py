@@ -49,6 +49,7 @@ EVERYTHING = {
     "extraArgs": ["--memcached-timeout=2s"],
     "extraEnv": [{"name": "RUST_BACKTRACE", "value": "1"}],
     "podAnnotations": {"example.com/a": "b"},
+    "registry": {"hosts": [{"host": "*.azurecr.io", "qps": 50, "concurrency": 16}]},
     "nodeSelector": {"kubernetes.io/os": "linux"},
     "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
     "priorityClassName": "system-cluster-critical",
@@ -438,8 +439,11 @@ def test_every_pod_runs_restricted(scenario):
         assert psc["runAsUser"] > 0
         assert psc["seccompProfile"] == {"type": "RuntimeDefault"}
         assert not pod.get("hostNetwork") and not pod.get("hostPID")
-        # Only Secret volumes (the token signing key, the TLS certificate): no host paths.
-        assert all(set(v) == {"name", "secret"} for v in pod.get("volumes", [])), pod["volumes"]
+        # Only Secret and ConfigMap volumes (the token signing key, the TLS certificate, the
+        # registry limits): no host paths.
+        assert all(
+            set(v) in ({"name", "secret"}, {"name", "configMap"}) for v in pod.get("volumes", [])
+        ), pod["volumes"]
         for c in pod["containers"] + pod.get("initContainers", []):
             sc = c["securityContext"]
             assert sc["allowPrivilegeEscalation"] is False
@@ -725,3 +729,41 @@ def test_azure_tenant_reaches_the_flags():
     assert not [a for a in args_of(render(DEFAULT)) if a.startswith("--azure-")]
     args = args_of(render({"cloud": {"azure": {"tenantId": "72f988bf-0000-0000-0000-000000000000"}}}))
     assert "--azure-tenant-id=72f988bf-0000-0000-0000-000000000000" in args
+
+
+def test_registry_host_limits_reach_a_mounted_limits_file():
+    objects = render(DEFAULT)
+    assert flag(args_of(objects), "--registry-concurrency") == "8"
+    assert flag(args_of(objects), "--registry-limits-file") is None
+    assert not kinds(objects, "ConfigMap")
+    hosts = [
+        {"host": "*.azurecr.io", "qps": 50, "burst": 100, "concurrency": 16},
+        {"host": "registry.internal:5000", "concurrency": 32},
+    ]
+    objects = render({"registry": {"hosts": hosts, "concurrency": 12}}, namespace=NAMESPACE)
+    config = one(objects, "ConfigMap", "regcache-registry-limits")
+    assert yaml.safe_load(config["data"]["limits.yaml"]) == {"hosts": hosts}
+    volume, mount = mounts(objects)["registry-limits"]
+    assert volume["configMap"] == {"name": "regcache-registry-limits"}
+    args = args_of(objects)
+    assert flag(args, "--registry-limits-file") == mount["mountPath"] + "/limits.yaml"
+    assert flag(args, "--registry-concurrency") == "12"
+    # Changing the limits rolls the Pods (regcache reads the file at start).
+    annotations = one(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    other = render({"registry": {"hosts": hosts[:1]}}, namespace=NAMESPACE)
+    assert annotations["checksum/registry-limits"] != (
+        one(other, "Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/registry-limits"]
+    )
+
+
+@pytest.mark.parametrize(
+    "hosts, message",
+    [
+        ([{"qps": 5}], "registry.hosts[0] needs a host"),
+        (["docker.io"], "registry.hosts[0] must be a map"),
+        ([{"host": "a"}, {"host": "b", "rate": 3}], 'registry.hosts[1] (b): unknown key "rate"'),
+    ],
+)
+def test_bad_registry_host_limits_are_refused(hosts, message):
+    with pytest.raises(helm.HelmError, match=re.escape(message)):
+        render({"registry": {"hosts": hosts}})

@@ -67,7 +67,6 @@ fn rig(auth: RegistryAuth, new_tag: Duration) -> Rig {
         WarmerOptions {
             pass: PassOptions {
                 policy: policy(new_tag),
-                ..PassOptions::default()
             },
             min_backoff: Duration::from_millis(50),
             ..WarmerOptions::default()
@@ -387,7 +386,7 @@ async fn a_429_mid_pass_keeps_data_and_the_next_pass_recovers() {
         "lastUpdate does not move"
     );
     // The pass stopped at the 429: after it, only HEADs already in flight reached the
-    // registry (at most head_concurrency - 1), not the rest of the due tags. Two things see
+    // registry (at most the host's concurrency - 1), not the rest of the due tags. Two things see
     // to it, the pass ending at a rate-limit error and the host's limiter staying closed
     // for the pause; the registry must see the effect whichever one acts.
     let manifests: Vec<_> = rig
@@ -400,7 +399,7 @@ async fn a_429_mid_pass_keeps_data_and_the_next_pass_recovers() {
         .iter()
         .position(|r| r.fault.is_some())
         .expect("the 429 was served");
-    let in_flight = PassOptions::default().head_concurrency - 1;
+    let in_flight = LimiterSettings::default().concurrency - 1;
     assert!(
         manifests.len() - limited_at - 1 <= in_flight,
         "{} manifest requests after the 429, more than the {in_flight} in flight with it",

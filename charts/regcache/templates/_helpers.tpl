@@ -106,3 +106,23 @@ none. Call with (dict "constraints" LIST "selector" LABELS-YAML).
 {{- end }}
 {{- end }}
 {{- end -}}
+
+{{/* The registry limits file: registry.hosts as `--registry-limits-file` reads it. */}}
+{{- define "regcache.registryLimits" -}}
+{{- $hosts := list }}
+{{- range $i, $h := .Values.registry.hosts }}
+{{- if not (kindIs "map" $h) }}
+{{- fail (printf "registry.hosts[%d] must be a map such as {host: \"*.example.com\", qps: 50}, not %v" $i $h) }}
+{{- end }}
+{{- if not $h.host }}
+{{- fail (printf "registry.hosts[%d] needs a host (a glob over the registry's host name)" $i) }}
+{{- end }}
+{{- range $k, $v := $h }}
+{{- if not (has $k (list "host" "qps" "burst" "concurrency")) }}
+{{- fail (printf "registry.hosts[%d] (%s): unknown key %q; the keys are host, qps, burst and concurrency" $i $h.host $k) }}
+{{- end }}
+{{- end }}
+{{- $hosts = append $hosts $h }}
+{{- end }}
+{{- dict "hosts" $hosts | toYaml }}
+{{- end }}
