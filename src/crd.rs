@@ -27,6 +27,7 @@ pub mod reasons {
     pub const CREDENTIALS_UNAVAILABLE: &str = "CredentialsUnavailable";
     pub const UNAUTHORIZED: &str = "Unauthorized";
     pub const RATE_LIMITED: &str = "RateLimited";
+    pub const PULL_QUOTA_RESERVED: &str = "PullQuotaReserved";
     pub const REPOSITORY_NOT_FOUND: &str = "RepositoryNotFound";
     pub const REGISTRY_UNAVAILABLE: &str = "RegistryUnavailable";
     pub const CACHE_UNAVAILABLE: &str = "CacheUnavailable";

@@ -557,6 +557,11 @@ pub struct RegistryLimits {
     /// and ECR Public; the three flags above are the defaults for other hosts.
     #[arg(long, env = "REGCACHE_REGISTRY_LIMITS_FILE")]
     pub registry_limits_file: Option<PathBuf>,
+    /// Of the pull quota a registry reports (Docker Hub's `RateLimit-Remaining`), what
+    /// regcache leaves for the cluster's own pulls: a number (`10`) or a share of the
+    /// limit (`20%`). At the reserve, manifest GETs wait and HEADs go on.
+    #[arg(long, env = "REGCACHE_REGISTRY_PULL_RESERVE", default_value = "20%", value_parser = crate::registry::quota::Reserve::parse)]
+    pub registry_pull_reserve: crate::registry::quota::Reserve,
     /// `NAME=IP` (repeatable or comma-separated): connect to registry host NAME at IP
     /// instead of looking it up, like curl's `--resolve`; the port is the one in the image
     /// name. For a registry reached at a private address under its public name.
@@ -609,6 +614,7 @@ impl RegistryLimits {
             },
             host_addresses: self.registry_host_addresses.clone(),
             host_rules,
+            pull_reserve: self.registry_pull_reserve,
             ..Default::default()
         })
     }

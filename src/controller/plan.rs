@@ -338,6 +338,7 @@ fn failure_reason(kind: Option<FailureKind>) -> &'static str {
         Some(FailureKind::CredentialsUnavailable) => reasons::CREDENTIALS_UNAVAILABLE,
         Some(FailureKind::Unauthorized) => reasons::UNAUTHORIZED,
         Some(FailureKind::RateLimited) => reasons::RATE_LIMITED,
+        Some(FailureKind::PullQuotaReserved) => reasons::PULL_QUOTA_RESERVED,
         Some(FailureKind::RepositoryNotFound) => reasons::REPOSITORY_NOT_FOUND,
         Some(FailureKind::RegistryUnavailable) => reasons::REGISTRY_UNAVAILABLE,
         Some(FailureKind::Cache) => reasons::CACHE_UNAVAILABLE,

@@ -102,6 +102,18 @@ pub enum Error {
     InvalidCa { host: String, detail: String },
     #[error("{url} is not a distribution (v2) registry endpoint: {detail}")]
     NotARegistry { url: String, detail: String },
+    #[error(
+        "registry {host} has {remaining}{} pulls left in its window and regcache keeps {reserve} \
+         for the cluster's own pulls (--registry-pull-reserve): manifest GETs wait until the \
+         window frees pulls; HEADs go on",
+        limit.map(|l| format!(" of {l}")).unwrap_or_default()
+    )]
+    PullQuotaReserved {
+        host: String,
+        remaining: u64,
+        limit: Option<u64>,
+        reserve: u64,
+    },
     #[error("{repository}@{digest} has no image for platform {wanted}; it has: {available}")]
     PlatformNotFound {
         repository: String,
@@ -150,6 +162,7 @@ impl Error {
             Error::InvalidCa { .. } => "invalid_ca",
             Error::NotARegistry { .. } => "not_a_registry",
             Error::PlatformNotFound { .. } => "platform_not_found",
+            Error::PullQuotaReserved { .. } => "pull_quota_reserved",
         }
     }
 

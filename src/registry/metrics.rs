@@ -44,6 +44,8 @@ pub struct RegistryMetrics {
     rate_limit_backoffs: Family<HostLabels, Counter>,
     rate_limit: Family<HostLabels, GaugeF64>,
     host_limit: Family<HostLimitLabels, GaugeF64>,
+    pull_quota_remaining: Family<HostLabels, GaugeF64>,
+    pull_quota_limit: Family<HostLabels, GaugeF64>,
 }
 
 impl Default for RegistryMetrics {
@@ -63,6 +65,8 @@ impl RegistryMetrics {
             rate_limit_backoffs: Family::default(),
             rate_limit: Family::default(),
             host_limit: Family::default(),
+            pull_quota_remaining: Family::default(),
+            pull_quota_limit: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("registry");
         r.register(
@@ -90,6 +94,16 @@ impl RegistryMetrics {
             "host_limit",
             "The limits in force for a host (setting qps, burst or concurrency) and the rule that set them",
             m.host_limit.clone(),
+        );
+        r.register(
+            "pull_quota_remaining",
+            "Pulls left in the registry's window, as its last manifest answer reported (RateLimit-Remaining)",
+            m.pull_quota_remaining.clone(),
+        );
+        r.register(
+            "pull_quota_limit",
+            "The registry's pull quota per window, as its last manifest answer reported (RateLimit-Limit)",
+            m.pull_quota_limit.clone(),
         );
         m
     }
@@ -133,6 +147,21 @@ impl RegistryMetrics {
                 host: host.to_string(),
             })
             .set(rate);
+    }
+
+    /// Records the pull quota `host` reported.
+    pub(crate) fn pull_quota(&self, host: &str, quota: &super::quota::Quota) {
+        let labels = HostLabels {
+            host: host.to_string(),
+        };
+        self.pull_quota_remaining
+            .get_or_create(&labels)
+            .set(quota.remaining as f64);
+        if let Some(limit) = quota.limit {
+            self.pull_quota_limit
+                .get_or_create(&labels)
+                .set(limit as f64);
+        }
     }
 
     /// Records the limits `rule` set for `host`.

@@ -13,6 +13,7 @@ pub mod limits;
 pub mod manifest;
 mod metrics;
 mod operations;
+pub mod quota;
 mod token;
 mod transport;
 
@@ -77,6 +78,9 @@ pub struct ClientOptions {
     /// Per-host limits over `limiter` (the defaults): the first matching rule wins
     /// (`--registry-limits-file`, then [`limits::shipped`]).
     pub host_rules: Vec<limits::HostRule>,
+    /// Of a pull quota a registry reports, what regcache leaves to others: at the reserve,
+    /// manifest GETs wait (`--registry-pull-reserve`).
+    pub pull_reserve: quota::Reserve,
 }
 
 impl Default for ClientOptions {
@@ -97,6 +101,7 @@ impl Default for ClientOptions {
             user_agent: concat!("regcache/", env!("CARGO_PKG_VERSION")).to_string(),
             host_addresses: Vec::new(),
             host_rules: limits::shipped(),
+            pull_reserve: quota::Reserve::default(),
         }
     }
 }
@@ -205,6 +210,7 @@ struct Inner {
     /// host must cost one ping and one token, not sixteen of each.
     flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     tokens: TokenCache,
+    quotas: quota::Quotas,
     stats: RequestStats,
     metrics: RegistryMetrics,
 }
@@ -230,6 +236,7 @@ impl RegistryClient {
                 challenges: Mutex::new(HashMap::new()),
                 flights: Mutex::new(HashMap::new()),
                 tokens: TokenCache::default(),
+                quotas: quota::Quotas::default(),
                 stats: RequestStats::default(),
                 metrics,
             }),
@@ -421,5 +428,39 @@ impl RepositoryClient {
 
     fn challenge_key(&self) -> String {
         self.base.origin().ascii_serialization()
+    }
+
+    /// Pull quotas count per identity: the host and the credential.
+    fn quota_key(&self) -> String {
+        format!(
+            "{} {}",
+            self.challenge_key(),
+            hex::encode(self.credential.fingerprint())
+        )
+    }
+
+    /// Records the pull quota a manifest answer reports.
+    pub(crate) fn note_quota(&self, headers: &http::HeaderMap) {
+        if let Some(q) = quota::parse(headers) {
+            self.inner.quotas.record(&self.quota_key(), q);
+            self.inner.metrics.pull_quota(&self.host, &q);
+        }
+    }
+
+    /// Refuses a manifest GET while the identity's quota is at regcache's reserve.
+    pub(crate) fn check_pull_quota(&self) -> Result<()> {
+        let Some(q) = self.inner.quotas.current(&self.quota_key()) else {
+            return Ok(());
+        };
+        let reserve = self.inner.options.pull_reserve.of(&q);
+        if q.remaining > reserve {
+            return Ok(());
+        }
+        Err(Error::PullQuotaReserved {
+            host: self.host.clone(),
+            remaining: q.remaining,
+            limit: q.limit,
+            reserve,
+        })
     }
 }

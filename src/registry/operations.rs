@@ -211,6 +211,7 @@ impl RepositoryClient {
     /// Fetches a manifest and checks it against the digest asked for, or else the one the
     /// registry advertised.
     pub async fn get_manifest(&self, reference: &Reference) -> Result<FetchedManifest> {
+        self.check_pull_quota()?;
         let options = &self.inner.options;
         let url = self.manifest_url(reference);
         let answer = self

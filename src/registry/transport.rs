@@ -390,7 +390,12 @@ impl RepositoryClient {
                         status: s,
                     });
                 }
-                _ => return Ok(answer),
+                _ => {
+                    if matches!(kind, RequestKind::ManifestHead | RequestKind::ManifestGet) {
+                        self.note_quota(&answer.headers);
+                    }
+                    return Ok(answer);
+                }
             }
         }
     }

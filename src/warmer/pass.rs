@@ -283,7 +283,13 @@ pub async fn run<B: CacheWriter>(
                     unknown.insert(digest);
                 }
                 Err(e) => {
-                    let stop = matches!(e, registry::Error::RateLimited { .. });
+                    // A 429, or the pull quota at the reserve: the other GETs would meet the
+                    // same answer.
+                    let stop = matches!(
+                        e,
+                        registry::Error::RateLimited { .. }
+                            | registry::Error::PullQuotaReserved { .. }
+                    );
                     let tags: Vec<&str> = resolved
                         .iter()
                         .filter(|(_, d)| d.as_ref() == Some(&digest))

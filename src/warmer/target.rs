@@ -87,6 +87,8 @@ pub enum FailureKind {
     CredentialsUnavailable,
     Unauthorized,
     RateLimited,
+    /// The registry's pull quota is down to regcache's reserve: GETs wait, HEADs go on.
+    PullQuotaReserved,
     RepositoryNotFound,
     RegistryUnavailable,
     Cache,
@@ -100,6 +102,7 @@ impl FailureKind {
             FailureKind::CredentialsUnavailable => "credentials_unavailable",
             FailureKind::Unauthorized => "unauthorized",
             FailureKind::RateLimited => "rate_limited",
+            FailureKind::PullQuotaReserved => "pull_quota_reserved",
             FailureKind::RepositoryNotFound => "repository_not_found",
             FailureKind::RegistryUnavailable => "registry_unavailable",
             FailureKind::Cache => "cache",
@@ -112,6 +115,7 @@ impl FailureKind {
         match e {
             E::Unauthorized { .. } | E::Forbidden { .. } => FailureKind::Unauthorized,
             E::RateLimited { .. } => FailureKind::RateLimited,
+            E::PullQuotaReserved { .. } => FailureKind::PullQuotaReserved,
             E::NameUnknown { .. } => FailureKind::RepositoryNotFound,
             E::Connect { .. }
             | E::Timeout { .. }

@@ -751,3 +751,114 @@ async fn watch_expiry_and_api_server_restart_lose_no_change() {
     }
     cluster.assert_nothing_forbidden_except(&[(restarting, restarted)]);
 }
+
+/// A registry that reports a pull quota counting down (Docker Hub's `RateLimit-Remaining`):
+/// regcache stops manifest GETs at its reserve, goes on HEADing, says why in the watch's
+/// status and in metrics, and GETs again once the window frees pulls.
+#[tokio::test(flavor = "multi_thread")]
+async fn manifest_gets_stop_at_the_pull_quota_reserve_and_resume_when_the_window_resets() {
+    const TAGS: usize = 10;
+    const LIMIT: u64 = 8;
+    const RESERVE: u64 = 3;
+    let registry = Registry::start(RegistryAuth::Anonymous);
+    let pusher = registry.pusher();
+    for i in 0..TAGS {
+        pusher
+            .push_image(
+                "quota/app",
+                &format!("t{i:02}"),
+                &ImageSpec::new(ManifestKind::Oci).seed(500 + i as u64),
+            )
+            .await;
+    }
+    let proxy = registry.fault_proxy();
+    proxy.set_pull_quota(LIMIT);
+    let memcached = support::Memcached::start();
+    let cluster = Cluster::install(&[NS], &[]).await;
+    let path = format!("{WATCHES}/app");
+    cluster
+        .create(
+            WATCHES,
+            json!({"apiVersion": "regcache.io/v1alpha1", "kind": "ImageRepositoryWatch",
+                   "metadata": {"name": "app", "namespace": NS},
+                   "spec": {"image": format!("{}/quota/app", proxy.host()),
+                            "insecure": true, "interval": "1h"}}),
+        )
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    // One request at a time, so that the GETs stop exactly at the reserve.
+    let controller = cluster.controller(
+        &[
+            "--memcached",
+            &memcached.addr(),
+            &format!("--registry-pull-reserve={RESERVE}"),
+            "--registry-concurrency=1",
+        ],
+        dir.path().join("controller.log"),
+    );
+    let gets = || proxy.count("GET", support::Kind::Manifest);
+    let heads = || proxy.count("HEAD", support::Kind::Manifest);
+    let reserved = cluster
+        .wait_for(
+            &path,
+            Duration::from_secs(60),
+            ready_is("False", "PullQuotaReserved"),
+        )
+        .await;
+    let message = reserved["status"]["conditions"][0]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        message.contains(&format!("{RESERVE} of {LIMIT} pulls left"))
+            && message.contains("--registry-pull-reserve"),
+        "{reserved:#}"
+    );
+    assert_eq!(
+        gets() as u64,
+        LIMIT - RESERVE,
+        "GETs up to the reserve, no further"
+    );
+    assert_eq!(heads(), TAGS, "every tag was HEADed");
+    let metrics = controller.address("metrics").await;
+    let remaining = support::scrape_metric(
+        &metrics,
+        &format!(
+            "regcache_registry_pull_quota_remaining{{host=\"{}\"}}",
+            proxy.host()
+        ),
+    )
+    .await;
+    assert_eq!(remaining, RESERVE as f64);
+
+    // Another pass in the same window: HEADs go on, no GET.
+    request_rescan(&cluster, &path, "1").await;
+    cluster
+        .wait_for(&path, Duration::from_secs(30), |_| heads() > TAGS)
+        .await;
+    let again = cluster
+        .wait_for(
+            &path,
+            Duration::from_secs(30),
+            ready_is("False", "PullQuotaReserved"),
+        )
+        .await;
+    assert_eq!(gets() as u64, LIMIT - RESERVE, "{again:#}");
+
+    // The window resets: the HEADs read the new quota and the rest is fetched.
+    proxy.reset_pull_quota();
+    request_rescan(&cluster, &path, "2").await;
+    let done = cluster
+        .wait_for(
+            &path,
+            Duration::from_secs(60),
+            ready_is("True", "Succeeded"),
+        )
+        .await;
+    assert_eq!(done["status"]["tagCount"], TAGS, "{done:#}");
+    assert_eq!(
+        gets(),
+        TAGS,
+        "each image fetched once: the rest after the reset"
+    );
+}

@@ -238,6 +238,8 @@ struct State {
     /// Sent upstream instead of the client's `Authorization` (a blob host with its own
     /// access to the storage, like a pre-signed URL).
     upstream_authorization: Option<String>,
+    /// Docker Hub's pull quota: (limit, manifest GETs counted in the window).
+    pull_quota: Mutex<Option<(u64, u64)>>,
 }
 
 type Body = BoxBody<Bytes, std::io::Error>;
@@ -301,6 +303,7 @@ impl FaultProxy {
             in_flight: Default::default(),
             peak_in_flight: Default::default(),
             upstream_authorization,
+            pull_quota: Mutex::new(None),
         });
         let st = state.clone();
         let server = BackgroundServer::builder("fault-proxy")
@@ -379,6 +382,18 @@ impl FaultProxy {
     }
     pub fn total(&self) -> usize {
         self.state.counts.lock().unwrap().total()
+    }
+    /// Plays Docker Hub's pull quota: every manifest answer carries `RateLimit-Limit:
+    /// LIMIT;w=21600` and `RateLimit-Remaining: N;w=21600`; each manifest GET (not a HEAD)
+    /// spends one pull, and with none left a GET answers 429 as Docker Hub does.
+    pub fn set_pull_quota(&self, limit: u64) {
+        *self.state.pull_quota.lock().unwrap() = Some((limit, 0));
+    }
+    /// A new window: every pull is available again.
+    pub fn reset_pull_quota(&self) {
+        if let Some((_, used)) = self.state.pull_quota.lock().unwrap().as_mut() {
+            *used = 0;
+        }
     }
     /// Every request since the last reset, in arrival order.
     pub fn seen(&self) -> Vec<SeenRequest> {
@@ -471,6 +486,28 @@ async fn handle(
         }
         chosen
     };
+    // Docker Hub's pull quota, when played: a GET spends a pull, a HEAD only reads it.
+    let quota = match st.pull_quota.lock().unwrap().as_mut() {
+        Some((limit, used)) if kind == Kind::Manifest => {
+            if method == "GET" && *used >= *limit {
+                return Ok(Response::builder()
+                    .status(429)
+                    .header("ratelimit-limit", format!("{limit};w=21600"))
+                    .header("ratelimit-remaining", "0;w=21600")
+                    .header("content-type", "application/json")
+                    .body(full(error_body(
+                        "TOOMANYREQUESTS",
+                        "You have reached your pull rate limit.",
+                    )))
+                    .unwrap());
+            }
+            if method == "GET" {
+                *used += 1;
+            }
+            Some((*limit, *limit - *used))
+        }
+        _ => None,
+    };
     st.seen.lock().unwrap().push(SeenRequest {
         method: method.clone(),
         path_and_query: pq.clone(),
@@ -532,6 +569,17 @@ async fn handle(
     };
 
     let mut body = up.body;
+    if let Some((limit, remaining)) = quota {
+        for (name, value) in [
+            ("ratelimit-limit", limit),
+            ("ratelimit-remaining", remaining),
+        ] {
+            up.headers.insert(
+                name,
+                format!("{value};w=21600").parse().expect("header value"),
+            );
+        }
+    }
     match &fault {
         Some(Fault::DropDigestHeader) => {
             up.headers.remove("docker-content-digest");
