@@ -74,6 +74,7 @@ EVERYTHING = {
     "memcached": {
         "replicas": 3,
         "extraArgs": ["-c", "4096"],
+        "restartable": {"enabled": True, "storageClassName": "fast"},
         "podAnnotations": {"example.com/m": "n"},
         "nodeSelector": {"kubernetes.io/os": "linux"},
         "tolerations": [{"key": "cache", "operator": "Exists"}],
@@ -767,3 +768,28 @@ def test_registry_host_limits_reach_a_mounted_limits_file():
 def test_bad_registry_host_limits_are_refused(hosts, message):
     with pytest.raises(helm.HelmError, match=re.escape(message)):
         render({"registry": {"hosts": hosts}})
+
+
+@pytest.mark.parametrize("volume", ["persistentVolume", "memory"])
+def test_restartable_memcached_keeps_its_items_in_a_file_saved_on_stop(volume):
+    plain = one(render(DEFAULT), "StatefulSet")
+    assert "-e" not in container(render(DEFAULT), "StatefulSet")["args"]
+    assert "volumeClaimTemplates" not in plain["spec"]
+    objects = render({"memcached": {"restartable": {"enabled": True, "volume": volume}}})
+    statefulset = one(objects, "StatefulSet")
+    c = container(objects, "StatefulSet")
+    args = c["args"]
+    assert args[args.index("-e") + 1] == "/cache/memory"
+    assert c["volumeMounts"] == [{"name": "cache", "mountPath": "/cache"}]
+    assert "kill -USR1 1" in " ".join(c["lifecycle"]["preStop"]["exec"]["command"])
+    pod = statefulset["spec"]["template"]["spec"]
+    if volume == "memory":
+        assert pod["volumes"] == [{"name": "cache", "emptyDir": {"medium": "Memory", "sizeLimit": "272Mi"}}]
+        assert "volumeClaimTemplates" not in statefulset["spec"]
+    else:
+        assert "volumes" not in pod
+        (claim,) = statefulset["spec"]["volumeClaimTemplates"]
+        assert claim["metadata"]["name"] == "cache"
+        assert claim["spec"]["resources"]["requests"]["storage"] == "320Mi"
+    with pytest.raises(helm.HelmError, match=re.escape('memcached.restartable.volume must be persistentVolume or memory, not "disk"')):
+        render({"memcached": {"restartable": {"enabled": True, "volume": "disk"}}})

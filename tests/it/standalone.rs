@@ -450,3 +450,81 @@ async fn a_registry_push_notification_warms_the_new_tag_at_once() {
     let logs = std::fs::read_to_string(dir.path().join("regcache.log")).unwrap();
     assert!(!logs.contains(token), "webhook token in logs");
 }
+
+/// memcached's restartable mode keeps the cache across a graceful memcached restart, and a
+/// new regcache process reads it: the pass after both restarts makes no GET (the proxy in
+/// front of the registry is the access log). A plain restart loses the cache and the same
+/// pass GETs everything again, which shows what the restartable mode saves.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restartable_memcached_and_a_new_regcache_make_no_get_on_the_next_pass() {
+    const TAGS: usize = 6;
+    let registry = Registry::start(RegistryAuth::Anonymous);
+    let pusher = registry.pusher();
+    for i in 0..TAGS {
+        pusher
+            .push_image(
+                "restart/app",
+                &format!("v{i}"),
+                &ImageSpec::new(ManifestKind::Oci).seed(900 + i as u64),
+            )
+            .await;
+    }
+    let proxy = registry.fault_proxy();
+    let memory = tempfile::Builder::new()
+        .prefix("regcache-memcached-")
+        .tempdir_in("/dev/shm")
+        .unwrap();
+    let mut memcached = support::Memcached::start_restartable(&memory.path().join("items"));
+    let dir = tempfile::tempdir().unwrap();
+    let watch = dir.path().join("watch.yaml");
+    std::fs::write(
+        &watch,
+        format!(
+            "apiVersion: regcache.io/v1alpha1\nkind: ImageRepositoryWatch\nmetadata: {{name: app}}\nspec: {{image: {}/restart/app, insecure: true, interval: 1h}}\n",
+            proxy.host()
+        ),
+    )
+    .unwrap();
+    let addr = memcached.addr();
+    let watch_path = watch.to_str().unwrap().to_string();
+    let pass = || {
+        proxy.reset_counts();
+        let (ok, out, err) = regcache(&[
+            "standalone",
+            "--watches",
+            &watch_path,
+            "--memcached",
+            &addr,
+            "--once",
+            "-o",
+            "json",
+        ]);
+        assert!(ok, "{out}\n{err}");
+        let summary: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(summary[0]["tagCount"], TAGS, "{summary:#}");
+        (
+            proxy.count("GET", support::Kind::Manifest),
+            proxy.count("GET", support::Kind::Blob),
+        )
+    };
+    let (manifests, blobs) = pass();
+    assert_eq!(
+        (manifests, blobs),
+        (TAGS, TAGS),
+        "the cold pass fetches each image"
+    );
+
+    memcached.graceful_restart();
+    assert_eq!(
+        pass(),
+        (0, 0),
+        "no GET after a graceful restart and a new regcache"
+    );
+
+    memcached.restart();
+    assert_eq!(
+        pass(),
+        (TAGS, TAGS),
+        "a plain restart empties memcached: everything is fetched again"
+    );
+}

@@ -20,6 +20,28 @@ impl ChildProcess {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// Send `signal` (`USR1`, `TERM`, ...) and wait for the process to exit by itself;
+    /// killed if it has not within `within`. Whether it exited in time.
+    pub fn signal_and_wait(&mut self, signal: &str, within: Duration) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
+        let sent = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(c.id().to_string())
+            .status()
+            .is_ok_and(|s| s.success());
+        let deadline = Instant::now() + within;
+        while sent && Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        kill_and_wait(&mut c);
+        false
+    }
+
     /// Kill and wait (no-op when not running).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
