@@ -20,7 +20,7 @@ mkdir -p "$out"
 benches=("$@")
 write_page=0
 if [[ ${#benches[@]} -eq 0 ]]; then
-    benches=(warmer inspect cache api registry_api bigrepo memory)
+    benches=(warmer inspect cache api registry_api onerepo bigrepo memory)
     write_page=1
 fi
 

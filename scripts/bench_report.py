@@ -16,13 +16,14 @@ import os
 import sys
 import time
 
-BENCHES = ["warmer", "inspect", "cache", "api", "registry_api", "bigrepo", "memory"]
+BENCHES = ["warmer", "inspect", "cache", "api", "registry_api", "onerepo", "bigrepo", "memory"]
 TITLES = {
     "warmer": "Registry requests per pass, against Flux v1 (modelled)",
     "inspect": "Inspect against the registry's own rate",
     "cache": "Cache reads and writes against raw memcached",
     "api": "Read API latency under load",
     "registry_api": "Registry API rate against the registry's own",
+    "onerepo": "One repository at registry speed, and per-host ceilings",
     "bigrepo": "One large repository warmed and read back",
     "memory": "Operator memory with 1,000 watches",
 }

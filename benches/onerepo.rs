@@ -1,0 +1,338 @@
+//! One large repository and the per-host limits, all in one run:
+//! 1. A cold pass over one repository of distinct single-platform images with the per-host
+//!    ceiling lifted, at two host concurrencies, beside the registry's own rate for the very
+//!    same requests (HEADs included) replayed raw with as many in flight, and beside a
+//!    `skopeo inspect` loop with 8 in flight.
+//! 2. A per-host ceiling with four passes on one host at once: the requests per second the
+//!    registry saw (through the counting proxy), overall and in its busiest second.
+//! 3. Docker Hub's shipped limits (10 requests/s, burst 20, 4 in flight) over a cold warm of
+//!    a 1,000-tag repository.
+//!
+//! `cargo bench --bench onerepo` (env `BENCH_IMAGES` 1000, `BENCH_ROUNDS` 3,
+//! `BENCH_SKOPEO_TAGS` 200, `BENCH_CEILING` 200, `BENCH_HUB_TAGS` 1000).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use regcache::cache::keys::Scope;
+use regcache::cache::memcached::{Memcached, MemcachedOptions};
+use regcache::cache::store::MetadataStore;
+use regcache::credentials::Credential;
+use regcache::image::Repository;
+use regcache::registry::limiter::LimiterSettings;
+use regcache::registry::limits::{self, HostRule};
+use regcache::registry::{ClientOptions, Endpoint, RegistryClient};
+use regcache::warmer::filter::TagFilter;
+use regcache::warmer::{Outcome, Target, Warmer, WarmerOptions};
+use support::{Registry, RegistryAuth};
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    xs[xs.len() / 2]
+}
+
+/// A warmer with `rule` as its only host rule; other hosts have the ceiling lifted.
+fn warmer(memcached: &support::Memcached, rule: Option<HostRule>) -> Warmer<Memcached> {
+    let client = RegistryClient::new(ClientOptions {
+        limiter: LimiterSettings {
+            max_rate: 1e6,
+            burst: 1e6,
+            ..LimiterSettings::default()
+        },
+        host_rules: rule.into_iter().collect(),
+        ..ClientOptions::default()
+    });
+    let store = Arc::new(MetadataStore::new(Memcached::new(
+        vec![memcached.addr()],
+        MemcachedOptions::default(),
+    )));
+    Warmer::new(client, store, WarmerOptions::default())
+}
+
+fn target(host: &str, repo: &str) -> Target {
+    Target {
+        id: repo.to_string(),
+        repository: Repository::parse(&format!("{host}/{repo}")).unwrap(),
+        credential: Credential::Anonymous,
+        cloud: None,
+        scope: Scope::public(),
+        endpoint: Endpoint {
+            insecure: true,
+            ca_pem: None,
+        },
+        filter: TagFilter::default(),
+        platforms: Vec::new(),
+        interval: Duration::from_secs(300),
+        timestamp_labels: false,
+    }
+}
+
+fn requests(o: &Outcome) -> u64 {
+    o.requests.values().sum()
+}
+
+/// The overall rate and the most requests in any one second, from arrival times.
+fn rates(mut at: Vec<Instant>) -> (f64, usize) {
+    at.sort();
+    let span = at
+        .last()
+        .zip(at.first())
+        .map(|(l, f)| l.duration_since(*f).as_secs_f64())
+        .unwrap_or(0.0);
+    let mut busiest = 0;
+    let mut start = 0;
+    for end in 0..at.len() {
+        while at[end].duration_since(at[start]) >= Duration::from_secs(1) {
+            start += 1;
+        }
+        busiest = busiest.max(end - start + 1);
+    }
+    (at.len() as f64 / span.max(1e-9), busiest)
+}
+
+/// A host rule for exactly `host`.
+fn rule(host: &str, qps: f64, burst: f64, concurrency: usize) -> HostRule {
+    HostRule::new(host, Some(qps), Some(burst), Some(concurrency)).unwrap()
+}
+
+#[tokio::main]
+async fn main() {
+    let images = support::env_usize("BENCH_IMAGES", 1000);
+    let rounds = support::env_usize("BENCH_ROUNDS", 3);
+    let skopeo_tags = support::env_usize("BENCH_SKOPEO_TAGS", 200).min(images);
+    let ceiling = support::env_usize("BENCH_CEILING", 200) as f64;
+    let hub_tags = support::env_usize("BENCH_HUB_TAGS", 1000);
+
+    let registry = Registry::start(RegistryAuth::Anonymous);
+    let memcached = support::Memcached::start_with_args(&["-m", "1024"]);
+    let pusher = registry.pusher();
+    let t = Instant::now();
+    let pushed = pusher.push_many("bench/one", images, images).await;
+    for r in 0..4 {
+        pusher
+            .push_many(&format!("bench/shared{r}"), images / 4, images / 4)
+            .await;
+    }
+    pusher.push_many("bench/hub", hub_tags, 10).await;
+    println!(
+        "dataset: bench/one with {images} distinct single-platform images; 4 repositories of {} \
+         images; bench/hub with {hub_tags} tags over 10 images; pushed in {:.1}s",
+        images / 4,
+        t.elapsed().as_secs_f64()
+    );
+
+    // 1. One repository, ceiling lifted.
+    let raw = support::http_client(None);
+    let base = registry.base_url();
+    let mut regcache_at_8 = 0.0;
+    for concurrency in [8usize, 32] {
+        let lifted = |host: &str| rule(host, 1e6, 1e6, concurrency);
+        // The exact requests of a cold pass, and how many were in flight at once.
+        memcached.flush();
+        let proxy = registry.fault_proxy();
+        let w = warmer(&memcached, Some(lifted(&proxy.host())));
+        let counted = w.warm_now(&target(&proxy.host(), "bench/one")).await;
+        assert!(counted.error.is_none(), "{:?}", counted.error);
+        assert_eq!(counted.images_updated, images);
+        let in_flight = proxy.peak_in_flight();
+        let seen: Vec<(String, String)> = proxy
+            .seen()
+            .into_iter()
+            .map(|r| (r.method, r.path_and_query))
+            .collect();
+        drop(proxy);
+        let mut regcache_rates = Vec::new();
+        let mut raw_rates = Vec::new();
+        for _ in 0..rounds {
+            memcached.flush();
+            let w = warmer(&memcached, Some(lifted(&registry.host())));
+            let t = Instant::now();
+            let o = w.warm_now(&target(&registry.host(), "bench/one")).await;
+            let secs = t.elapsed().as_secs_f64();
+            assert!(
+                o.error.is_none() && o.images_updated == images,
+                "{:?}",
+                o.error
+            );
+            regcache_rates.push(requests(&o) as f64 / secs);
+
+            let t = Instant::now();
+            futures::stream::iter(seen.iter())
+                .for_each_concurrent(in_flight, |(method, path)| {
+                    let raw = raw.clone();
+                    let url = format!("{base}{path}");
+                    async move {
+                        let req = if method == "HEAD" {
+                            raw.head(&url)
+                        } else {
+                            raw.get(&url)
+                        };
+                        let r = req
+                            .header("accept", support::ACCEPT_MANIFESTS)
+                            .send()
+                            .await
+                            .unwrap();
+                        assert!(r.status().is_success());
+                        r.bytes().await.unwrap();
+                    }
+                })
+                .await;
+            raw_rates.push(seen.len() as f64 / t.elapsed().as_secs_f64());
+        }
+        let (ours, theirs) = (median(regcache_rates), median(raw_rates));
+        if concurrency == 8 {
+            regcache_at_8 = ours;
+        }
+        println!(
+            "host concurrency {concurrency}: a cold pass is {} requests ({in_flight} in flight at \
+             its peak); regcache median {ours:.0} req/s, the registry's raw replay of the same \
+             requests with {in_flight} in flight median {theirs:.0} req/s: {:.2}x ({rounds} rounds)",
+            seen.len(),
+            ours / theirs
+        );
+        common::summary(
+            &format!(
+                "One repository, cold, ceiling lifted, host concurrency {concurrency}: at least 0.70x the registry's own rate"
+            ),
+            &format!(
+                "{}: {:.2}x ({ours:.0} vs {theirs:.0} req/s, medians of {rounds}, {in_flight} in flight on both sides)",
+                if ours / theirs >= 0.7 {
+                    "met"
+                } else {
+                    "not met"
+                },
+                ours / theirs
+            ),
+        );
+    }
+
+    // skopeo inspect, 8 at a time, over the first tags: images/s against regcache's
+    // images/s at host concurrency 8 (one image is one HEAD and two GETs for regcache).
+    let tags: Vec<String> = pushed
+        .iter()
+        .take(skopeo_tags)
+        .map(|(t, _)| t.clone())
+        .collect();
+    let host = registry.host();
+    let t = Instant::now();
+    futures::stream::iter(tags.iter())
+        .for_each_concurrent(8, |tag| {
+            let reference = format!("docker://{host}/bench/one:{tag}");
+            async move {
+                let out = tokio::process::Command::new("skopeo")
+                    .args(["inspect", "--tls-verify=false", &reference])
+                    .output()
+                    .await
+                    .expect("run skopeo");
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        })
+        .await;
+    let skopeo_images = tags.len() as f64 / t.elapsed().as_secs_f64();
+    let regcache_images = regcache_at_8 / 3.0;
+    println!(
+        "skopeo inspect, 8 at a time: {skopeo_images:.1} images/s over {} tags; regcache at host \
+         concurrency 8: {regcache_images:.0} images/s (3 requests each): {:.1}x",
+        tags.len(),
+        regcache_images / skopeo_images
+    );
+    common::summary(
+        "One repository, cold: at least 5x a skopeo inspect loop with 8 in flight",
+        &format!(
+            "{}: {:.1}x ({regcache_images:.0} vs {skopeo_images:.1} images/s)",
+            if regcache_images / skopeo_images >= 5.0 {
+                "met"
+            } else {
+                "not met"
+            },
+            regcache_images / skopeo_images
+        ),
+    );
+
+    // 2. Four passes on one host under one ceiling.
+    memcached.flush();
+    let proxy = registry.fault_proxy();
+    let w = warmer(&memcached, Some(rule(&proxy.host(), ceiling, 20.0, 8)));
+    let targets: Vec<Target> = (0..4)
+        .map(|r| target(&proxy.host(), &format!("bench/shared{r}")))
+        .collect();
+    let t = Instant::now();
+    let outcomes: Vec<Outcome> =
+        futures::future::join_all(targets.iter().map(|t| w.warm_now(t))).await;
+    let wall = t.elapsed().as_secs_f64();
+    assert!(outcomes.iter().all(|o| o.error.is_none()));
+    let (overall, busiest) = rates(proxy.seen().into_iter().map(|r| r.at).collect());
+    let per_pass: Vec<String> = outcomes
+        .iter()
+        .map(|o| format!("{:.1}s", o.duration.as_secs_f64()))
+        .collect();
+    println!(
+        "4 passes at once on one host, ceiling {ceiling:.0} req/s (burst 20, 8 in flight): {} \
+         requests in {wall:.1}s; the registry saw {overall:.0} req/s overall and {busiest} in \
+         its busiest second; each pass took {}",
+        proxy.total(),
+        per_pass.join(", ")
+    );
+    common::summary(
+        "A per-host ceiling holds with 4 passes on one host",
+        &format!(
+            "{}: ceiling {ceiling:.0}/s + burst 20; measured {overall:.0}/s overall, {busiest} in the busiest second",
+            if busiest as f64 <= ceiling + 20.0 {
+                "met"
+            } else {
+                "not met"
+            }
+        ),
+    );
+    drop(proxy);
+
+    // 3. Docker Hub's shipped limits over a cold warm of bench/hub.
+    memcached.flush();
+    let proxy = registry.fault_proxy();
+    let hub = limits::shipped()
+        .into_iter()
+        .find(|r| r.pattern == "registry-1.docker.io")
+        .expect("a shipped Docker Hub rule");
+    let as_hub = rule(
+        &proxy.host(),
+        hub.qps.unwrap(),
+        hub.burst.unwrap(),
+        hub.concurrency.unwrap(),
+    );
+    let w = warmer(&memcached, Some(as_hub));
+    let t = Instant::now();
+    let o = w.warm_now(&target(&proxy.host(), "bench/hub")).await;
+    let wall = t.elapsed().as_secs_f64();
+    assert!(o.error.is_none() && o.tags == hub_tags, "{:?}", o.error);
+    let (overall, busiest) = rates(proxy.seen().into_iter().map(|r| r.at).collect());
+    let qps = hub.qps.unwrap();
+    let burst = hub.burst.unwrap();
+    println!(
+        "Docker Hub's shipped limits ({qps:.0} req/s, burst {burst:.0}, {} in flight), cold warm \
+         of {hub_tags} tags: {} requests in {wall:.1}s, {overall:.1} req/s overall, {busiest} in \
+         the busiest second",
+        hub.concurrency.unwrap(),
+        proxy.total()
+    );
+    common::summary(
+        "A Docker Hub-like entry keeps a cold warm of 1,000 tags within it",
+        &format!(
+            "{}: {qps:.0}/s + burst {burst:.0}; measured {overall:.1}/s overall, {busiest} in the busiest second ({hub_tags} tags, {wall:.0}s)",
+            if busiest as f64 <= qps + burst {
+                "met"
+            } else {
+                "not met"
+            }
+        ),
+    );
+}
