@@ -1,8 +1,9 @@
 //! One large repository and the per-host limits, all in one run:
 //! 1. A cold pass over one repository of distinct single-platform images with the per-host
 //!    ceiling lifted, at two host concurrencies, beside the registry's own rate for the very
-//!    same requests (HEADs included) replayed raw with as many in flight, and beside a
-//!    `skopeo inspect` loop with 8 in flight.
+//!    same requests (HEADs included) replayed raw with as many in flight, beside wrk on the
+//!    pass's GETs (wrk cannot send HEADs), and beside a `skopeo inspect` loop with 8 in
+//!    flight.
 //! 2. A per-host ceiling with four passes on one host at once: the requests per second the
 //!    registry saw (through the counting proxy), overall and in its busiest second.
 //! 3. Docker Hub's shipped limits (10 requests/s, burst 20, 4 in flight) over a cold warm of
@@ -96,6 +97,43 @@ fn rates(mut at: Vec<Instant>) -> (f64, usize) {
     (at.len() as f64 / span.max(1e-9), busiest)
 }
 
+/// wrk's requests per second over `paths` (each a GET with the manifest Accept header),
+/// cycling through them for 5 s with `connections` connections; `None` without wrk.
+fn wrk_rate(base: &str, paths: &[&str], connections: usize) -> Option<f64> {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("paths");
+    std::fs::write(&list, paths.join("\n")).unwrap();
+    let script = dir.path().join("replay.lua");
+    std::fs::write(
+        &script,
+        format!(
+            "local paths = {{}}\n\
+             local i = 0\n\
+             function init(args)\n  for line in io.lines(args[1]) do paths[#paths + 1] = line end\nend\n\
+             function request()\n  i = i % #paths + 1\n  \
+             return wrk.format(\"GET\", paths[i], {{[\"Accept\"] = \"{}\"}})\nend\n",
+            support::ACCEPT_MANIFESTS
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new("wrk")
+        .args(["-t", "2", "-c", &connections.to_string(), "-d", "5s", "-s"])
+        .arg(&script)
+        .arg(base)
+        .arg("--")
+        .arg(&list)
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text.contains("Non-2xx"),
+        "wrk saw failed requests:\n{text}"
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// A host rule for exactly `host`.
 fn rule(host: &str, qps: f64, burst: f64, concurrency: usize) -> HostRule {
     HostRule::new(host, Some(qps), Some(burst), Some(concurrency)).unwrap()
@@ -186,6 +224,33 @@ async fn main() {
             raw_rates.push(seen.len() as f64 / t.elapsed().as_secs_f64());
         }
         let (ours, theirs) = (median(regcache_rates), median(raw_rates));
+        // wrk, a load generator in C, on the GETs of the same pass (it hangs on HEAD), with
+        // as many connections as regcache had requests in flight.
+        let gets: Vec<&str> = seen
+            .iter()
+            .filter(|(m, _)| m == "GET")
+            .map(|(_, p)| p.as_str())
+            .collect();
+        match wrk_rate(&base, &gets, in_flight) {
+            Some(rate) => {
+                println!(
+                    "  wrk on the pass's {} GETs, {in_flight} connections: {rate:.0} req/s; \
+                     regcache's whole pass (HEADs included) / wrk: {:.2}x",
+                    gets.len(),
+                    ours / rate
+                );
+                common::summary(
+                    &format!(
+                        "One repository, cold, host concurrency {concurrency}: regcache against wrk on the same GETs"
+                    ),
+                    &format!(
+                        "{:.2}x ({ours:.0} vs {rate:.0} req/s, {in_flight} in flight)",
+                        ours / rate
+                    ),
+                );
+            }
+            None => println!("  wrk is not installed (apt-get install wrk): no wrk figure"),
+        }
         if concurrency == 8 {
             regcache_at_8 = ours;
         }

@@ -26,6 +26,12 @@ fi
 
 REGCACHE_TESTBIN="$(scripts/testbin.sh)"
 export REGCACHE_TESTBIN
+# wrk is the onerepo bench's load generator (the registry's own rate).
+if ! command -v wrk >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get install -y -qq --no-install-recommends wrk >/dev/null
+fi
 
 branch="$(git rev-parse --abbrev-ref HEAD)"
 commit="$(git rev-parse --short HEAD)"

@@ -143,19 +143,7 @@ async fn ecr_sign_in_by_each_namespaces_role_renewed_before_expiry_and_the_contr
     let first_args = args(false);
     let mut controller =
         cluster.controller_with_env(&strs(&first_args), &env, dir.path().join("controller.log"));
-    let wait =
-        |ns: &'static str, name: &'static str, status: &'static str, reason: &'static str| {
-            let cluster = &cluster;
-            async move {
-                cluster
-                    .wait_for(
-                        &format!("{}/{name}", watches(ns)),
-                        WAIT,
-                        ready_is(status, reason),
-                    )
-                    .await
-            }
-        };
+    let wait = |ns, name, status, reason| wait_ready(&cluster, ns, name, status, reason);
     let a = wait("team-a", "app", "True", "Succeeded").await;
     let signed_in = std::time::Instant::now();
     wait("team-b", "app", "True", "Succeeded").await;
@@ -262,6 +250,17 @@ async fn ecr_sign_in_by_each_namespaces_role_renewed_before_expiry_and_the_contr
         + &std::fs::read_to_string(dir.path().join("controller.log")).unwrap()
         + &std::fs::read_to_string(dir.path().join("controller-2.log")).unwrap();
     assert_not_shown(&cluster, &["team-a", "team-b", "team-c"], logs, &secrets).await;
+}
+
+/// The watch `ns/name` once its Ready condition has `status` and `reason`.
+async fn wait_ready(cluster: &Cluster, ns: &str, name: &str, status: &str, reason: &str) -> Value {
+    cluster
+        .wait_for(
+            &format!("{}/{name}", watches(ns)),
+            WAIT,
+            ready_is(status, reason),
+        )
+        .await
 }
 
 /// The Ready condition's message.
@@ -738,19 +737,7 @@ async fn acr_sign_in_by_each_service_accounts_entra_application_and_the_controll
     ];
     let controller =
         cluster.controller_with_env(&strs(&args), &env, dir.path().join("controller.log"));
-    let wait =
-        |ns: &'static str, name: &'static str, status: &'static str, reason: &'static str| {
-            let cluster = &cluster;
-            async move {
-                cluster
-                    .wait_for(
-                        &format!("{}/{name}", watches(ns)),
-                        WAIT,
-                        ready_is(status, reason),
-                    )
-                    .await
-            }
-        };
+    let wait = |ns, name, status, reason| wait_ready(&cluster, ns, name, status, reason);
     let a = wait("team-a", "app", "True", "Succeeded").await;
     let signed_in = std::time::Instant::now();
     assert_eq!(a["status"]["tagCount"], 1, "{a:#}");
