@@ -117,24 +117,18 @@ async fn main() {
     // The registry's own ceiling: the very requests a full inspect makes (manifests,
     // index children, configs), replayed raw at the same concurrency with no parsing and
     // no dependency between them.
-    let raw = support::http_client(None);
     let base = registry.base_url();
-    let mut urls: Vec<String> = Vec::new();
+    let mut urls: Vec<(String, String)> = Vec::new();
+    let mut get = |path: String| urls.push(("GET".to_string(), path));
     for (tag, image) in &singles {
-        urls.push(format!("{base}/v2/bench/single/manifests/{tag}"));
-        urls.push(format!(
-            "{base}/v2/bench/single/blobs/{}",
-            image.config_digest
-        ));
+        get(format!("/v2/bench/single/manifests/{tag}"));
+        get(format!("/v2/bench/single/blobs/{}", image.config_digest));
     }
     for (i, index) in multis.iter().enumerate() {
-        urls.push(format!("{base}/v2/bench/multi/manifests/m{i:04}"));
+        get(format!("/v2/bench/multi/manifests/m{i:04}"));
         for child in &index.children {
-            urls.push(format!("{base}/v2/bench/multi/manifests/{}", child.digest));
-            urls.push(format!(
-                "{base}/v2/bench/multi/blobs/{}",
-                child.config_digest
-            ));
+            get(format!("/v2/bench/multi/manifests/{}", child.digest));
+            get(format!("/v2/bench/multi/blobs/{}", child.config_digest));
         }
     }
     // inspect fetches an index's children in parallel, so regcache has more requests in
@@ -150,23 +144,7 @@ async fn main() {
     let mut image_rates = Vec::new();
     let mut per_image = None;
     for _ in 0..rounds {
-        let t = Instant::now();
-        futures::stream::iter(urls.iter())
-            .for_each_concurrent(in_flight, |u| {
-                let raw = raw.clone();
-                async move {
-                    let r = raw
-                        .get(u)
-                        .header("accept", support::ACCEPT_MANIFESTS)
-                        .send()
-                        .await
-                        .unwrap();
-                    assert!(r.status().is_success());
-                    r.bytes().await.unwrap();
-                }
-            })
-            .await;
-        raw_rates.push(urls.len() as f64 / t.elapsed().as_secs_f64());
+        raw_rates.push(common::raw_replay(&base, &urls, in_flight).await);
 
         // regcache: full inspect of every tag (manifest, children, configs), fresh client
         // each round so nothing is cached between rounds.

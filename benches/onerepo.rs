@@ -166,7 +166,6 @@ async fn main() {
     );
 
     // 1. One repository, ceiling lifted.
-    let raw = support::http_client(None);
     let base = registry.base_url();
     let mut regcache_at_8 = 0.0;
     for concurrency in [8usize, 32] {
@@ -200,28 +199,7 @@ async fn main() {
             );
             regcache_rates.push(requests(&o) as f64 / secs);
 
-            let t = Instant::now();
-            futures::stream::iter(seen.iter())
-                .for_each_concurrent(in_flight, |(method, path)| {
-                    let raw = raw.clone();
-                    let url = format!("{base}{path}");
-                    async move {
-                        let req = if method == "HEAD" {
-                            raw.head(&url)
-                        } else {
-                            raw.get(&url)
-                        };
-                        let r = req
-                            .header("accept", support::ACCEPT_MANIFESTS)
-                            .send()
-                            .await
-                            .unwrap();
-                        assert!(r.status().is_success());
-                        r.bytes().await.unwrap();
-                    }
-                })
-                .await;
-            raw_rates.push(seen.len() as f64 / t.elapsed().as_secs_f64());
+            raw_rates.push(common::raw_replay(&base, &seen, in_flight).await);
         }
         let (ours, theirs) = (median(regcache_rates), median(raw_rates));
         // wrk, a load generator in C, on the GETs of the same pass (it hangs on HEAD), with

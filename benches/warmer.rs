@@ -212,29 +212,7 @@ async fn main() {
 
     // The registry's own rate for the same requests, raw, with as many in flight as the
     // warmer had at its peak (measured by the proxy during the counted pass).
-    let raw = support::http_client(None);
-    let base = registry.base_url();
-    let t = Instant::now();
-    futures::stream::iter(seen.iter())
-        .for_each_concurrent(in_flight, |(method, path)| {
-            let raw = raw.clone();
-            let url = format!("{base}{path}");
-            async move {
-                let req = if method == "HEAD" {
-                    raw.head(&url)
-                } else {
-                    raw.get(&url)
-                };
-                let r = req
-                    .header("accept", support::ACCEPT_MANIFESTS)
-                    .send()
-                    .await
-                    .unwrap();
-                r.bytes().await.unwrap();
-            }
-        })
-        .await;
-    let raw_rate = seen.len() as f64 / t.elapsed().as_secs_f64();
+    let raw_rate = common::raw_replay(&registry.base_url(), &seen, in_flight).await;
 
     let total = |p: &Pass| p.requests.values().sum::<u64>();
     let gets = |p: &Pass| gets_of(&p.requests);

@@ -306,3 +306,32 @@ impl RawReader {
             .await
     }
 }
+
+/// The registry's own rate for `requests` (method and path under `base`), sent raw with
+/// the manifest Accept header and `in_flight` at once, bodies read: requests per second.
+pub async fn raw_replay(base: &str, requests: &[(String, String)], in_flight: usize) -> f64 {
+    use futures::StreamExt;
+    let raw = crate::support::http_client(None);
+    let t = Instant::now();
+    futures::stream::iter(requests.iter())
+        .for_each_concurrent(in_flight, |(method, path)| {
+            let raw = raw.clone();
+            let url = format!("{base}{path}");
+            async move {
+                let req = if method == "HEAD" {
+                    raw.head(&url)
+                } else {
+                    raw.get(&url)
+                };
+                let r = req
+                    .header("accept", crate::support::ACCEPT_MANIFESTS)
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(r.status().is_success(), "{method} {url}: {}", r.status());
+                r.bytes().await.unwrap();
+            }
+        })
+        .await;
+    requests.len() as f64 / t.elapsed().as_secs_f64()
+}

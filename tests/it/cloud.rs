@@ -238,14 +238,7 @@ async fn ecr_sign_in_by_each_namespaces_role_renewed_before_expiry_and_the_contr
     )
     .await;
     assert_eq!(ok, 1.0, "team-c signed in once as the controller");
-    let scrape = support::http_client(None)
-        .get(format!("http://{metrics}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let scrape = support::scrape(&metrics).await;
     let logs = scrape
         + &std::fs::read_to_string(dir.path().join("controller.log")).unwrap()
         + &std::fs::read_to_string(dir.path().join("controller-2.log")).unwrap();
@@ -845,14 +838,7 @@ async fn acr_sign_in_by_each_service_accounts_entra_application_and_the_controll
     )
     .await;
     assert!(errors >= 1.0, "the refused sign-in is counted");
-    let scrape = support::http_client(None)
-        .get(format!("http://{metrics}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let scrape = support::scrape(&metrics).await;
     let mut secrets: Vec<String> = tokens
         .acr_exchanges()
         .into_iter()

@@ -375,17 +375,7 @@ async fn no_secret_leaks_and_no_namespace_reaches_another() {
     assert_eq!(status, 202, "{answer}");
 
     // The sweep.
-    let metrics = support::http_client(None)
-        .get(format!(
-            "http://{}/metrics",
-            controller.address("metrics").await
-        ))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = support::scrape(&controller.address("metrics").await).await;
     assert!(metrics.contains("regcache_registry_requests_total"));
     let events = cluster
         .get("/apis/events.k8s.io/v1/events")

@@ -273,12 +273,10 @@ pub async fn wait_for_listener(log: &std::path::Path, what: &str) -> String {
     }
 }
 
-/// The sum of the series `series` on the `/metrics` page at `addr` (`HOST:PORT`): a bare
-/// metric name sums every series of it (`0` when it has none); `name{labels}` takes that
-/// one series.
-pub async fn scrape_metric(addr: &str, series: &str) -> f64 {
+/// The `/metrics` page at `addr` (`HOST:PORT`).
+pub async fn scrape(addr: &str) -> String {
     let url = format!("http://{addr}/metrics");
-    let text = http_client(None)
+    http_client(None)
         .get(&url)
         .send()
         .await
@@ -286,8 +284,16 @@ pub async fn scrape_metric(addr: &str, series: &str) -> f64 {
         .unwrap_or_else(|e| panic!("GET {url}: {e}"))
         .text()
         .await
-        .expect("metrics text");
-    text.lines()
+        .expect("metrics text")
+}
+
+/// The sum of the series `series` on the `/metrics` page at `addr` (`HOST:PORT`): a bare
+/// metric name sums every series of it (`0` when it has none); `name{labels}` takes that
+/// one series.
+pub async fn scrape_metric(addr: &str, series: &str) -> f64 {
+    scrape(addr)
+        .await
+        .lines()
         .filter(|l| {
             l.strip_prefix(series).is_some_and(|rest| {
                 rest.starts_with(' ') || (rest.starts_with('{') && !series.ends_with('}'))
