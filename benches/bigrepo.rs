@@ -25,8 +25,7 @@ use regcache::cache::store::MetadataStore;
 use regcache::credentials::Credential;
 use regcache::image::Repository;
 use regcache::registry::limiter::LimiterSettings;
-use regcache::registry::{ClientOptions, Endpoint, RegistryClient, RequestKind};
-use regcache::warmer::filter::TagFilter;
+use regcache::registry::{ClientOptions, RegistryClient, RequestKind};
 use regcache::warmer::schedule::RefreshPolicy;
 use regcache::warmer::{PassOptions, Target, Warmer, WarmerOptions};
 use support::seed::{SeededImage, Seeder};
@@ -302,19 +301,13 @@ async fn main() {
         },
     );
     let target = Target {
-        id: "bench/big".to_string(),
-        repository: repository.clone(),
-        credential: Credential::Anonymous,
-        cloud: None,
-        scope: scope.clone(),
-        endpoint: Endpoint {
-            insecure: true,
-            ca_pem: None,
-        },
-        filter: TagFilter::default(),
-        platforms: Vec::new(),
         interval: Duration::from_secs(3600),
-        timestamp_labels: false,
+        ..support::plain_target(
+            "bench/big",
+            repository.clone(),
+            Credential::Anonymous,
+            scope.clone(),
+        )
     };
     println!("library warm passes (every tag due at each pass):");
     println!(

@@ -28,8 +28,7 @@ use regcache::credentials::Credential;
 use regcache::image::Repository;
 use regcache::registry::limiter::LimiterSettings;
 use regcache::registry::limits::{self, HostRule};
-use regcache::registry::{ClientOptions, Endpoint, RegistryClient};
-use regcache::warmer::filter::TagFilter;
+use regcache::registry::{ClientOptions, RegistryClient};
 use regcache::warmer::{Outcome, Target, Warmer, WarmerOptions};
 use support::{Registry, RegistryAuth};
 
@@ -57,21 +56,12 @@ fn warmer(memcached: &support::Memcached, rule: Option<HostRule>) -> Warmer<Memc
 }
 
 fn target(host: &str, repo: &str) -> Target {
-    Target {
-        id: repo.to_string(),
-        repository: Repository::parse(&format!("{host}/{repo}")).unwrap(),
-        credential: Credential::Anonymous,
-        cloud: None,
-        scope: Scope::public(),
-        endpoint: Endpoint {
-            insecure: true,
-            ca_pem: None,
-        },
-        filter: TagFilter::default(),
-        platforms: Vec::new(),
-        interval: Duration::from_secs(300),
-        timestamp_labels: false,
-    }
+    support::plain_target(
+        repo,
+        Repository::parse(&format!("{host}/{repo}")).unwrap(),
+        Credential::Anonymous,
+        Scope::public(),
+    )
 }
 
 fn requests(o: &Outcome) -> u64 {

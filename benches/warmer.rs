@@ -22,8 +22,7 @@ use regcache::cache::store::MetadataStore;
 use regcache::credentials::Credential;
 use regcache::image::Repository;
 use regcache::registry::limiter::LimiterSettings;
-use regcache::registry::{ClientOptions, Endpoint, RegistryClient, RequestKind};
-use regcache::warmer::filter::TagFilter;
+use regcache::registry::{ClientOptions, RegistryClient, RequestKind};
 use regcache::warmer::schedule::RefreshPolicy;
 use regcache::warmer::{Outcome, PassOptions, Target, Warmer, WarmerOptions};
 use support::{IndexKind, PlatformSpec, Registry, RegistryAuth};
@@ -154,21 +153,12 @@ async fn main() {
         let targets: Vec<Target> = (0..repos)
             .map(|r| {
                 let repository = Repository::parse(&format!("{host}/bench/repo{r:02}")).unwrap();
-                Target {
-                    id: format!("bench/{r}"),
+                support::plain_target(
+                    &format!("bench/{r}"),
                     repository,
-                    credential: Credential::Anonymous,
-                    cloud: None,
-                    scope: Scope::public(),
-                    endpoint: Endpoint {
-                        insecure: true,
-                        ca_pem: None,
-                    },
-                    filter: TagFilter::default(),
-                    platforms: Vec::new(),
-                    interval: Duration::from_secs(300),
-                    timestamp_labels: false,
-                }
+                    Credential::Anonymous,
+                    Scope::public(),
+                )
             })
             .collect();
         (warmer, targets)

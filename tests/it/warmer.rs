@@ -13,7 +13,7 @@ use regcache::cache::store::MetadataStore;
 use regcache::credentials::Credential;
 use regcache::image::{Digest, Platform, Repository};
 use regcache::registry::limiter::LimiterSettings;
-use regcache::registry::{ClientOptions, Endpoint, RegistryClient, RequestKind};
+use regcache::registry::{ClientOptions, RegistryClient, RequestKind};
 use regcache::warmer::filter::TagFilter;
 use regcache::warmer::schedule::RefreshPolicy;
 use regcache::warmer::{
@@ -96,21 +96,12 @@ impl Rig {
             Some((u, p)) => Credential::basic(u, p),
             None => Credential::Anonymous,
         };
-        Target {
-            id: format!("default/{}", path.replace('/', "-")),
-            scope: Scope::for_credential(repository.host(), "default", &credential),
-            repository,
-            credential,
-            cloud: None,
-            endpoint: Endpoint {
-                insecure: true,
-                ca_pem: None,
-            },
-            filter: TagFilter::default(),
-            platforms: Vec::new(),
-            interval: Duration::from_secs(300),
-            timestamp_labels: false,
-        }
+        support::plain_target(
+            &format!("default/{}", path.replace('/', "-")),
+            repository.clone(),
+            credential.clone(),
+            Scope::for_credential(repository.host(), "default", &credential),
+        )
     }
 }
 

@@ -319,3 +319,28 @@ pub fn env_usize(name: &str, default: usize) -> usize {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// A warm target for `repository` over plain HTTP, every tag and platform, with a 5 m
+/// interval: what tests and benchmarks warm directly through a `Warmer`.
+pub fn plain_target(
+    id: &str,
+    repository: regcache::image::Repository,
+    credential: regcache::credentials::Credential,
+    scope: regcache::cache::keys::Scope,
+) -> regcache::warmer::Target {
+    regcache::warmer::Target {
+        id: id.to_string(),
+        repository,
+        credential,
+        cloud: None,
+        scope,
+        endpoint: regcache::registry::Endpoint {
+            insecure: true,
+            ca_pem: None,
+        },
+        filter: regcache::warmer::filter::TagFilter::default(),
+        platforms: Vec::new(),
+        interval: std::time::Duration::from_secs(300),
+        timestamp_labels: false,
+    }
+}
