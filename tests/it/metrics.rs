@@ -278,6 +278,10 @@ async fn controller_scrape_after_a_warm_pass_has_every_documented_metric() {
             "regcache_reconcile_errors_total",
             // Counted by tests/it/cloud.rs, whose watches sign in to ECR.
             "regcache_cloud_sign_ins_total",
+            // Only registries that report a pull quota have them; shown by
+            // controller_e2e's pull-quota test.
+            "regcache_registry_pull_quota_remaining",
+            "regcache_registry_pull_quota_limit",
         ],
     );
 
@@ -563,6 +567,8 @@ async fn standalone_serves_metrics_and_probes_while_it_keeps_warming() {
             "regcache_reconcile_total",
             "regcache_reconcile_duration_seconds",
             "regcache_registry_rate_limit_backoffs_total",
+            "regcache_registry_pull_quota_remaining",
+            "regcache_registry_pull_quota_limit",
             "regcache_warmer_pass_failures_total",
         ],
     );
