@@ -160,7 +160,9 @@ pub struct HostLimiter {
 
 /// One request's slot at a host; the slot frees when this drops.
 #[derive(Debug)]
-pub struct Slot<'a>(#[allow(dead_code)] tokio::sync::SemaphorePermit<'a>);
+pub struct Slot<'a> {
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
 
 impl HostLimiter {
     pub fn new(settings: LimiterSettings) -> Self {
@@ -179,7 +181,7 @@ impl HostLimiter {
         loop {
             let decision = self.lock().admit(now());
             match decision {
-                Admission::Go => return Slot(slot),
+                Admission::Go => return Slot { _permit: slot },
                 Admission::Wait(d) => tokio::time::sleep(d).await,
             }
         }
