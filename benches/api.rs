@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use async_memcached::AsciiProtocol;
 use common::{Memory, mib, ms, p50_p99};
 use regcache::cache::keys::{self, Scope};
-use regcache::cache::memcached::{Memcached, MemcachedOptions, key_hash};
+use regcache::cache::memcached::{Memcached, MemcachedOptions};
 use regcache::cache::store::MetadataStore;
 use regcache::image::{Digest, Repository};
 use support::seed::{SeededImage, Seeder};
@@ -105,7 +105,11 @@ async fn repository_keys(
     let scope = Scope::public();
     let head = store.head(&scope, repository).await.unwrap().expect("head");
     let mut out = vec![keys::repository_head(&scope, repository)];
-    out.extend((0..head.chunks).map(|i| keys::tag_chunk(&scope, repository, head.generation, i)));
+    out.extend(
+        head.chunks
+            .iter()
+            .map(|c| keys::tag_chunk(&scope, repository, &c.id)),
+    );
     let mut digests: Vec<&str> = seeded.iter().map(|(_, i)| i.digest.as_str()).collect();
     digests.sort();
     digests.dedup();
@@ -187,10 +191,10 @@ async fn main() {
         large
             .iter()
             .map(|(tag, img)| {
-                let chunk = (key_hash(tag) % large_head.chunks as u64) as u32;
+                let chunk = &large_head.chunk_of(tag).unwrap().id;
                 [
                     keys::repository_head(&scope, &large_repo),
-                    keys::tag_chunk(&scope, &large_repo, large_head.generation, chunk),
+                    keys::tag_chunk(&scope, &large_repo, chunk),
                     keys::image(&scope, &Digest::parse(&img.digest).unwrap()),
                 ]
             })

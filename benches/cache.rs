@@ -308,7 +308,7 @@ async fn main() {
     println!(
         "  publish_index: {:.1} ms for {tags} tags in {} chunks; {:.1} MB written in all",
         publish.as_secs_f64() * 1e3,
-        head.chunks,
+        head.chunks.len(),
         written as f64 / 1e6
     );
     // What sizing memcached needs (docs/operations.md): bytes per image and per tag, and
@@ -335,7 +335,11 @@ async fn main() {
 
     // The exact items a full repository read fetches.
     let mut item_keys = vec![keys::repository_head(&scope, &repo)];
-    item_keys.extend((0..head.chunks).map(|i| keys::tag_chunk(&scope, &repo, head.generation, i)));
+    item_keys.extend(
+        head.chunks
+            .iter()
+            .map(|c| keys::tag_chunk(&scope, &repo, &c.id)),
+    );
     let mut digests: Vec<&Digest> = entries.iter().filter_map(|e| e.digest.as_ref()).collect();
     digests.sort();
     digests.dedup();
@@ -408,10 +412,10 @@ async fn main() {
         let t = Instant::now();
         read.image_json(&scope, &reference, false).await.unwrap();
         ours_json.push(t.elapsed());
-        let chunk = (regcache::cache::memcached::key_hash(tag) % head.chunks as u64) as u32;
+        let chunk = head.chunk_of(tag).unwrap();
         let keys = [
             keys::repository_head(&scope, &repo),
-            keys::tag_chunk(&scope, &repo, head.generation, chunk),
+            keys::tag_chunk(&scope, &repo, &chunk.id),
             keys::image(&scope, &records[((i * 7919) % tags) % distinct].digest),
         ];
         let t = Instant::now();

@@ -253,7 +253,7 @@ pub fn report(o: &Outcome) {
     match &o.error {
         None => tracing::info!(
             watch = %o.id, repository = %o.repository, tags = o.tags, fetched = o.images_updated,
-            new_or_moved = o.changes.len(), seconds = o.duration.as_secs_f64(), "warmed"
+            new_or_moved = o.changed, seconds = o.duration.as_secs_f64(), "warmed"
         ),
         Some(e) => {
             tracing::warn!(watch = %o.id, repository = %o.repository, error = %e, "warm pass failed")

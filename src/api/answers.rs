@@ -1,10 +1,12 @@
 //! Recently built read API repository answers, kept in the process within a byte budget.
 //!
-//! A repository answer is a function of the repository's head (generation, last update,
-//! last error), the generation's tag chunks, which are never rewritten, and the image
-//! records, which are keyed by digest. So an answer built from a head stays right for as long
-//! as memcached holds that very head: a read still fetches the head (one small get) and
-//! compares it, and only builds the answer again when the head moved. Answers that missed
+//! A repository answer is a function of the published index (its generation names its
+//! chunks, which are named by their content and never rewritten with another), the image
+//! records, which are keyed by digest, and the head's freshness. So an answer kept without
+//! its freshness stays right for as long as the head names the same generation: a read
+//! still fetches the head (one small get), compares the generation and adds the head's
+//! freshness, and only builds the answer again when the index changed. A pass that changes
+//! no tag publishes the same generation, so kept answers outlive it. Answers that missed
 //! an image record (evicted from memcached) are not kept, so a record written again shows
 //! up in the next read.
 //!
@@ -16,8 +18,6 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 
-use crate::cache::store::RepositoryHead;
-
 /// What an answer depends on besides the head.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct AnswerKey {
@@ -28,7 +28,7 @@ pub struct AnswerKey {
 }
 
 struct Answer {
-    head: RepositoryHead,
+    generation: u64,
     body: Bytes,
     used: u64,
 }
@@ -61,8 +61,8 @@ impl Answers {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The answer built from exactly `head`, if kept.
-    pub fn get(&self, key: &AnswerKey, head: &RepositoryHead) -> Option<Bytes> {
+    /// The answer built from the index `generation`, if kept.
+    pub fn get(&self, key: &AnswerKey, generation: u64) -> Option<Bytes> {
         if self.budget == 0 {
             return None;
         }
@@ -70,15 +70,16 @@ impl Answers {
         inner.clock += 1;
         let now = inner.clock;
         let answer = inner.entries.get_mut(key)?;
-        if answer.head != *head {
+        if answer.generation != generation {
             return None;
         }
         answer.used = now;
         Some(answer.body.clone())
     }
 
-    /// Keeps `body`, built from `head`, in place of any older answer for `key`.
-    pub fn put(&self, key: AnswerKey, head: RepositoryHead, body: Bytes) {
+    /// Keeps `body`, built from the index `generation`, in place of any older answer for
+    /// `key`.
+    pub fn put(&self, key: AnswerKey, generation: u64, body: Bytes) {
         if body.len() > self.budget / 4 {
             return;
         }
@@ -101,7 +102,14 @@ impl Answers {
             inner.bytes -= gone.body.len();
         }
         inner.bytes += body.len();
-        inner.entries.insert(key, Answer { head, body, used });
+        inner.entries.insert(
+            key,
+            Answer {
+                generation,
+                body,
+                used,
+            },
+        );
     }
 
     /// Bytes of answers kept.
@@ -122,34 +130,19 @@ mod tests {
         }
     }
 
-    fn head(generation: u64) -> RepositoryHead {
-        RepositoryHead {
-            generation,
-            ..Default::default()
-        }
-    }
-
     #[test]
-    fn an_answer_is_reused_only_for_the_same_head() {
+    fn an_answer_is_reused_only_for_the_same_generation() {
         let answers = Answers::new(1000);
-        answers.put(key("a"), head(1), Bytes::from_static(b"one"));
-        assert_eq!(
-            answers.get(&key("a"), &head(1)).as_deref(),
-            Some(&b"one"[..])
-        );
-        assert_eq!(answers.get(&key("a"), &head(2)), None);
-        assert_eq!(answers.get(&key("b"), &head(1)), None);
-        let errored = RepositoryHead {
-            last_error: Some("boom".into()),
-            ..head(1)
-        };
-        assert_eq!(answers.get(&key("a"), &errored), None);
+        answers.put(key("a"), 1, Bytes::from_static(b"one"));
+        assert_eq!(answers.get(&key("a"), 1).as_deref(), Some(&b"one"[..]));
+        assert_eq!(answers.get(&key("a"), 2), None);
+        assert_eq!(answers.get(&key("b"), 1), None);
         let decorated = AnswerKey {
             decorated: true,
             ..key("a")
         };
-        assert_eq!(answers.get(&decorated, &head(1)), None);
-        answers.put(key("a"), head(2), Bytes::from_static(b"two!"));
+        assert_eq!(answers.get(&decorated, 1), None);
+        answers.put(key("a"), 2, Bytes::from_static(b"two!"));
         assert_eq!(answers.bytes(), 4, "the older answer was replaced");
     }
 
@@ -157,24 +150,21 @@ mod tests {
     fn the_budget_evicts_the_least_recently_used_and_skips_big_answers() {
         let answers = Answers::new(400);
         for r in ["a", "b", "c", "d"] {
-            answers.put(key(r), head(1), Bytes::from(vec![b'x'; 100]));
+            answers.put(key(r), 1, Bytes::from(vec![b'x'; 100]));
         }
         // "a" read last: "b" is now the least recently used.
-        assert!(answers.get(&key("a"), &head(1)).is_some());
-        answers.put(key("e"), head(1), Bytes::from(vec![b'x'; 100]));
+        assert!(answers.get(&key("a"), 1).is_some());
+        answers.put(key("e"), 1, Bytes::from(vec![b'x'; 100]));
         assert_eq!(answers.bytes(), 400);
-        assert!(answers.get(&key("b"), &head(1)).is_none());
+        assert!(answers.get(&key("b"), 1).is_none());
         for r in ["a", "c", "d", "e"] {
-            assert!(answers.get(&key(r), &head(1)).is_some(), "{r}");
+            assert!(answers.get(&key(r), 1).is_some(), "{r}");
         }
-        answers.put(key("big"), head(1), Bytes::from(vec![b'x'; 101]));
-        assert!(
-            answers.get(&key("big"), &head(1)).is_none(),
-            "over a quarter"
-        );
+        answers.put(key("big"), 1, Bytes::from(vec![b'x'; 101]));
+        assert!(answers.get(&key("big"), 1).is_none(), "over a quarter");
 
         let none = Answers::new(0);
-        none.put(key("a"), head(1), Bytes::new());
-        assert!(none.get(&key("a"), &head(1)).is_none());
+        none.put(key("a"), 1, Bytes::new());
+        assert!(none.get(&key("a"), 1).is_none());
     }
 }

@@ -313,7 +313,7 @@ fn path_value(path: Result<Path<String>, PathRejection>) -> Result<String, ApiEr
 }
 
 /// An answer the store already wrote as JSON.
-fn json_bytes(body: impl Into<bytes::Bytes>) -> Response {
+fn json_bytes(body: impl Into<Body>) -> Response {
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -322,6 +322,19 @@ fn json_bytes(body: impl Into<bytes::Bytes>) -> Response {
         body.into(),
     )
         .into_response()
+}
+
+/// Repository answers of more tags than this are streamed chunk by chunk (about 1 MB of
+/// answer); smaller ones are built whole and kept.
+const STREAM_OVER_TAGS: usize = 10_000;
+
+/// A repository answer, whole or streamed. A streamed answer whose index is replaced
+/// while it is sent ends early: the client sees a cut body, never a mix of two indexes.
+fn json_body(body: answer::RepositoryBody) -> Response {
+    match body {
+        answer::RepositoryBody::Whole(bytes) => json_bytes(bytes),
+        answer::RepositoryBody::Stream(parts) => json_bytes(Body::from_stream(parts)),
+    }
 }
 
 async fn repository<B: CacheReader + 'static>(
@@ -335,9 +348,14 @@ async fn repository<B: CacheReader + 'static>(
     let target = s.readable_target(&caller, &repository).await?;
     let body = s
         .read
-        .repository_json(&target.scope, &repository, target.timestamp_labels)
+        .repository_body(
+            &target.scope,
+            &repository,
+            target.timestamp_labels,
+            STREAM_OVER_TAGS,
+        )
         .await?;
-    Ok(json_bytes(body))
+    Ok(json_body(body))
 }
 
 async fn image<B: CacheReader + 'static>(
@@ -368,9 +386,14 @@ async fn watch<B: CacheReader + 'static>(
         .await?;
     let body = s
         .read
-        .repository_json(&target.scope, &target.repository, target.timestamp_labels)
+        .repository_body(
+            &target.scope,
+            &target.repository,
+            target.timestamp_labels,
+            STREAM_OVER_TAGS,
+        )
         .await?;
-    Ok(json_bytes(body))
+    Ok(json_body(body))
 }
 
 #[derive(Serialize)]

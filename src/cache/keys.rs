@@ -1,5 +1,5 @@
-//! The versioned key schema (`rc2:`), documented for other languages in
-//! `docs/cache-schema.md`. Keys stay within memcached's 250 bytes and contain no spaces or
+//! The versioned key schema, documented for other languages in `docs/cache-schema.md`:
+//! images and contents under `rc2:`, tag indexes under `rc3:`. Keys stay within memcached's 250 bytes and contain no spaces or
 //! control characters; long parts are hashed.
 
 use sha2::{Digest as _, Sha256};
@@ -7,15 +7,18 @@ use sha2::{Digest as _, Sha256};
 use crate::credentials::Credential;
 use crate::image::{Digest, Repository};
 
-/// Every key starts with this; a new schema gets a new prefix so old and new readers can
-/// share one memcached during an upgrade.
+/// Image records and contents keep the prefix of the schema that introduced them: their
+/// format has not changed since, so an upgrade fetches no image again.
 pub(crate) const PREFIX: &str = "rc2";
+/// Tag indexes (heads, chunks, schedules) changed in `rc3`; a new schema gets a new prefix
+/// so old and new readers can share one memcached during an upgrade.
+pub(crate) const INDEX_PREFIX: &str = "rc3";
 
 /// memcached refuses longer keys.
 pub const MAX_KEY_LEN: usize = 250;
 
 /// Repository names longer than this are hashed in keys, leaving room for the prefix,
-/// scope, generation and chunk number within [`MAX_KEY_LEN`].
+/// scope and chunk id within [`MAX_KEY_LEN`].
 const MAX_NAME_IN_KEY: usize = 150;
 
 /// Whose view of the registry an entry belongs to. Metadata warmed anonymously is public;
@@ -102,27 +105,42 @@ pub fn content(scope: &Scope, digest: &Digest) -> String {
     format!("{PREFIX}:raw:{scope}:{digest}")
 }
 
-/// `rc2:repo:<scope>:<repository>` — the head of a repository's tag index.
+/// `rc3:repo:<scope>:<repository>` — the head of a repository's tag index.
 pub fn repository_head(scope: &Scope, repository: &Repository) -> String {
-    format!("{PREFIX}:repo:{scope}:{}", repository_part(repository))
-}
-
-/// `rc2:tags:<scope>:<repository>:<generation>:<chunk>` — one chunk of a tag index.
-pub fn tag_chunk(scope: &Scope, repository: &Repository, generation: u64, chunk: u32) -> String {
     format!(
-        "{PREFIX}:tags:{scope}:{}:{generation}:{chunk}",
+        "{INDEX_PREFIX}:repo:{scope}:{}",
         repository_part(repository)
     )
 }
 
-/// The kind of item a key names (`image`, `content`, `repository_head`, `tag_chunk`), for metrics.
+/// `rc3:tags:<scope>:<repository>:<id>` — one chunk of a tag index, named by the hash of
+/// its content, so a chunk that did not change is not written again.
+pub fn tag_chunk(scope: &Scope, repository: &Repository, id: &str) -> String {
+    format!(
+        "{INDEX_PREFIX}:tags:{scope}:{}:{id}",
+        repository_part(repository)
+    )
+}
+
+/// `rc3:due:<scope>:<repository>:<id>` — the refresh schedule of the tags of chunk `id`,
+/// which only the warmer reads.
+pub fn tag_schedule(scope: &Scope, repository: &Repository, id: &str) -> String {
+    format!(
+        "{INDEX_PREFIX}:due:{scope}:{}:{id}",
+        repository_part(repository)
+    )
+}
+
+/// The kind of item a key names (`image`, `content`, `repository_head`, `tag_chunk`,
+/// `tag_schedule`), for metrics.
 pub(crate) fn kind_of(key: &str) -> &'static str {
     let mut parts = key.splitn(3, ':');
     match (parts.next(), parts.next()) {
         (Some(PREFIX), Some("img")) => "image",
         (Some(PREFIX), Some("raw")) => "content",
-        (Some(PREFIX), Some("repo")) => "repository_head",
-        (Some(PREFIX), Some("tags")) => "tag_chunk",
+        (Some(INDEX_PREFIX), Some("repo")) => "repository_head",
+        (Some(INDEX_PREFIX), Some("tags")) => "tag_chunk",
+        (Some(INDEX_PREFIX), Some("due")) => "tag_schedule",
         _ => "other",
     }
 }
@@ -137,7 +155,13 @@ mod tests {
         assert_eq!(kind_of(&image(&s, &Digest::sha256_of(b"x"))), "image");
         assert_eq!(kind_of(&content(&s, &Digest::sha256_of(b"x"))), "content");
         assert_eq!(kind_of(&repository_head(&s, &r)), "repository_head");
-        assert_eq!(kind_of(&tag_chunk(&s, &r, 1, 0)), "tag_chunk");
+        assert_eq!(kind_of(&tag_chunk(&s, &r, "0a")), "tag_chunk");
+        assert_eq!(kind_of(&tag_schedule(&s, &r, "0a")), "tag_schedule");
+        assert_eq!(
+            kind_of("rc2:tags:pub:x"),
+            "other",
+            "an rc2 index is not read"
+        );
         assert_eq!(kind_of("rc1:img:pub:x"), "other");
         assert_eq!(kind_of("img"), "other");
     }
@@ -152,11 +176,11 @@ mod tests {
         assert_eq!(image(&Scope::public(), &d), format!("rc2:img:pub:{d}"));
         assert_eq!(
             repository_head(&Scope::public(), &repo("nginx")),
-            "rc2:repo:pub:docker.io/library/nginx"
+            "rc3:repo:pub:docker.io/library/nginx"
         );
         assert_eq!(
-            tag_chunk(&Scope::public(), &repo("ghcr.io/a/b"), 17, 3),
-            "rc2:tags:pub:ghcr.io/a/b:17:3"
+            tag_chunk(&Scope::public(), &repo("ghcr.io/a/b"), "0f"),
+            "rc3:tags:pub:ghcr.io/a/b:0f"
         );
     }
 
@@ -168,7 +192,8 @@ mod tests {
         let scope = Scope::for_credential("h", "tenant", &Credential::basic("u", "p"));
         for key in [
             repository_head(&scope, &r),
-            tag_chunk(&scope, &r, u64::MAX, u32::MAX),
+            tag_chunk(&scope, &r, &"f".repeat(32)),
+            tag_schedule(&scope, &r, &"f".repeat(32)),
             image(
                 &scope,
                 &Digest::parse(&format!("sha512:{}", "a".repeat(128))).unwrap(),

@@ -477,6 +477,8 @@ mod tests {
             published: true,
             requests: Default::default(),
             changes: Vec::new(),
+            changed: 0,
+            index_changed: true,
             error: error.map(str::to_string),
             failure,
             latest_tags: vec!["v2".into(), "v1".into()],

@@ -45,8 +45,9 @@ pub fn cache_value(data: &[u8]) {
 
 /// What the metadata store does with values another writer (or corruption) left in
 /// memcached. The input is up to three payloads separated by NUL bytes: a repository head,
-/// a tag chunk (stored as chunks 0..8 of the generation the head names) and an image
-/// record (stored under every digest the chunk names).
+/// a tag chunk (stored under its own id and under each of the first 8 ids the head names,
+/// with a schedule naming the same id) and an image record (stored under every digest the
+/// chunk names).
 ///
 /// Properties: every read returns (a miss, an error or data), never panics or hangs; an
 /// index read back is sorted; publishing over the foreign state still succeeds and the new
@@ -62,11 +63,18 @@ pub fn cache_store(data: &[u8]) {
     let deadline = Millis::now().plus(Duration::from_secs(3600));
 
     let head_json: Option<Value> = serde_json::from_slice(head).ok();
-    let generation = head_json
+    let mut ids: Vec<String> = head_json
         .as_ref()
-        .and_then(|h| h.get("generation"))
-        .and_then(Value::as_u64)
-        .unwrap_or(1);
+        .and_then(|h| h.get("chunks"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.get("id")?.as_str().map(str::to_string))
+        .take(8)
+        .collect();
+    if let Some(chunk) = chunk {
+        ids.push(crate::cache::store::chunk_id(chunk));
+    }
     let chunk_json: Option<Value> = chunk.and_then(|c| serde_json::from_slice(c).ok());
     let mut digests = vec![fallback.clone()];
     if let Some(tags) = chunk_json
@@ -89,8 +97,13 @@ pub fn cache_store(data: &[u8]) {
     };
     set(keys::repository_head(&scope, &repository), head);
     if let Some(chunk) = chunk {
-        for i in 0..8 {
-            set(keys::tag_chunk(&scope, &repository, generation, i), chunk);
+        for id in &ids {
+            set(keys::tag_chunk(&scope, &repository, id), chunk);
+            let schedule = format!(r#"{{"chunk":{id:?},"due":[[1,2,3]]}}"#);
+            set(
+                keys::tag_schedule(&scope, &repository, id),
+                schedule.as_bytes(),
+            );
         }
     }
     if let Some(record) = record {

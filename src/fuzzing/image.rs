@@ -98,7 +98,8 @@ fn check_keys(repository: &Repository) {
     for scope in &scopes {
         for key in [
             keys::repository_head(scope, repository),
-            keys::tag_chunk(scope, repository, u64::MAX, u32::MAX),
+            keys::tag_chunk(scope, repository, &"f".repeat(32)),
+            keys::tag_schedule(scope, repository, &"f".repeat(32)),
             keys::image(scope, &digest),
         ] {
             assert!(

@@ -2,7 +2,7 @@
 //! digests, publish. The request economy of the refresh algorithm (`docs/design-notes.md`, Warmer) lives here;
 //! its decisions are the pure functions of `decide.rs`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -11,7 +11,8 @@ use futures::StreamExt;
 use super::decide::{self, Fetched, Merged, TagPlan};
 use super::schedule::{Change, RefreshPolicy};
 use super::{FailureKind, Outcome, TagChange, TagChangeKind, Target};
-use crate::cache::store::{Freshness, ImageRecord, MetadataStore, TagEntry};
+use crate::cache::memcached::key_hash;
+use crate::cache::store::{Freshness, ImageRecord, IndexCursor, MetadataStore, TagEntry};
 use crate::cache::{CacheWriter, Millis};
 use crate::credentials::Credential;
 use crate::image::{Digest, Reference};
@@ -123,7 +124,6 @@ pub async fn run<B: CacheWriter>(
         }
     };
     let (rc, pass) = rc.for_pass();
-    let in_flight = rc.host_concurrency();
 
     // 1. List and filter.
     let listed = match rc.list_tags().await {
@@ -142,105 +142,257 @@ pub async fn run<B: CacheWriter>(
     outcome.listed = listed.len();
     let filtered = target.filter.apply(listed);
     outcome.excluded = filtered.excluded + filtered.over_budget;
-    let kept = filtered.kept;
+    let mut kept = filtered.kept;
+    // The index is kept in byte order, so it is read and written in that order.
+    kept.sort_unstable();
+    kept.dedup();
 
-    // 2. What the cache holds.
-    let previous = store.read_index(scope, repository).await.unwrap_or_else(|e| {
-        tracing::warn!(repository = %repository, error = %e, "cannot read the cached index; warming from scratch");
-        None
-    });
-    let previous_head = previous.as_ref().map(|(h, _)| h.clone());
-    let prev: HashMap<String, TagEntry> = previous
-        .map(|(_, entries)| entries.into_iter().map(|e| (e.tag.clone(), e)).collect())
-        .unwrap_or_default();
-    let mut records: HashMap<Digest, ImageRecord> = store
-        .cached_images(scope, &decide::cached_digests(&kept, &prev))
-        .await
-        .unwrap_or_default();
-
-    // 3. Decide per tag.
-    let TagPlan {
-        mut entries,
-        to_resolve,
-        to_fetch,
-    } = decide::plan_tags(&kept, &prev, &records, &target.platforms, now);
-    let mut to_fetch: HashMap<Digest, Option<FetchedManifest>> =
-        to_fetch.into_iter().map(|d| (d, None)).collect();
-
-    // 4. HEAD the due tags.
-    let mut failures = Failures::default();
-    // Each HEAD's future is built only when the stream polls for it: a future holds the
-    // whole request state machine (several KiB), so building one per tag up front costs
-    // hundreds of MiB on a 50,000-tag repository. The closure owns what it captures, so
-    // the pass future stays `Send` when spawned.
-    let head_rc = rc.clone();
-    let mut heads = futures::stream::iter(to_resolve.clone())
-        .map(move |tag| {
-            let rc = head_rc.clone();
-            async move {
-                let r = rc.head_manifest(&Reference::Tag(tag.clone())).await;
-                (tag, r)
+    // 2. The cached index, read and written again one window of tags at a time.
+    let mut cursor = IndexCursor::open(store, scope, repository).await;
+    let previous_head = cursor.head().cloned();
+    let mut writer = store.index_writer(scope, repository, previous_head.clone());
+    let mut window = Window {
+        rc: &rc,
+        store,
+        target,
+        options,
+        now,
+        in_flight: rc.host_concurrency(),
+        failures: Failures::default(),
+        records: HashMap::new(),
+        outcome: &mut outcome,
+        latest: Vec::new(),
+        images: HashSet::new(),
+    };
+    let mut written = Ok(());
+    for tags in kept.chunks(WINDOW) {
+        let last = tags.last().expect("chunks are not empty");
+        let previous: HashMap<String, TagEntry> = cursor
+            .until(last)
+            .await
+            .into_iter()
+            .map(|e| (e.tag.clone(), e))
+            .collect();
+        writer.remember(cursor.take_known());
+        let entries = window.warm(tags, &previous).await;
+        for entry in entries.values() {
+            window.count(entry);
+            written = writer.push(entry).await;
+            if written.is_err() {
+                break;
             }
-        })
-        .buffer_unordered(in_flight);
-    let mut resolved: Vec<(String, Option<Digest>)> = Vec::new();
-    while let Some((tag, result)) = heads.next().await {
-        let tag = &tag;
-        match result {
-            Ok(head) => {
-                if let Some(fetched) = head.fetched {
-                    to_fetch.insert(head.digest.clone(), Some(fetched));
-                }
-                resolved.push((tag.clone(), Some(head.digest)));
-            }
-            Err(registry::Error::ManifestUnknown { .. }) => resolved.push((tag.clone(), None)),
-            Err(e) => {
-                let stop = matches!(e, registry::Error::RateLimited { .. });
-                failures.add(format!("resolving {repository}:{tag}"), &e);
-                // The tag keeps what was cached before.
-                if let Some(p) = prev.get(tag) {
-                    entries.insert(tag.clone(), p.clone());
-                }
-                if stop {
-                    // The host asked us to stop: the rest of the pass waits for next time.
-                    break;
+        }
+        if written.is_err() {
+            break;
+        }
+    }
+    drop(kept);
+
+    // 3. Publish: the index moves forward; lastUpdate only if nothing failed.
+    let Window {
+        failures,
+        latest,
+        images,
+        ..
+    } = window;
+    outcome.latest_tags = latest.into_iter().map(|(_, t)| t).collect();
+    outcome.images = images.len();
+    outcome.failure = failures.first;
+    outcome.requests = pass.stats.snapshot();
+    let error = failures.summary();
+    let freshness = Freshness {
+        last_update: if error.is_none() {
+            Some(Utc::now())
+        } else {
+            previous_head.as_ref().and_then(|h| h.last_update)
+        },
+        last_error: error.clone(),
+    };
+    let published = match written {
+        Ok(()) => writer.finish(&freshness, head_deadline).await,
+        Err(e) => {
+            writer.abandon().await;
+            Err(e)
+        }
+    };
+    match published {
+        Ok(head) => {
+            outcome.published = true;
+            outcome.index_changed = previous_head.is_none_or(|h| h.generation != head.generation);
+            outcome.last_update = head.last_update;
+            outcome.error = error;
+        }
+        Err(e) => {
+            outcome.failure.get_or_insert(FailureKind::Cache);
+            outcome.last_update = previous_head.and_then(|h| h.last_update);
+            outcome.error = Some(match error {
+                Some(err) => format!("{err}; caching the tag index: {e}"),
+                None => format!("caching the tag index of {repository}: {e}"),
+            });
+        }
+    }
+    outcome.retry_after = failures.rate_limited;
+    outcome.duration = started.elapsed();
+    outcome
+}
+
+/// Tags warmed at once: a pass holds this many tags' entries, and the previous index's
+/// chunks that cover them, never the whole index.
+const WINDOW: usize = 2048;
+/// Image records kept between windows, so that tags of one image in many windows read its
+/// record once; past this many they are read again as needed.
+const RECORDS_KEPT: usize = 4096;
+/// Tag changes an outcome lists (events, logs); `changed` counts them all.
+const CHANGES_KEPT: usize = 1000;
+
+/// What a pass carries from one window of tags to the next.
+struct Window<'p, B> {
+    rc: &'p RepositoryClient,
+    store: &'p MetadataStore<B>,
+    target: &'p Target,
+    options: &'p PassOptions,
+    now: Millis,
+    in_flight: usize,
+    failures: Failures,
+    records: HashMap<Digest, ImageRecord>,
+    outcome: &'p mut Outcome,
+    /// The ten tags created last so far, newest first.
+    latest: Vec<(chrono::DateTime<Utc>, String)>,
+    /// The distinct images the index points at, by digest hash.
+    images: HashSet<u64>,
+}
+
+impl<B: CacheWriter> Window<'_, B> {
+    /// Counts an entry of the new index in the outcome.
+    fn count(&mut self, entry: &TagEntry) {
+        self.outcome.tags += 1;
+        match &entry.digest {
+            None => self.outcome.missing += 1,
+            Some(d) => {
+                self.images.insert(key_hash(d.as_str()));
+                if let Some(created) = self.records.get(d).and_then(|r| r.created) {
+                    note_latest(&mut self.latest, created, &entry.tag);
                 }
             }
         }
     }
-    // Requests still in flight after a 429 are cancelled here.
-    drop(heads);
-    decide::keep_cached(
-        decide::unanswered(&to_resolve, &resolved),
-        &prev,
-        &mut entries,
-    );
-    drop(to_resolve);
 
-    // 5. Which resolved digests need metadata: those not cached (one batched read).
-    let new_digests: Vec<Digest> = resolved
-        .iter()
-        .filter_map(|(_, d)| d.clone())
-        .filter(|d| !records.contains_key(d))
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
-    if !new_digests.is_empty() {
-        match store.cached_images(scope, &new_digests).await {
-            Ok(found) => records.extend(found),
-            Err(e) => tracing::warn!(error = %e, "cannot read cached images; fetching them"),
+    /// Warms one window of `kept` tags (sorted) against their `previous` entries, and
+    /// returns the window's entries of the new index. Once the host said stop (a 429),
+    /// later windows send no request and keep what was cached.
+    async fn warm(
+        &mut self,
+        kept: &[String],
+        prev: &HashMap<String, TagEntry>,
+    ) -> BTreeMap<String, TagEntry> {
+        let (rc, store, target, now) = (self.rc, self.store, self.target, self.now);
+        let (scope, repository) = (&target.scope, &target.repository);
+        if self.records.len() > RECORDS_KEPT {
+            self.records.clear();
         }
-    }
-    for d in decide::digests_to_get(&resolved, &records, &target.platforms) {
-        to_fetch.entry(d).or_insert(None);
-    }
+        let missing: Vec<Digest> = decide::cached_digests(kept, prev)
+            .into_iter()
+            .filter(|d| !self.records.contains_key(d))
+            .collect();
+        if !missing.is_empty() {
+            self.records.extend(
+                store
+                    .cached_images(scope, &missing)
+                    .await
+                    .unwrap_or_default(),
+            );
+        }
 
-    // 6. GET each needed digest once, however many tags point at it.
-    if failures.rate_limited.is_none() {
+        // Decide per tag.
+        let TagPlan {
+            mut entries,
+            to_resolve,
+            to_fetch,
+        } = decide::plan_tags(kept, prev, &self.records, &target.platforms, now);
+        if self.failures.rate_limited.is_some() {
+            // The host asked us to stop: the rest of the pass waits for next time.
+            decide::keep_cached(to_resolve.iter().map(String::as_str), prev, &mut entries);
+            return entries;
+        }
+        let mut to_fetch: HashMap<Digest, Option<FetchedManifest>> =
+            to_fetch.into_iter().map(|d| (d, None)).collect();
+
+        // HEAD the due tags. Each HEAD's future is built only when the stream polls for
+        // it: a future holds the whole request state machine (several KiB). The closure
+        // owns what it captures, so the pass future stays `Send` when spawned.
+        let head_rc = rc.clone();
+        let mut heads = futures::stream::iter(to_resolve.clone())
+            .map(move |tag| {
+                let rc = head_rc.clone();
+                async move {
+                    let r = rc.head_manifest(&Reference::Tag(tag.clone())).await;
+                    (tag, r)
+                }
+            })
+            .buffer_unordered(self.in_flight);
+        let mut resolved: Vec<(String, Option<Digest>)> = Vec::new();
+        while let Some((tag, result)) = heads.next().await {
+            match result {
+                Ok(head) => {
+                    if let Some(fetched) = head.fetched {
+                        to_fetch.insert(head.digest.clone(), Some(fetched));
+                    }
+                    resolved.push((tag, Some(head.digest)));
+                }
+                Err(registry::Error::ManifestUnknown { .. }) => resolved.push((tag, None)),
+                Err(e) => {
+                    let stop = matches!(e, registry::Error::RateLimited { .. });
+                    self.failures
+                        .add(format!("resolving {repository}:{tag}"), &e);
+                    // The tag keeps what was cached before.
+                    if let Some(p) = prev.get(&tag) {
+                        entries.insert(tag, p.clone());
+                    }
+                    if stop {
+                        break;
+                    }
+                }
+            }
+        }
+        // Requests still in flight after a 429 are cancelled here.
+        drop(heads);
+        decide::keep_cached(
+            decide::unanswered(&to_resolve, &resolved),
+            prev,
+            &mut entries,
+        );
+        drop(to_resolve);
+
+        // Which resolved digests need metadata: those not cached (one batched read).
+        let new_digests: Vec<Digest> = resolved
+            .iter()
+            .filter_map(|(_, d)| d.clone())
+            .filter(|d| !self.records.contains_key(d))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if !new_digests.is_empty() {
+            match store.cached_images(scope, &new_digests).await {
+                Ok(found) => self.records.extend(found),
+                Err(e) => tracing::warn!(error = %e, "cannot read cached images; fetching them"),
+            }
+        }
+        for d in decide::digests_to_get(&resolved, &self.records, &target.platforms) {
+            to_fetch.entry(d).or_insert(None);
+        }
+
+        if self.failures.rate_limited.is_some() {
+            // A 429 stopped the HEADs: nothing is fetched, resolved tags keep what was cached.
+            decide::keep_cached(resolved.iter().map(|(t, _)| t.as_str()), prev, &mut entries);
+            return entries;
+        }
+
+        // GET each needed digest once, however many tags point at it.
         let jobs: Vec<_> = to_fetch
             .into_iter()
             .map(|(digest, fetched)| {
-                let known = records
+                let known = self
+                    .records
                     .get(&digest)
                     .map(|r| r.platforms.clone())
                     .unwrap_or_default();
@@ -257,7 +409,7 @@ pub async fn run<B: CacheWriter>(
                     (digest, r)
                 }
             })
-            .buffer_unordered(in_flight);
+            .buffer_unordered(self.in_flight);
         let image_deadline = now.plus(IMAGE_DEADLINE);
         let mut unknown: HashSet<Digest> = HashSet::new();
         let mut failed: HashSet<Digest> = HashSet::new();
@@ -270,11 +422,12 @@ pub async fn run<B: CacheWriter>(
                         .await
                     {
                         Ok(()) => {
-                            outcome.images_updated += 1;
-                            records.insert(digest, record);
+                            self.outcome.images_updated += 1;
+                            self.records.insert(digest, record);
                         }
                         Err(e) => {
-                            failures.add_cache(format!("caching {repository}@{digest}"), &e);
+                            self.failures
+                                .add_cache(format!("caching {repository}@{digest}"), &e);
                             failed.insert(digest);
                         }
                     }
@@ -302,7 +455,7 @@ pub async fn run<B: CacheWriter>(
                         )
                         .take(3)
                         .collect();
-                    failures.add(
+                    self.failures.add(
                         format!("fetching {repository}@{digest} (tag {})", tags.join(", ")),
                         &e,
                     );
@@ -316,16 +469,22 @@ pub async fn run<B: CacheWriter>(
         drop(fetches);
         // Digests neither fetched nor failed were abandoned after a 429.
         let fetched = Fetched {
-            records: &records,
+            records: &self.records,
             failed: &failed,
             unknown: &unknown,
         };
         for (tag, d) in &resolved {
             let previous = prev.get(tag);
-            match decide::merge_resolved(&options.policy, tag, d.as_ref(), previous, &fetched, now)
-            {
+            match decide::merge_resolved(
+                &self.options.policy,
+                tag,
+                d.as_ref(),
+                previous,
+                &fetched,
+                now,
+            ) {
                 Merged::Updated(entry, change) => {
-                    note_change(&mut outcome, tag, previous, &entry, change);
+                    note_change(self.outcome, tag, previous, &entry, change);
                     entries.insert(tag.clone(), entry);
                 }
                 Merged::Kept(entry) => {
@@ -334,74 +493,21 @@ pub async fn run<B: CacheWriter>(
                 Merged::Dropped => {}
             }
         }
-    } else {
-        // A 429 stopped the HEADs: nothing is fetched, resolved tags keep what was cached.
-        decide::keep_cached(
-            resolved.iter().map(|(t, _)| t.as_str()),
-            &prev,
-            &mut entries,
-        );
+        entries
     }
-
-    // 7. Publish: the index moves forward; lastUpdate only if nothing failed.
-    let entries: Vec<TagEntry> = entries.into_values().collect();
-    outcome.latest_tags = latest_tags(&entries, &records);
-    outcome.failure = failures.first;
-    outcome.tags = entries.len();
-    outcome.missing = entries.iter().filter(|e| e.digest.is_none()).count();
-    outcome.images = entries
-        .iter()
-        .filter_map(|e| e.digest.as_ref())
-        .collect::<HashSet<_>>()
-        .len();
-    outcome.requests = pass.stats.snapshot();
-    let error = failures.summary();
-    let freshness = Freshness {
-        last_update: if error.is_none() {
-            Some(Utc::now())
-        } else {
-            previous_head.as_ref().and_then(|h| h.last_update)
-        },
-        last_error: error.clone(),
-    };
-    match store
-        .publish_index_with(scope, repository, &entries, &freshness, head_deadline)
-        .await
-    {
-        Ok(head) => {
-            outcome.published = true;
-            outcome.last_update = head.last_update;
-            outcome.error = error;
-        }
-        Err(e) => {
-            outcome.failure.get_or_insert(FailureKind::Cache);
-            outcome.last_update = previous_head.and_then(|h| h.last_update);
-            outcome.error = Some(match error {
-                Some(err) => format!("{err}; caching the tag index: {e}"),
-                None => format!("caching the tag index of {repository}: {e}"),
-            });
-        }
-    }
-    outcome.retry_after = failures.rate_limited;
-    outcome.duration = started.elapsed();
-    outcome
 }
 
-/// The ten tags whose images were created last, newest first (ties by tag name).
-fn latest_tags(entries: &[TagEntry], records: &HashMap<Digest, ImageRecord>) -> Vec<String> {
-    let mut dated: Vec<(chrono::DateTime<Utc>, &str)> = entries
-        .iter()
-        .filter_map(|e| {
-            let created = e.digest.as_ref().and_then(|d| records.get(d))?.created?;
-            Some((created, e.tag.as_str()))
-        })
-        .collect();
-    dated.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
-    dated
-        .into_iter()
-        .take(10)
-        .map(|(_, t)| t.to_string())
-        .collect()
+/// Keeps `latest` the ten tags created last, newest first (ties by tag name).
+fn note_latest(
+    latest: &mut Vec<(chrono::DateTime<Utc>, String)>,
+    created: chrono::DateTime<Utc>,
+    tag: &str,
+) {
+    let at = latest.partition_point(|(c, t)| *c > created || (*c == created && t.as_str() < tag));
+    if at < 10 {
+        latest.insert(at, (created, tag.to_string()));
+        latest.truncate(10);
+    }
 }
 
 async fn fetch_image(
@@ -431,6 +537,10 @@ fn note_change(
         Change::Moved => TagChangeKind::Moved,
         Change::Unchanged | Change::Missing => return,
     };
+    outcome.changed += 1;
+    if outcome.changes.len() >= CHANGES_KEPT {
+        return;
+    }
     outcome.changes.push(TagChange {
         tag: tag.to_string(),
         kind,

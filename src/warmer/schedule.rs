@@ -89,13 +89,17 @@ pub fn classify(previous: Option<&TagEntry>, resolved: Option<&crate::image::Dig
 
 /// The next interval: new tags start at `new_tag`; unchanged ones double, moved ones
 /// halve, within `[min, max]`. A missing manifest is treated as unchanged once seen
-/// missing twice (it may come back).
+/// missing twice (it may come back). A cached tag without an interval (its schedule was
+/// evicted) starts again at `new_tag`.
 pub(crate) fn next_interval(
     policy: &RefreshPolicy,
     previous: Option<&TagEntry>,
     change: Change,
 ) -> Duration {
-    let previous_interval = previous.map(|p| Duration::from_millis(p.interval));
+    let previous_interval = previous
+        .map(|p| p.interval)
+        .filter(|i| *i > 0)
+        .map(Duration::from_millis);
     let next = match (change, previous_interval) {
         (Change::New, _) | (_, None) => policy.new_tag,
         (Change::Unchanged, Some(i)) => i.saturating_mul(2),

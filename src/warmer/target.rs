@@ -149,7 +149,13 @@ pub struct Outcome {
     /// Whether this pass published an index (`tags` and `images` describe the cache).
     pub published: bool,
     pub requests: BTreeMap<RequestKind, u64>,
+    /// The first thousand tag changes (new tags, moved tags) of the pass.
     pub changes: Vec<TagChange>,
+    /// Every tag change of the pass: new tags and moved tags.
+    pub changed: usize,
+    /// Whether the published index changed (tags added, moved or removed): a pass that
+    /// changed nothing publishes the same generation.
+    pub index_changed: bool,
     pub error: Option<String>,
     /// The kind of the first failure, when `error` is set.
     pub failure: Option<FailureKind>,
@@ -175,6 +181,8 @@ impl Outcome {
             published: false,
             requests: BTreeMap::new(),
             changes: Vec::new(),
+            changed: 0,
+            index_changed: false,
             error: None,
             failure: None,
             latest_tags: Vec::new(),

@@ -651,3 +651,119 @@ async fn a_failing_target_sharing_an_index_waits_for_the_other_pass() {
         .expect("the good index is still published");
     assert_eq!(cached.tags.len(), 6);
 }
+
+/// A pass that changes nothing publishes nothing: the same generation, no chunk written,
+/// only the head and the warmer's own schedule items. A moved tag rewrites the one chunk
+/// that holds it; the chunk it replaced is deleted by the publish after.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pass_that_changes_nothing_writes_no_chunk_and_a_moved_tag_rewrites_one() {
+    let registry = Registry::start(RegistryAuth::Anonymous);
+    let memcached = support::Memcached::start();
+    // Small chunks, so the index has many.
+    let store = Arc::new(
+        MetadataStore::new(Memcached::new(
+            vec![memcached.addr()],
+            MemcachedOptions::default(),
+        ))
+        .with_chunk_bytes(2048),
+    );
+    let warmer = Warmer::new(
+        RegistryClient::new(ClientOptions::default()),
+        store.clone(),
+        WarmerOptions {
+            pass: PassOptions {
+                policy: policy(Duration::ZERO),
+            },
+            ..WarmerOptions::default()
+        },
+    );
+    let path = "steady/app";
+    let pusher = registry.pusher();
+    pusher.push_many(path, 200, 20).await;
+    let repository = Repository::parse(&format!("{}/{path}", registry.host())).unwrap();
+    let target = support::plain_target(
+        "default/steady",
+        repository.clone(),
+        Credential::Anonymous,
+        Scope::public(),
+    );
+    let head = || async {
+        store
+            .head(&target.scope, &repository)
+            .await
+            .unwrap()
+            .expect("a published head")
+    };
+    let sets = || {
+        memcached.stats()["cmd_set"]
+            .parse::<u64>()
+            .expect("cmd_set is a number")
+    };
+
+    let cold = warmer.warm_now(&target).await;
+    ok(&cold);
+    assert!(cold.index_changed);
+    let first = head().await;
+    let chunks = first.chunks.len();
+    assert!(chunks >= 8, "{chunks} chunks");
+
+    // Every tag is due and HEADed again, and none moved.
+    let before = sets();
+    let steady = warmer.warm_now(&target).await;
+    ok(&steady);
+    assert_eq!(steady.requests_of(RequestKind::ManifestHead), 200);
+    assert!(!steady.index_changed);
+    let second = head().await;
+    assert_eq!(second.generation, first.generation, "the same generation");
+    assert_eq!(second.chunks, first.chunks);
+    assert!(second.last_update > first.last_update, "freshness moved");
+    // The head, and each chunk's schedule (every tag was resolved again): no chunk.
+    assert_eq!(sets() - before, 1 + chunks as u64);
+
+    // One tag moves: one chunk is new, the others are kept.
+    let moved = pusher
+        .push_image(
+            path,
+            "tag-00123",
+            &ImageSpec::new(ManifestKind::Oci).seed(777),
+        )
+        .await;
+    let before = sets();
+    let after_move = warmer.warm_now(&target).await;
+    ok(&after_move);
+    assert!(after_move.index_changed);
+    assert_eq!(after_move.changed, 1);
+    let third = head().await;
+    assert_ne!(third.generation, second.generation);
+    let old: Vec<&str> = second.chunks.iter().map(|c| c.id.as_str()).collect();
+    let new: Vec<&str> = third.chunks.iter().map(|c| c.id.as_str()).collect();
+    let replaced: Vec<&str> = old.iter().copied().filter(|id| !new.contains(id)).collect();
+    assert_eq!(replaced.len(), 1, "one chunk replaced: {old:?} -> {new:?}");
+    assert_eq!(new.iter().filter(|id| !old.contains(id)).count(), 1);
+    assert_eq!(third.retired, [replaced[0]]);
+    // The image, its contents, the new chunk, every schedule and the head.
+    assert_eq!(
+        sets() - before,
+        1 + 2 + 1 + chunks as u64 + 1,
+        "image record, manifest and config, one chunk, the schedules, the head"
+    );
+    let image = store
+        .get_image(
+            &target.scope,
+            &regcache::image::ImageRef::parse(&format!("{repository}:tag-00123")).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(image.digest.as_str(), moved.digest);
+
+    // The replaced chunk stays while a reader may stream the previous index, and is gone
+    // after the next publish.
+    let key = regcache::cache::keys::tag_chunk(&target.scope, &repository, replaced[0]);
+    assert!(memcached.get(&key).is_some());
+    ok(&warmer.warm_now(&target).await);
+    assert!(
+        memcached.get(&key).is_none(),
+        "the retired chunk is deleted"
+    );
+    assert!(head().await.retired.is_empty());
+}

@@ -1,13 +1,16 @@
-//! regcache's schema on top of a byte cache: images by digest, tag indexes in chunks under a
-//! generation published by a small head item, and the read API with its decorators.
+//! regcache's schema on top of a byte cache: images by digest, tag indexes in chunks
+//! published by a small head item, and the read API with its decorators.
 //!
-//! Publishing writes every chunk of a new generation first and the head last, then deletes
-//! the previous generation's chunks. A reader reads the head, then that generation's chunks;
-//! each chunk names its generation, and a missing or foreign chunk sends the reader back to
-//! the head. So a reader sees one whole generation or none, never a mix.
+//! Chunks hold consecutive runs of the sorted tags and are named by the hash of their
+//! content, so a chunk is never rewritten with other content. Publishing writes the chunks
+//! that are new first and the head last; the chunks the new head no longer names are
+//! deleted by the next publish. A reader reads the head, then the chunks it names, and
+//! checks each against its id; a missing one sends the reader back to the head. So a reader
+//! sees one whole index or none, never a mix.
 //!
-//! Tags are spread over chunks by `xxh3_64(tag) % chunks`, so one tag is found by reading
-//! the head and one chunk, even in a repository of 200,000 tags.
+//! The head lists each chunk's first tag, so one tag is found by reading the head and one
+//! chunk, and a whole index can be read (or written) one chunk at a time, even in a
+//! repository of 200,000 tags.
 
 mod publish;
 mod read;
@@ -22,26 +25,26 @@ use serde::Serialize;
 use super::decorate::TimestampLabels;
 use super::keys;
 use super::{CacheError, CacheMetrics, CacheReader, CacheWriter, Millis};
+pub use publish::IndexWriter;
 pub(crate) use read::not_cached_help;
-pub use read::{ImageInfo, ReadError, RepositoryMetadata};
-pub use schema::{Freshness, ImageRecord, RepositoryHead, TagEntry};
-pub(crate) use schema::{TagView, chunk_view};
+pub use read::{ImageInfo, IndexCursor, ReadError, RepositoryMetadata};
+pub use schema::{ChunkRef, Freshness, ImageRecord, RepositoryHead, TagEntry};
+pub(crate) use schema::{chunk_id, chunk_view};
 
 /// Room kept in each chunk for the key, the JSON wrapper and memcached's item header.
 const CHUNK_OVERHEAD: usize = 512;
-/// Target size of a tag chunk. Smaller than an item may be: looking up one tag reads and
-/// parses one chunk, so 128 KiB (~900 tags) keeps that cheap, while a full read of 200,000
-/// tags is still only ~300 keys in one multi-get.
+/// Largest size of a tag chunk (they average about half of it). Smaller than an item may
+/// be: looking up one tag reads and parses one chunk, so 128 KiB (at most ~1,300 tags)
+/// keeps that cheap, while 200,000 tags still take only ~300 chunks.
 pub(crate) const DEFAULT_CHUNK_BYTES: usize = 128 << 10;
 /// Chunks written or deleted at once.
 const WRITE_CONCURRENCY: usize = 8;
 /// How often a reader goes back to the head when a generation changes under it.
 pub(crate) const READ_ATTEMPTS: usize = 4;
-/// Most chunks a head may name; a head naming more is corrupt. Readers size their multi-get
-/// by the head, so without a bound a foreign head claiming 4 billion chunks makes one read
-/// build 4 billion keys. regcache never writes near it: at the default chunk size it is
-/// 8 GiB of tag index, ~50 million tags (a 200,000-tag repository takes ~40 chunks).
-pub(crate) const MAX_CHUNKS: u32 = 1 << 16;
+/// Most chunks a head may name; a head naming more is corrupt. A head names each chunk by
+/// id and first tag (about 80 bytes), so this many fill memcached's default 1 MB item; at
+/// the default chunk size it is ~8 million tags (a 200,000-tag repository takes ~300).
+pub(crate) const MAX_CHUNKS: usize = 12_000;
 
 /// regcache's view of a cache backend.
 pub struct MetadataStore<B> {

@@ -7,10 +7,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::keys::{self, Scope};
-use super::schema::{TagChunk, chunk_view, parse_content};
+use super::publish::KnownChunk;
+use super::schema::{ChunkRef, ChunkSchedule, chunk_view, parse_content};
 use super::{ImageRecord, MetadataStore, READ_ATTEMPTS, RepositoryHead, TagEntry};
 use crate::cache::decorate::created_time;
-use crate::cache::memcached::key_hash;
 use crate::cache::{CacheError, CacheReader};
 use crate::image::{Digest, ImageRef, PlatformImage, RawContent, Reference, Repository};
 
@@ -194,7 +194,7 @@ impl<B: CacheReader> MetadataStore<B> {
         scope: &Scope,
         repository: &Repository,
     ) -> Result<Option<(RepositoryHead, Vec<TagEntry>)>, CacheError> {
-        self.read_chunks(scope, repository, None).await
+        self.read_chunks(scope, repository).await
     }
 
     /// The index readers are served: NotCached, saying why, unless a pass has completed
@@ -214,12 +214,12 @@ impl<B: CacheReader> MetadataStore<B> {
         Ok((head, entries))
     }
 
-    /// Reads all chunks, or only the chunk that holds `only_tag`.
+    /// Reads every chunk and its schedule (a schedule that is missing leaves its tags
+    /// due now).
     async fn read_chunks(
         &self,
         scope: &Scope,
         repository: &Repository,
-        only_tag: Option<&str>,
     ) -> Result<Option<(RepositoryHead, Vec<TagEntry>)>, CacheError> {
         let mut last_generation = None;
         for _ in 0..READ_ATTEMPTS {
@@ -234,33 +234,43 @@ impl<B: CacheReader> MetadataStore<B> {
                 return Ok(None);
             }
             last_generation = Some(head.generation);
-            let wanted: Vec<u32> = match only_tag {
-                Some(tag) if head.chunks > 0 => vec![(key_hash(tag) % head.chunks as u64) as u32],
-                _ => (0..head.chunks).collect(),
-            };
-            let keys: Vec<String> = wanted
+            let keys: Vec<String> = head
+                .chunks
                 .iter()
-                .map(|i| keys::tag_chunk(scope, repository, head.generation, *i))
+                .flat_map(|c| {
+                    [
+                        keys::tag_chunk(scope, repository, &c.id),
+                        keys::tag_schedule(scope, repository, &c.id),
+                    ]
+                })
                 .collect();
-            let found = self.get_many(&keys).await?;
-            let mut entries = Vec::new();
+            let found = if keys.is_empty() {
+                HashMap::new()
+            } else {
+                self.get_many(&keys).await?
+            };
+            let mut entries = Vec::with_capacity(head.tag_count as usize);
             let mut complete = true;
-            for (i, key) in wanted.iter().zip(&keys) {
-                let chunk = found
-                    .get(key)
-                    .and_then(|e| serde_json::from_slice::<TagChunk>(&e.value).ok());
-                match chunk {
-                    Some(c) if c.generation == head.generation && c.index == *i => {
-                        entries.extend(c.tags)
-                    }
-                    _ => {
+            for (chunk, pair) in head.chunks.iter().zip(keys.chunks(2)) {
+                let (Some(value), schedule) = (found.get(&pair[0]), found.get(&pair[1])) else {
+                    complete = false;
+                    break;
+                };
+                match chunk_entries(chunk, &value.value, schedule.map(|e| &e.value[..])) {
+                    Some(tags) => entries.extend(tags),
+                    None => {
                         complete = false;
                         break;
                     }
                 }
             }
             if complete {
-                entries.sort_by(|a, b| a.tag.cmp(&b.tag));
+                if !entries.windows(2).all(|w| w[0].tag < w[1].tag) {
+                    return Err(CacheError::Corrupt {
+                        key: keys::repository_head(scope, repository),
+                        detail: "the head's chunks overlap".to_string(),
+                    });
+                }
                 return Ok(Some((head, entries)));
             }
         }
@@ -381,25 +391,10 @@ impl<B: CacheReader> MetadataStore<B> {
         let name = repository.canonical();
         let (digest, tag) = match image.reference() {
             Reference::Digest(d) => (d, image.tag.clone()),
-            Reference::Tag(tag) => {
-                let Some((head, entries)) = self.read_chunks(scope, repository, Some(&tag)).await?
-                else {
-                    let head = self.head(scope, repository).await.ok().flatten();
-                    return Err(self.not_cached(repository, head.as_ref()));
-                };
-                if head.last_update.is_none() {
-                    return Err(self.not_cached(repository, Some(&head)));
-                }
-                let digest = entries
-                    .into_iter()
-                    .find(|e| e.tag == tag)
-                    .and_then(|e| e.digest)
-                    .ok_or_else(|| ReadError::TagNotFound {
-                        repository: name.clone(),
-                        tag: tag.clone(),
-                    })?;
-                (digest, Some(tag))
-            }
+            Reference::Tag(tag) => (
+                self.digest_of_tag(scope, repository, &tag).await?,
+                Some(tag),
+            ),
         };
         let record = self
             .get_image_record(scope, &digest)
@@ -455,20 +450,16 @@ impl<B: CacheReader> MetadataStore<B> {
                 repository: repository.canonical(),
                 tag: tag.to_string(),
             };
-            if head.generation == 0 || head.chunks == 0 {
+            let Some(chunk) = head.chunk_of(tag) else {
                 return Err(tag_not_found());
-            }
-            let index = (key_hash(tag) % head.chunks as u64) as u32;
-            let key = keys::tag_chunk(scope, repository, head.generation, index);
+            };
+            let key = keys::tag_chunk(scope, repository, &chunk.id);
             let found = self.get(&key).await?;
-            let Some(chunk) = found
-                .as_ref()
-                .and_then(|e| chunk_view(&e.value, head.generation, index))
-            else {
+            let Some(view) = found.as_ref().and_then(|e| chunk_view(&e.value, chunk)) else {
                 last_head = Some(head);
                 continue;
             };
-            return chunk
+            return view
                 .tags
                 .iter()
                 .find(|t| t.tag == tag)
@@ -477,5 +468,128 @@ impl<B: CacheReader> MetadataStore<B> {
                 .ok_or_else(tag_not_found);
         }
         Err(self.not_cached(repository, last_head.as_ref()))
+    }
+}
+
+/// The entries of `chunk` from its stored payload and schedule, or `None` when the payload
+/// is not that chunk. A schedule that is missing or not the chunk's leaves every tag due
+/// now, with no interval yet.
+fn chunk_entries(chunk: &ChunkRef, value: &[u8], schedule: Option<&[u8]>) -> Option<Vec<TagEntry>> {
+    let view = chunk_view(value, chunk)?;
+    let due = schedule
+        .and_then(|s| serde_json::from_slice::<ChunkSchedule>(s).ok())
+        .filter(|s| s.chunk == chunk.id && s.due.len() == view.tags.len())
+        .map(|s| s.due);
+    let mut entries = Vec::with_capacity(view.tags.len());
+    for (i, t) in view.tags.into_iter().enumerate() {
+        let [fetched, deadline, interval] = due.as_ref().map_or([0; 3], |d| d[i]);
+        entries.push(TagEntry {
+            tag: t.tag.into_owned(),
+            // A digest that does not parse is dropped: the tag is resolved again.
+            digest: t.digest.and_then(|d| Digest::parse(d).ok()),
+            fetched,
+            deadline,
+            interval: interval.max(0) as u64,
+        });
+    }
+    Some(entries)
+}
+
+/// Reads the previous index one chunk at a time, in tag order, for a pass that walks its
+/// tags in the same order: what it holds at once is a chunk, not the index.
+pub struct IndexCursor<'s, B> {
+    store: &'s MetadataStore<B>,
+    scope: Scope,
+    repository: Repository,
+    head: Option<RepositoryHead>,
+    next: usize,
+    loaded: std::collections::VecDeque<TagEntry>,
+    known: Vec<(String, KnownChunk)>,
+    /// A chunk could not be read: the tags from there on count as not cached.
+    lost: bool,
+}
+
+impl<'s, B: CacheReader> IndexCursor<'s, B> {
+    /// Opens the index published for `repository`. A head that cannot be read counts as
+    /// none: the pass then warms from scratch.
+    pub async fn open(store: &'s MetadataStore<B>, scope: &Scope, repository: &Repository) -> Self {
+        let head = store.head(scope, repository).await.unwrap_or_else(|e| {
+            tracing::warn!(repository = %repository, error = %e, "cannot read the cached index; warming from scratch");
+            None
+        });
+        IndexCursor {
+            store,
+            scope: scope.clone(),
+            repository: repository.clone(),
+            head,
+            next: 0,
+            loaded: Default::default(),
+            known: Vec::new(),
+            lost: false,
+        }
+    }
+
+    /// The head the cursor reads.
+    pub fn head(&self) -> Option<&RepositoryHead> {
+        self.head.as_ref()
+    }
+
+    /// Every cached entry whose tag sorts at or before `last` and after those returned
+    /// before, in tag order.
+    pub async fn until(&mut self, last: &str) -> Vec<TagEntry> {
+        while let Some(chunk) = self
+            .head
+            .as_ref()
+            .and_then(|h| h.chunks.get(self.next))
+            .filter(|c| !self.lost && c.first.as_str() <= last)
+            .cloned()
+        {
+            self.next += 1;
+            self.load(&chunk).await;
+        }
+        let n = self.loaded.partition_point(|e| e.tag.as_str() <= last);
+        self.loaded.drain(..n).collect()
+    }
+
+    async fn load(&mut self, chunk: &ChunkRef) {
+        let keys = [
+            keys::tag_chunk(&self.scope, &self.repository, &chunk.id),
+            keys::tag_schedule(&self.scope, &self.repository, &chunk.id),
+        ];
+        let found = match self.store.get_many_available(&keys).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(repository = %self.repository, error = %e, "cannot read the cached index; warming the rest from scratch");
+                self.lost = true;
+                return;
+            }
+        };
+        let schedule = found.get(&keys[1]);
+        let entries = found.get(&keys[0]).and_then(|value| {
+            chunk_entries(chunk, &value.value, schedule.map(|e| &e.value[..]))
+                .map(|entries| (value.deadline, entries))
+        });
+        match entries {
+            Some((deadline, entries)) => {
+                self.known.push((
+                    chunk.id.clone(),
+                    KnownChunk {
+                        deadline,
+                        schedule: schedule.map(|e| xxhash_rust::xxh3::xxh3_64(&e.value)),
+                    },
+                ));
+                self.loaded.extend(entries);
+            }
+            None => {
+                tracing::warn!(repository = %self.repository, chunk = %chunk.id, "a chunk of the cached index is missing; warming the rest from scratch");
+                self.lost = true;
+            }
+        }
+    }
+
+    /// What the cursor learnt of the chunks read since the last call, for the writer of
+    /// the next index ([`super::IndexWriter::remember`]).
+    pub(crate) fn take_known(&mut self) -> Vec<(String, KnownChunk)> {
+        std::mem::take(&mut self.known)
     }
 }

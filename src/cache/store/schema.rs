@@ -80,15 +80,33 @@ pub struct TagEntry {
     pub interval: u64,
 }
 
+/// One chunk of a published index, as its head names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChunkRef {
+    /// 32 lower-case hex digits: XXH3-128 of the chunk's payload.
+    pub id: String,
+    /// The chunk's first tag; chunks hold consecutive runs of the sorted tags.
+    pub first: String,
+    /// How many tags it holds.
+    pub tags: u32,
+}
+
 /// The small item readers start from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct RepositoryHead {
     pub canonical_name: String,
-    /// 0 while no index has ever been published.
+    /// Names the published content: a hash of the chunk ids, so a pass that changes no
+    /// tag publishes the same generation. 0 while no index has ever been published.
     pub generation: u64,
-    pub chunks: u32,
+    #[serde(default)]
+    pub chunks: Vec<ChunkRef>,
     pub tag_count: u64,
+    /// Chunks the previous index held and this one does not: deleted by the next pass,
+    /// so a reader still streaming the previous index finds them meanwhile.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_update: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -100,25 +118,55 @@ pub struct RepositoryHead {
 impl RepositoryHead {
     /// Why a decoded head cannot be one regcache wrote, if it cannot.
     pub(super) fn invalid(&self) -> Option<String> {
-        if self.chunks > MAX_CHUNKS {
+        if self.chunks.len() > MAX_CHUNKS {
             return Some(format!(
                 "the head names {} chunks, more than the {MAX_CHUNKS} regcache writes",
-                self.chunks
+                self.chunks.len()
             ));
         }
-        // A writer publishes `generation + 1` at least; nothing can follow the maximum.
-        if self.generation == u64::MAX {
-            return Some("the head's generation is at its maximum".to_string());
+        if self.generation == 0 && !self.chunks.is_empty() {
+            return Some("the head names chunks under generation 0".to_string());
+        }
+        if let Some(id) = self
+            .chunks
+            .iter()
+            .map(|c| &c.id)
+            .chain(&self.retired)
+            .find(|id| !is_chunk_id(id))
+        {
+            return Some(format!("the head names a chunk with the id {id:?}"));
+        }
+        if !self.chunks.windows(2).all(|w| w[0].first < w[1].first) {
+            return Some("the head's chunks are not in tag order".to_string());
+        }
+        let total: u64 = self.chunks.iter().map(|c| u64::from(c.tags)).sum();
+        if total != self.tag_count {
+            return Some(format!(
+                "the head counts {} tags but its chunks hold {total}",
+                self.tag_count
+            ));
         }
         None
     }
+
+    /// The chunk that holds `tag` if any does: the last whose first tag is not after it.
+    pub fn chunk_of(&self, tag: &str) -> Option<&ChunkRef> {
+        let after = self.chunks.partition_point(|c| c.first.as_str() <= tag);
+        after.checked_sub(1).map(|i| &self.chunks[i])
+    }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct TagChunk {
-    pub(super) generation: u64,
-    pub(super) index: u32,
-    pub(super) tags: Vec<TagEntry>,
+/// Whether `id` has the form of a chunk id (32 lower-case hex digits).
+pub(crate) fn is_chunk_id(id: &str) -> bool {
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The id of a chunk payload.
+pub(crate) fn chunk_id(payload: &[u8]) -> String {
+    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(payload))
 }
 
 /// One tag of a chunk, borrowed from the chunk's bytes: what a read needs, nothing copied
@@ -131,20 +179,31 @@ pub(crate) struct TagView<'a> {
     pub(crate) digest: Option<&'a str>,
 }
 
-/// A chunk as a reader sees it; `fetched`, `deadline` and `interval` are skipped.
+/// A chunk as a reader sees it.
 #[derive(Deserialize)]
 pub(crate) struct ChunkView<'a> {
-    pub(crate) generation: u64,
-    pub(crate) index: u32,
     #[serde(borrow)]
     pub(crate) tags: Vec<TagView<'a>>,
 }
 
-/// The chunk in `value` if it is chunk `index` of `generation`.
-pub(crate) fn chunk_view(value: &[u8], generation: u64, index: u32) -> Option<ChunkView<'_>> {
-    serde_json::from_slice::<ChunkView>(value)
-        .ok()
-        .filter(|c| c.generation == generation && c.index == index)
+/// The chunk in `value` if it is the chunk `chunk` names: its content hashes to the id,
+/// its tags are sorted, start with the first tag and number as many as the head says.
+pub(crate) fn chunk_view<'a>(value: &'a [u8], chunk: &ChunkRef) -> Option<ChunkView<'a>> {
+    if chunk_id(value) != chunk.id {
+        return None;
+    }
+    serde_json::from_slice::<ChunkView>(value).ok().filter(|c| {
+        c.tags.len() == chunk.tags as usize
+            && c.tags.first().is_some_and(|t| t.tag == chunk.first)
+            && c.tags.windows(2).all(|w| w[0].tag < w[1].tag)
+    })
+}
+
+/// The schedule of one chunk's tags, in the chunk's order: `[fetched, deadline, interval]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ChunkSchedule {
+    pub(crate) chunk: String,
+    pub(crate) due: Vec<[i64; 3]>,
 }
 
 /// A content item's payload: the media type, a line feed, then the bytes exactly as the
