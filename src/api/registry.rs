@@ -710,17 +710,6 @@ fn pagination(query: Option<&str>) -> Result<(Option<usize>, Option<String>), Re
     Ok((n, last))
 }
 
-/// One page of `tags`: those after `last` (in the lexical order registries use), at most
-/// `n`; and whether more follow.
-fn page<'a>(tags: &[&'a str], n: Option<usize>, last: Option<&str>) -> (Vec<&'a str>, bool) {
-    let start = last.map_or(0, |l| tags.partition_point(|t| *t <= l));
-    let rest = &tags[start..];
-    match n {
-        Some(n) if n < rest.len() => (rest[..n].to_vec(), n > 0),
-        _ => (rest.to_vec(), false),
-    }
-}
-
 async fn tags_list<B: CacheReader + 'static>(
     s: &Shared<B>,
     target: &Target,
@@ -728,15 +717,13 @@ async fn tags_list<B: CacheReader + 'static>(
     query: Option<&str>,
 ) -> Result<Response, RegistryError> {
     let (n, last) = pagination(query)?;
-    let (_, entries) = s
+    let (tags, more) = s
         .read
         .store()
-        .published_index(&target.scope, &target.repository)
+        .tags_page(&target.scope, &target.repository, last.as_deref(), n)
         .await
         .map_err(|e| RegistryError::from_api(e.into()))?;
-    let mut tags: Vec<&str> = entries.iter().map(|e| e.tag.as_str()).collect();
-    tags.sort_unstable();
-    let (tags, more) = page(&tags, n, last.as_deref());
+    let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
     let mut response = (
         [API_VERSION],
         axum::Json(TagList {
@@ -788,22 +775,6 @@ mod tests {
             let e = name_kind(unknown).unwrap_err();
             assert_eq!(e.code, Code::NameUnknown, "{unknown}");
         }
-    }
-
-    #[test]
-    fn pages_follow_last_and_stop_at_n() {
-        let tags = ["a", "b", "c", "d"];
-        assert_eq!(page(&tags, None, None), (tags.to_vec(), false));
-        assert_eq!(page(&tags, Some(2), None), (vec!["a", "b"], true));
-        assert_eq!(page(&tags, Some(2), Some("b")), (vec!["c", "d"], false));
-        assert_eq!(
-            page(&tags, Some(10), Some("a")),
-            (vec!["b", "c", "d"], false)
-        );
-        // `last` need not be a tag: the page starts after where it would sort.
-        assert_eq!(page(&tags, Some(1), Some("bb")), (vec!["c"], true));
-        assert_eq!(page(&tags, Some(0), None), (vec![], false));
-        assert_eq!(page(&tags, None, Some("d")), (vec![], false));
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub use publish::IndexWriter;
 pub(crate) use read::not_cached_help;
 pub use read::{ImageInfo, IndexCursor, ReadError, RepositoryMetadata};
 pub use schema::{ChunkRef, Freshness, ImageRecord, RepositoryHead, TagEntry};
-pub(crate) use schema::{chunk_id, chunk_view};
+pub(crate) use schema::{TagView, chunk_id, chunk_view};
 
 /// Room kept in each chunk for the key, the JSON wrapper and memcached's item header.
 const CHUNK_OVERHEAD: usize = 512;

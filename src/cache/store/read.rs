@@ -2,6 +2,7 @@
 //! repository's metadata and one image, with the read-time decorators applied.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::ControlFlow;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -13,6 +14,11 @@ use super::{ImageRecord, MetadataStore, READ_ATTEMPTS, RepositoryHead, TagEntry}
 use crate::cache::decorate::created_time;
 use crate::cache::{CacheError, CacheReader};
 use crate::image::{Digest, ImageRef, PlatformImage, RawContent, Reference, Repository};
+
+/// Chunks a walk over an index reads at once (at most 2 MiB at the default chunk size).
+const WALK_BATCH: usize = 16;
+/// Image records read at once when a walk needs them.
+const RECORD_BATCH: usize = 1000;
 
 /// What the library returns for a repository: images by tag, decorators applied.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -118,30 +124,134 @@ impl<B: CacheReader> MetadataStore<B> {
     }
 
     /// Whether `digest` belongs to the published images of `repository`: a tag's image,
-    /// or a platform manifest or config blob of one. Reads the whole index, and the image
-    /// records when the digest is not a tag's.
+    /// or a platform manifest or config blob of one. Walks the index a few chunks at a
+    /// time, then reads the image records (a batch at a time) when the digest is not a
+    /// tag's: what it holds is the distinct digests, not the index.
     pub async fn references(
         &self,
         scope: &Scope,
         repository: &Repository,
         digest: &Digest,
     ) -> Result<bool, ReadError> {
-        let (_, entries) = self.published_index(scope, repository).await?;
-        let mut tops: Vec<Digest> = entries.into_iter().filter_map(|e| e.digest).collect();
-        if tops.contains(digest) {
+        let wanted = digest.as_str();
+        let (_, (found, tops)) = self
+            .walk_index(
+                scope,
+                repository,
+                None,
+                || (false, std::collections::BTreeSet::new()),
+                |(found, tops), tags| {
+                    for d in tags.iter().filter_map(|t| t.digest) {
+                        if d == wanted {
+                            *found = true;
+                            return ControlFlow::Break(());
+                        }
+                        if !tops.contains(d) {
+                            tops.insert(d.to_string());
+                        }
+                    }
+                    ControlFlow::Continue(())
+                },
+            )
+            .await?;
+        if found {
             return Ok(true);
         }
-        tops.sort_unstable();
-        tops.dedup();
-        let keys: Vec<String> = tops.iter().map(|d| keys::image(scope, d)).collect();
-        let found = self.get_many(&keys).await?;
-        Ok(found.values().any(|e| {
-            serde_json::from_slice::<ImageRecord>(&e.value).is_ok_and(|r| {
-                r.platforms
+        let tops: Vec<Digest> = tops.iter().filter_map(|d| Digest::parse(d).ok()).collect();
+        for batch in tops.chunks(RECORD_BATCH) {
+            let keys: Vec<String> = batch.iter().map(|d| keys::image(scope, d)).collect();
+            let found = self.get_many(&keys).await?;
+            if found.values().any(|e| {
+                serde_json::from_slice::<ImageRecord>(&e.value).is_ok_and(|r| {
+                    r.platforms
+                        .iter()
+                        .any(|p| &p.digest == digest || p.config_digest.as_ref() == Some(digest))
+                })
+            }) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// One page of the published tags in byte order: those after `last`, at most `n`
+    /// (all when `None`), and whether more follow. Reads only the chunks the page needs.
+    pub async fn tags_page(
+        &self,
+        scope: &Scope,
+        repository: &Repository,
+        last: Option<&str>,
+        n: Option<usize>,
+    ) -> Result<(Vec<String>, bool), ReadError> {
+        let (_, page) = self
+            .walk_index(
+                scope,
+                repository,
+                last,
+                || (Vec::new(), false),
+                |(tags, more): &mut (Vec<String>, bool), chunk| {
+                    for t in chunk {
+                        if last.is_some_and(|l| t.tag.as_ref() <= l) {
+                            continue;
+                        }
+                        if n.is_some_and(|n| tags.len() >= n) {
+                            *more = n != Some(0);
+                            return ControlFlow::Break(());
+                        }
+                        tags.push(t.tag.to_string());
+                    }
+                    ControlFlow::Continue(())
+                },
+            )
+            .await?;
+        Ok(page)
+    }
+
+    /// Walks the published index in tag order, a few chunks at a time, from the chunk
+    /// that holds `from` (or the first), until `visit` breaks. When a chunk is gone (a
+    /// newer index replaced it), the walk starts again from the new head with a fresh
+    /// `init()` state: a walk never mixes two indexes.
+    pub(crate) async fn walk_index<S>(
+        &self,
+        scope: &Scope,
+        repository: &Repository,
+        from: Option<&str>,
+        init: impl Fn() -> S,
+        mut visit: impl FnMut(&mut S, &[super::TagView<'_>]) -> ControlFlow<()>,
+    ) -> Result<(RepositoryHead, S), ReadError> {
+        let mut last_head = None;
+        for _ in 0..READ_ATTEMPTS {
+            let head = self
+                .head_to_read(scope, repository, last_head.as_ref())
+                .await?;
+            let start = from
+                .and_then(|t| head.chunk_of(t))
+                .map_or(0, |c| head.chunks.partition_point(|x| x.first < c.first));
+            let mut state = init();
+            let mut moved = false;
+            'walk: for batch in head.chunks[start..].chunks(WALK_BATCH) {
+                let keys: Vec<String> = batch
                     .iter()
-                    .any(|p| &p.digest == digest || p.config_digest.as_ref() == Some(digest))
-            })
-        }))
+                    .map(|c| keys::tag_chunk(scope, repository, &c.id))
+                    .collect();
+                let found = self.get_many(&keys).await?;
+                for (chunk, key) in batch.iter().zip(&keys) {
+                    let Some(view) = found.get(key).and_then(|e| chunk_view(&e.value, chunk))
+                    else {
+                        moved = true;
+                        break 'walk;
+                    };
+                    if visit(&mut state, &view.tags).is_break() {
+                        break 'walk;
+                    }
+                }
+            }
+            if !moved {
+                return Ok((head, state));
+            }
+            last_head = Some(head);
+        }
+        Err(self.not_cached(repository, last_head.as_ref()))
     }
 
     /// Which of `digests` are cached (one batched read), for warming: the records on a

@@ -259,3 +259,78 @@ async fn a_head_naming_an_impossible_index_is_corrupt() {
         assert_eq!((head, read), (published, entries));
     }
 }
+
+/// Pages of tags follow `last` and stop at `n`, across chunks, reading only the chunks
+/// a page needs; a digest is a member when a tag or a cached image's platform names it.
+#[tokio::test]
+async fn tag_pages_and_membership_walk_the_chunks() {
+    let store = MetadataStore::new(MemoryCache::default()).with_chunk_bytes(1024);
+    let scope = Scope::public();
+    let d = Digest::sha256_of(b"x");
+    let tags: Vec<String> = (0..400).map(|i| format!("t{i:04}")).collect();
+    let entries: Vec<TagEntry> = tags.iter().map(|t| entry(t, &d)).collect();
+    let head = store
+        .publish_index(&scope, &repo(), &entries, Utc::now(), later())
+        .await
+        .unwrap();
+    assert!(head.chunks.len() > 10, "{} chunks", head.chunks.len());
+    let page = |last: Option<&'static str>, n: Option<usize>| {
+        let store = &store;
+        let scope = &scope;
+        async move { store.tags_page(scope, &repo(), last, n).await.unwrap() }
+    };
+    let names = |r: std::ops::Range<usize>| tags[r].to_vec();
+    assert_eq!(page(None, None).await, (tags.clone(), false));
+    assert_eq!(page(None, Some(2)).await, (names(0..2), true));
+    assert_eq!(page(Some("t0001"), Some(2)).await, (names(2..4), true));
+    assert_eq!(
+        page(Some("t0397"), Some(10)).await,
+        (names(398..400), false)
+    );
+    assert_eq!(page(Some("t0397"), Some(2)).await, (names(398..400), false));
+    // `last` need not be a tag: the page starts after where it would sort.
+    assert_eq!(page(Some("t0250x"), Some(1)).await, (names(251..252), true));
+    assert_eq!(page(None, Some(0)).await, (vec![], false));
+    assert_eq!(page(Some("u"), None).await, (vec![], false));
+    // A page reads the head and a batch of chunks from the one that holds `last`.
+    let reads = |last: &'static str| {
+        let store = &store;
+        async move {
+            let before = crate::cache::CacheStats::load(&store.backend().stats().hits);
+            page(Some(last), Some(2)).await;
+            crate::cache::CacheStats::load(&store.backend().stats().hits) - before
+        }
+    };
+    let from = |tag: &str| {
+        let at = head.chunk_of(tag).unwrap();
+        head.chunks.iter().skip_while(|c| c.id != at.id).count() as u64
+    };
+    assert_eq!(reads("t0390").await, 1 + from("t0390").min(16));
+    assert_eq!(reads("t0100").await, 1 + from("t0100").min(16));
+    assert!(from("t0100") > 16, "the index is longer than one batch");
+
+    let platform = Digest::sha256_of(b"platform");
+    let rec: ImageRecord = serde_json::from_value(serde_json::json!({
+        "digest": d,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "platforms": [{
+            "platform": {"os": "linux", "architecture": "amd64"},
+            "digest": platform,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "labels": {},
+        }],
+    }))
+    .unwrap();
+    store.put_image(&scope, &rec, &[], later()).await.unwrap();
+    for (digest, member) in [
+        (&d, true),
+        (&platform, true),
+        (&Digest::sha256_of(b"no"), false),
+    ] {
+        assert_eq!(
+            store.references(&scope, &repo(), digest).await.unwrap(),
+            member,
+            "{digest}"
+        );
+    }
+}
