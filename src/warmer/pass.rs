@@ -399,38 +399,40 @@ impl<B: CacheWriter> Window<'_, B> {
                 (digest, fetched, known)
             })
             .collect();
-        // Built lazily, like the HEADs above.
+        // Built lazily, like the HEADs above. Each job caches its image itself, so the
+        // writes to memcached overlap the other jobs' requests instead of pausing them.
+        let image_deadline = now.plus(IMAGE_DEADLINE);
         let (fetch_rc, platforms) = (rc.clone(), target.platforms.clone());
         let mut fetches = futures::stream::iter(jobs)
             .map(move |(digest, fetched, known)| {
                 let (rc, platforms) = (fetch_rc.clone(), platforms.clone());
                 async move {
-                    let r = fetch_image(&rc, &digest, fetched, &platforms, &known).await;
+                    let r = match fetch_image(&rc, &digest, fetched, &platforms, &known).await {
+                        Ok(metadata) => {
+                            let record = ImageRecord::from(&metadata);
+                            let stored = store
+                                .put_image(scope, &record, &metadata.contents, image_deadline)
+                                .await;
+                            Ok(stored.map(|()| record))
+                        }
+                        Err(e) => Err(e),
+                    };
                     (digest, r)
                 }
             })
             .buffer_unordered(self.in_flight);
-        let image_deadline = now.plus(IMAGE_DEADLINE);
         let mut unknown: HashSet<Digest> = HashSet::new();
         let mut failed: HashSet<Digest> = HashSet::new();
         while let Some((digest, result)) = fetches.next().await {
             match result {
-                Ok(metadata) => {
-                    let record = ImageRecord::from(&metadata);
-                    match store
-                        .put_image(scope, &record, &metadata.contents, image_deadline)
-                        .await
-                    {
-                        Ok(()) => {
-                            self.outcome.images_updated += 1;
-                            self.records.insert(digest, record);
-                        }
-                        Err(e) => {
-                            self.failures
-                                .add_cache(format!("caching {repository}@{digest}"), &e);
-                            failed.insert(digest);
-                        }
-                    }
+                Ok(Ok(record)) => {
+                    self.outcome.images_updated += 1;
+                    self.records.insert(digest, record);
+                }
+                Ok(Err(e)) => {
+                    self.failures
+                        .add_cache(format!("caching {repository}@{digest}"), &e);
+                    failed.insert(digest);
                 }
                 Err(registry::Error::ManifestUnknown { .. }) => {
                     unknown.insert(digest);
