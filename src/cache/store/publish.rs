@@ -240,12 +240,14 @@ impl<B: CacheWriter> IndexWriter<'_, B> {
     /// Adds the next entry; its tag must sort after the previous one's (a repeated tag
     /// is skipped). Writes a chunk when one is complete.
     pub async fn push(&mut self, entry: &TagEntry) -> Result<(), CacheError> {
-        if self
-            .last
-            .as_deref()
-            .is_some_and(|l| l >= entry.tag.as_str())
+        if let Some(last) = self.last.as_deref()
+            && last >= entry.tag.as_str()
         {
-            debug_assert!(false, "index entries out of order at {}", entry.tag);
+            debug_assert!(
+                last == entry.tag,
+                "index entries out of order at {}",
+                entry.tag
+            );
             return Ok(());
         }
         let item = serde_json::to_vec(&ChunkTag {
