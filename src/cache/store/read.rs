@@ -224,9 +224,7 @@ impl<B: CacheReader> MetadataStore<B> {
             let head = self
                 .head_to_read(scope, repository, last_head.as_ref())
                 .await?;
-            let start = from
-                .and_then(|t| head.chunk_of(t))
-                .map_or(0, |c| head.chunks.partition_point(|x| x.first < c.first));
+            let start = from.and_then(|t| head.chunk_index(t)).unwrap_or(0);
             let mut state = init();
             let mut moved = false;
             'walk: for batch in head.chunks[start..].chunks(WALK_BATCH) {
@@ -304,17 +302,18 @@ impl<B: CacheReader> MetadataStore<B> {
         scope: &Scope,
         repository: &Repository,
     ) -> Result<Option<(RepositoryHead, Vec<TagEntry>)>, CacheError> {
-        self.read_chunks(scope, repository).await
+        self.read_chunks(scope, repository, true).await
     }
 
     /// The index readers are served: NotCached, saying why, unless a pass has completed
-    /// (a head with only an error, or one whose chunks are gone, is not an answer).
+    /// (a head with only an error, or one whose chunks are gone, is not an answer). Its
+    /// entries carry tags and digests; their schedule, the warmer's own, is not read.
     pub async fn published_index(
         &self,
         scope: &Scope,
         repository: &Repository,
     ) -> Result<(RepositoryHead, Vec<TagEntry>), ReadError> {
-        let Some((head, entries)) = self.read_index(scope, repository).await? else {
+        let Some((head, entries)) = self.read_chunks(scope, repository, false).await? else {
             let head = self.head(scope, repository).await.ok().flatten();
             return Err(self.not_cached(repository, head.as_ref()));
         };
@@ -324,12 +323,13 @@ impl<B: CacheReader> MetadataStore<B> {
         Ok((head, entries))
     }
 
-    /// Reads every chunk and its schedule (a schedule that is missing leaves its tags
-    /// due now).
+    /// Reads every chunk, and with `schedules` each chunk's schedule (a schedule that is
+    /// missing leaves its tags due now); readers of the published index skip them.
     async fn read_chunks(
         &self,
         scope: &Scope,
         repository: &Repository,
+        schedules: bool,
     ) -> Result<Option<(RepositoryHead, Vec<TagEntry>)>, CacheError> {
         let mut last_generation = None;
         for _ in 0..READ_ATTEMPTS {
@@ -348,10 +348,9 @@ impl<B: CacheReader> MetadataStore<B> {
                 .chunks
                 .iter()
                 .flat_map(|c| {
-                    [
-                        keys::tag_chunk(scope, repository, &c.id),
-                        keys::tag_schedule(scope, repository, &c.id),
-                    ]
+                    let chunk = keys::tag_chunk(scope, repository, &c.id);
+                    let schedule = schedules.then(|| keys::tag_schedule(scope, repository, &c.id));
+                    std::iter::once(chunk).chain(schedule)
                 })
                 .collect();
             let found = if keys.is_empty() {
@@ -361,11 +360,13 @@ impl<B: CacheReader> MetadataStore<B> {
             };
             let mut entries = Vec::with_capacity(head.tag_count as usize);
             let mut complete = true;
-            for (chunk, pair) in head.chunks.iter().zip(keys.chunks(2)) {
-                let (Some(value), schedule) = (found.get(&pair[0]), found.get(&pair[1])) else {
+            let per_chunk = if schedules { 2 } else { 1 };
+            for (chunk, names) in head.chunks.iter().zip(keys.chunks(per_chunk)) {
+                let Some(value) = found.get(&names[0]) else {
                     complete = false;
                     break;
                 };
+                let schedule = names.get(1).and_then(|k| found.get(k));
                 match chunk_entries(chunk, &value.value, schedule.map(|e| &e.value[..])) {
                     Some(tags) => entries.extend(tags),
                     None => {

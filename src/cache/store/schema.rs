@@ -151,8 +151,13 @@ impl RepositoryHead {
 
     /// The chunk that holds `tag` if any does: the last whose first tag is not after it.
     pub fn chunk_of(&self, tag: &str) -> Option<&ChunkRef> {
+        self.chunk_index(tag).map(|i| &self.chunks[i])
+    }
+
+    /// The position of [`Self::chunk_of`] in `chunks`.
+    pub fn chunk_index(&self, tag: &str) -> Option<usize> {
         let after = self.chunks.partition_point(|c| c.first.as_str() <= tag);
-        after.checked_sub(1).map(|i| &self.chunks[i])
+        after.checked_sub(1)
     }
 }
 
