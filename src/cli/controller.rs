@@ -64,6 +64,7 @@ pub async fn controller(args: &ControllerArgs) -> Result<(), ControllerCommandEr
         identity.clone(),
     );
     ctx.concurrent_reconciles = args.concurrent_reconciles;
+    ctx.discovery = args.discovery_options()?;
     ctx.metrics = runtime.metrics.reconcile.clone();
     let ctx = Arc::new(ctx);
 

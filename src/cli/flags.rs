@@ -235,9 +235,78 @@ pub struct ControllerArgs {
     pub cache: CacheArgs,
     #[command(flatten)]
     pub limits: RegistryLimits,
+    #[command(flatten)]
+    pub discovery: DiscoveryArgs,
+}
+
+/// Where discovery makes watches of the images workloads use.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiscoveryMode {
+    /// No discovery.
+    Off,
+    /// In namespaces labelled `regcache.io/discover: "true"`.
+    Labelled,
+    /// In every namespace regcache watches.
+    All,
+}
+
+/// Discovery of the repositories workloads use.
+#[derive(Args, Debug, Clone)]
+pub struct DiscoveryArgs {
+    /// Make an ImageRepositoryWatch of each repository the workloads' pod templates use:
+    /// `off`, `labelled` (namespaces labelled `regcache.io/discover: "true"`) or `all`.
+    #[arg(long, env = "REGCACHE_DISCOVERY", value_enum, default_value = "off")]
+    pub discovery: DiscoveryMode,
+    /// How long a discovered watch that no workload uses is kept before it is deleted.
+    #[arg(long, env = "REGCACHE_DISCOVERY_GRACE_PERIOD", default_value = "1h", value_parser = parse_duration)]
+    pub discovery_grace_period: Duration,
+    /// Registry host (`HOST[:PORT]`) reached over plain HTTP: discovered watches of its
+    /// repositories get `insecure: true` (repeatable).
+    #[arg(
+        long = "discovery-insecure-registry",
+        env = "REGCACHE_DISCOVERY_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    pub discovery_insecure_registries: Vec<String>,
+    /// `tags.maxTags` of discovered watches whose namespace does not set
+    /// `regcache.io/discoveryMaxTags` (all tags when not given).
+    #[arg(long, env = "REGCACHE_DISCOVERY_MAX_TAGS", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub discovery_max_tags: Option<u32>,
 }
 
 impl ControllerArgs {
+    /// Discovery's options; `None` when it is off.
+    pub fn discovery_options(
+        &self,
+    ) -> Result<Option<crate::controller::discovery::Options>, FlagError> {
+        use crate::controller::discovery::Scope;
+        let d = &self.discovery;
+        let scope = match d.discovery {
+            DiscoveryMode::Off => return Ok(None),
+            DiscoveryMode::Labelled if self.watch_namespace.is_some() => {
+                return Err(FlagError(
+                    "--discovery=labelled needs to read Namespaces' labels, which regcache does \
+                     not with --watch-namespace; use --discovery=all to discover in the watched \
+                     namespace"
+                        .to_string(),
+                ));
+            }
+            DiscoveryMode::Labelled => Scope::Labelled,
+            DiscoveryMode::All => Scope::All,
+        };
+        Ok(Some(crate::controller::discovery::Options {
+            scope,
+            grace_period: d.discovery_grace_period,
+            insecure_registries: d
+                .discovery_insecure_registries
+                .iter()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .collect(),
+            max_tags: d.discovery_max_tags,
+        }))
+    }
+
     pub fn registry_api_options(&self) -> Result<crate::api::RegistryApiOptions, FlagError> {
         self.api.registry.options()
     }

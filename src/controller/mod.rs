@@ -5,6 +5,7 @@
 //! desired status (pure) → one status patch, only when something changed. Outcomes from
 //! the warmer come back as reconcile triggers for their watch.
 
+pub mod discovery;
 pub mod leader;
 mod metrics;
 pub mod plan;
@@ -67,6 +68,8 @@ pub struct Context<B> {
     /// Reconciles running at once (`--concurrent-reconciles`). Unbounded, 1,000 watches
     /// appearing together held 1,000 API requests and their buffers at once.
     pub concurrent_reconciles: u16,
+    /// Discovery of the repositories workloads use (`--discovery`); off when `None`.
+    pub discovery: Option<discovery::Options>,
 }
 
 impl<B> Context<B> {
@@ -89,6 +92,7 @@ impl<B> Context<B> {
             watches_listed: Arc::default(),
             metrics: ReconcileMetrics::default(),
             concurrent_reconciles: 8,
+            discovery: None,
         }
     }
 
@@ -415,6 +419,17 @@ pub async fn run<B: CacheWriter + 'static>(
         }
     });
 
+    let discovery_task = ctx.discovery.clone().map(|options| {
+        tokio::spawn(discovery::run(
+            client.clone(),
+            options,
+            namespace.clone(),
+            store.clone(),
+            ctx.watches_listed.clone(),
+            ctx.leading.clone(),
+        ))
+    });
+
     let secret_store = store.clone();
     let account_store = store.clone();
     // A Secret or ServiceAccount matters here only by name (which watches use it), so only
@@ -447,6 +462,9 @@ pub async fn run<B: CacheWriter + 'static>(
     let _ = stop_warmer.send(());
     let _ = warmer_task.await;
     outcomes_task.abort();
+    if let Some(task) = discovery_task {
+        task.abort();
+    }
 }
 
 /// A watch stream that yields no errors: each is logged here and dropped, and the stream's

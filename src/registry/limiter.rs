@@ -32,6 +32,11 @@ pub struct LimiterSettings {
     /// Requests in flight to the host at once, shared by every pass that uses it (first
     /// come, first served).
     pub concurrency: usize,
+    /// Whether the host counts manifest GETs as pulls, as Docker Hub does (a HEAD is
+    /// free). Then a pass resolves every tag by HEAD and GETs only unseen digests; a host
+    /// that does not count them has new tags fetched by GET at once, one request fewer
+    /// per new image.
+    pub counts_pulls: bool,
 }
 
 impl Default for LimiterSettings {
@@ -45,6 +50,7 @@ impl Default for LimiterSettings {
             default_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(300),
             concurrency: 8,
+            counts_pulls: true,
         }
     }
 }
@@ -156,6 +162,7 @@ pub struct HostLimiter {
     bucket: Mutex<Bucket>,
     slots: tokio::sync::Semaphore,
     concurrency: usize,
+    counts_pulls: bool,
 }
 
 /// One request's slot at a host; the slot frees when this drops.
@@ -168,6 +175,7 @@ impl HostLimiter {
     pub fn new(settings: LimiterSettings) -> Self {
         let concurrency = settings.concurrency.max(1);
         HostLimiter {
+            counts_pulls: settings.counts_pulls,
             bucket: Mutex::new(Bucket::new(settings, now())),
             slots: tokio::sync::Semaphore::new(concurrency),
             concurrency,
@@ -190,6 +198,11 @@ impl HostLimiter {
     /// Requests that may be in flight to the host at once.
     pub fn concurrency(&self) -> usize {
         self.concurrency
+    }
+
+    /// Whether the host counts manifest GETs as pulls ([`LimiterSettings::counts_pulls`]).
+    pub fn counts_pulls(&self) -> bool {
+        self.counts_pulls
     }
 
     pub fn on_rate_limited(&self, retry_after: Option<Duration>) -> Duration {
@@ -229,6 +242,7 @@ mod tests {
             default_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(60),
             concurrency: 2,
+            counts_pulls: true,
         }
     }
 

@@ -9,6 +9,7 @@
 //!     qps: 50                # ceiling on requests per second (halved on each 429)
 //!     burst: 100             # requests that may go at once after a quiet spell
 //!     concurrency: 16        # requests in flight at once, shared by every pass on the host
+//!     countsPulls: false     # manifest GETs are not pulls here: new tags are fetched by GET
 //! ```
 //!
 //! The first rule that matches wins: the file's in its order, then the shipped ones. A rule
@@ -27,6 +28,8 @@ pub struct HostRule {
     pub qps: Option<f64>,
     pub burst: Option<f64>,
     pub concurrency: Option<usize>,
+    /// Whether the host counts manifest GETs as pulls ([`LimiterSettings::counts_pulls`]).
+    pub counts_pulls: Option<bool>,
 }
 
 impl HostRule {
@@ -61,7 +64,16 @@ impl HostRule {
             qps,
             burst,
             concurrency,
+            counts_pulls: None,
         })
+    }
+
+    /// The rule with `countsPulls` set.
+    pub fn counting_pulls(self, counts_pulls: Option<bool>) -> HostRule {
+        HostRule {
+            counts_pulls,
+            ..self
+        }
     }
 
     /// Whether the rule covers `host` (`HOST` or `HOST:PORT`): the pattern is tried on
@@ -109,6 +121,7 @@ pub fn settings_for(
                 max_rate: rule.qps.unwrap_or(defaults.max_rate),
                 burst: rule.burst.unwrap_or(defaults.burst),
                 concurrency: rule.concurrency.unwrap_or(defaults.concurrency),
+                counts_pulls: rule.counts_pulls.unwrap_or(defaults.counts_pulls),
                 ..defaults.clone()
             },
             rule.pattern.clone(),
@@ -130,6 +143,8 @@ struct Entry {
     qps: Option<f64>,
     burst: Option<f64>,
     concurrency: Option<usize>,
+    #[serde(rename = "countsPulls")]
+    counts_pulls: Option<bool>,
 }
 
 /// The rules of a limits file; `origin` (its path) names it in errors, with the entry.
@@ -141,6 +156,7 @@ pub fn parse_file(text: &str, origin: &str) -> Result<Vec<HostRule>, String> {
         .enumerate()
         .map(|(i, e)| {
             HostRule::new(&e.host, e.qps, e.burst, e.concurrency)
+                .map(|r| r.counting_pulls(e.counts_pulls))
                 .map_err(|err| format!("{origin}: hosts[{i}] ({}): {err}", e.host))
         })
         .collect()
@@ -153,7 +169,7 @@ mod tests {
     #[test]
     fn the_first_matching_rule_wins_over_the_defaults() {
         let mut rules = parse_file(
-            "hosts:\n  - host: '*.example.com'\n    qps: 5\n  - host: 'registry.local:5000'\n    concurrency: 32\n",
+            "hosts:\n  - host: '*.example.com'\n    qps: 5\n  - host: 'registry.local:5000'\n    concurrency: 32\n    countsPulls: false\n",
             "limits.yaml",
         )
         .unwrap();
@@ -164,9 +180,10 @@ mod tests {
             (s.max_rate, s.burst, s.concurrency),
             (5.0, defaults.burst, defaults.concurrency)
         );
+        assert!(s.counts_pulls, "unknown hosts are taken to count pulls");
         assert_eq!(rule, "*.example.com");
         let (s, _) = settings_for(&rules, &defaults, "registry.local:5000");
-        assert_eq!(s.concurrency, 32);
+        assert_eq!((s.concurrency, s.counts_pulls), (32, false));
         let (s, rule) = settings_for(&rules, &defaults, "registry.local:5001");
         assert_eq!((s, rule.as_str()), (defaults.clone(), "default"));
         let (s, rule) = settings_for(&rules, &defaults, "registry-1.docker.io");

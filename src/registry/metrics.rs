@@ -92,7 +92,7 @@ impl RegistryMetrics {
         );
         r.register(
             "host_limit",
-            "The limits in force for a host (setting qps, burst or concurrency) and the rule that set them",
+            "The limits in force for a host (setting qps, burst, concurrency or counts_pulls) and the rule that set them",
             m.host_limit.clone(),
         );
         r.register(
@@ -175,6 +175,7 @@ impl RegistryMetrics {
             ("qps", settings.max_rate),
             ("burst", settings.burst),
             ("concurrency", settings.concurrency as f64),
+            ("counts_pulls", f64::from(u8::from(settings.counts_pulls))),
         ] {
             self.host_limit
                 .get_or_create(&HostLimitLabels {

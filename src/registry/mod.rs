@@ -407,6 +407,18 @@ impl RepositoryClient {
             .concurrency()
     }
 
+    /// Whether a tag never seen before is best resolved by GET: one request that also
+    /// brings the manifest a new image needs, where a HEAD would be followed by that GET.
+    /// Not on a host that counts manifest GETs as pulls, nor once a host reported a pull
+    /// quota for this identity: there an alias of a known image would spend a pull.
+    pub fn resolves_new_tags_by_get(&self) -> bool {
+        !self
+            .inner
+            .limiter(&transport::url_host(&self.base))
+            .counts_pulls()
+            && self.inner.quotas.current(&self.quota_key()).is_none()
+    }
+
     pub fn for_pass(&self) -> (RepositoryClient, Arc<PassContext>) {
         let pass = Arc::new(PassContext::default());
         let mut rc = self.clone();

@@ -196,16 +196,32 @@ impl RepositoryClient {
                     .and_then(|v| v.parse().ok()),
                 fetched: None,
             }),
-            None => {
-                let fetched = self.get_manifest(reference).await?;
-                Ok(ManifestHead {
-                    digest: fetched.digest.clone(),
-                    media_type: Some(fetched.kind.media_type().to_string()),
-                    size: Some(fetched.bytes.len() as u64),
-                    fetched: Some(fetched),
-                })
-            }
+            None => self.get_as_head(reference).await,
         }
+    }
+
+    /// What a tag or digest points at: by HEAD, or with `by_get` by a GET whose manifest
+    /// comes along in [`ManifestHead::fetched`].
+    pub async fn resolve_manifest(
+        &self,
+        reference: &Reference,
+        by_get: bool,
+    ) -> Result<ManifestHead> {
+        if by_get {
+            self.get_as_head(reference).await
+        } else {
+            self.head_manifest(reference).await
+        }
+    }
+
+    async fn get_as_head(&self, reference: &Reference) -> Result<ManifestHead> {
+        let fetched = self.get_manifest(reference).await?;
+        Ok(ManifestHead {
+            digest: fetched.digest.clone(),
+            media_type: Some(fetched.kind.media_type().to_string()),
+            size: Some(fetched.bytes.len() as u64),
+            fetched: Some(fetched),
+        })
     }
 
     /// Fetches a manifest and checks it against the digest asked for, or else the one the

@@ -1,5 +1,5 @@
-//! One warm pass over one target: list, filter, HEAD the due tags, GET only unseen
-//! digests, publish. The request economy of the refresh algorithm (`docs/design-notes.md`, Warmer) lives here;
+//! One warm pass over one target: list, filter, HEAD the due tags (or GET the new ones on
+//! a host that does not count pulls), GET only unseen digests, publish. The request economy of the refresh algorithm (`docs/design-notes.md`, Warmer) lives here;
 //! its decisions are the pure functions of `decide.rs`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -317,25 +317,39 @@ impl<B: CacheWriter> Window<'_, B> {
         let mut to_fetch: HashMap<Digest, Option<FetchedManifest>> =
             to_fetch.into_iter().map(|d| (d, None)).collect();
 
-        // HEAD the due tags. Each HEAD's future is built only when the stream polls for
-        // it: a future holds the whole request state machine (several KiB). The closure
-        // owns what it captures, so the pass future stays `Send` when spawned.
+        // Resolve the due tags: by HEAD, or a tag never seen before by GET where the host
+        // does not count GETs as pulls. Each request's future is built only when the
+        // stream polls for it: a future holds the whole request state machine (several
+        // KiB). The closure owns what it captures, so the pass future stays `Send` when
+        // spawned.
         let head_rc = rc.clone();
-        let mut heads = futures::stream::iter(to_resolve.clone())
-            .map(move |tag| {
+        let jobs: Vec<(String, bool)> = to_resolve
+            .iter()
+            .map(|t| (t.clone(), !prev.contains_key(t)))
+            .collect();
+        let mut heads = futures::stream::iter(jobs)
+            .map(move |(tag, new)| {
                 let rc = head_rc.clone();
                 async move {
-                    let r = rc.head_manifest(&Reference::Tag(tag.clone())).await;
+                    let by_get = new && rc.resolves_new_tags_by_get();
+                    let r = rc
+                        .resolve_manifest(&Reference::Tag(tag.clone()), by_get)
+                        .await;
                     (tag, r)
                 }
             })
             .buffer_unordered(self.in_flight);
+        // Manifests that came with their tag's resolution, one per digest: used if the
+        // digest's image is not cached, dropped at the end of the window otherwise.
+        let mut bodies: HashMap<Digest, FetchedManifest> = HashMap::new();
         let mut resolved: Vec<(String, Option<Digest>)> = Vec::new();
         while let Some((tag, result)) = heads.next().await {
             match result {
                 Ok(head) => {
-                    if let Some(fetched) = head.fetched {
-                        to_fetch.insert(head.digest.clone(), Some(fetched));
+                    if let Some(fetched) = head.fetched
+                        && !self.records.contains_key(&head.digest)
+                    {
+                        bodies.entry(head.digest.clone()).or_insert(fetched);
                     }
                     resolved.push((tag, Some(head.digest)));
                 }
@@ -378,8 +392,10 @@ impl<B: CacheWriter> Window<'_, B> {
             }
         }
         for d in decide::digests_to_get(&resolved, &self.records, &target.platforms) {
-            to_fetch.entry(d).or_insert(None);
+            let fetched = bodies.remove(&d);
+            to_fetch.entry(d).or_insert(fetched);
         }
+        drop(bodies);
 
         if self.failures.rate_limited.is_some() {
             // A 429 stopped the HEADs: nothing is fetched, resolved tags keep what was cached.

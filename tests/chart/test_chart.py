@@ -90,6 +90,7 @@ SCENARIOS = {
     "external-memcached": EXTERNAL,
     "everything": EVERYTHING,
     "api-auth-none": {"apiAuth": "none"},
+    "discovery": {"discovery": {"enabled": True, "insecureRegistries": ["registry.local:5000"], "maxTags": 50}},
     "registry-api": {
         "registryApi": {
             "tokenRealm": "https://regcache.example.com/v2/token",
@@ -393,6 +394,46 @@ def test_watch_namespace_uses_a_role_there():
     assert "--watch-namespace=team-a" in args_of(objects)
     assert granted(objects) == {("Role", "team-a"): WATCH_RULES, ("ClusterRole", None): AUTH_RULES}
     assert [o["metadata"]["name"] for o in kinds(objects, "ClusterRole")] == ["regcache-api-auth"]
+
+
+DISCOVERY_RULES = {
+    ("regcache.io", "imagerepositorywatches", "create"),
+    ("regcache.io", "imagerepositorywatches", "patch"),
+    ("regcache.io", "imagerepositorywatches", "delete"),
+    ("apps", "deployments", "list"),
+    ("apps", "deployments", "watch"),
+    ("apps", "statefulsets", "list"),
+    ("apps", "statefulsets", "watch"),
+    ("apps", "daemonsets", "list"),
+    ("apps", "daemonsets", "watch"),
+    ("batch", "jobs", "list"),
+    ("batch", "jobs", "watch"),
+    ("batch", "cronjobs", "list"),
+    ("batch", "cronjobs", "watch"),
+    ("", "pods", "list"),
+    ("", "pods", "watch"),
+}
+NAMESPACE_RULES = {("", "namespaces", "list"), ("", "namespaces", "watch")}
+
+
+def test_discovery_adds_its_flags_and_read_only_rights_on_workloads():
+    objects = render(SCENARIOS["discovery"], namespace=NAMESPACE)
+    args = args_of(objects)
+    assert flag(args, "--discovery") == "labelled"
+    assert flag(args, "--discovery-grace-period") == "1h"
+    assert flag(args, "--discovery-insecure-registry") == "registry.local:5000"
+    assert flag(args, "--discovery-max-tags") == "50"
+    assert granted(objects) == {("ClusterRole", None): WATCH_RULES | AUTH_RULES | DISCOVERY_RULES | NAMESPACE_RULES}
+    # Off (the default): no flag, no right on workloads.
+    assert flag(args_of(render(DEFAULT)), "--discovery") is None
+    # Every namespace, or a Role in the watched one (no Namespace reads then).
+    objects = render({"discovery": {"enabled": True, "allNamespaces": True}})
+    assert flag(args_of(objects), "--discovery") == "all"
+    assert flag(args_of(objects), "--discovery-max-tags") is None
+    objects = render({"discovery": {"enabled": True, "allNamespaces": True}, **WATCH_NAMESPACE}, namespace=NAMESPACE)
+    assert granted(objects)[("Role", "team-a")] == WATCH_RULES | DISCOVERY_RULES
+    with pytest.raises(helm.HelmError, match="discovery.allNamespaces must be true with watchNamespace"):
+        render({"discovery": {"enabled": True}, **WATCH_NAMESPACE})
 
 
 def test_api_auth_none_needs_no_review_rights():
@@ -739,7 +780,7 @@ def test_registry_host_limits_reach_a_mounted_limits_file():
     assert not kinds(objects, "ConfigMap")
     hosts = [
         {"host": "*.azurecr.io", "qps": 50, "burst": 100, "concurrency": 16},
-        {"host": "registry.internal:5000", "concurrency": 32},
+        {"host": "registry.internal:5000", "concurrency": 32, "countsPulls": False},
     ]
     objects = render({"registry": {"hosts": hosts, "concurrency": 12}}, namespace=NAMESPACE)
     config = one(objects, "ConfigMap", "regcache-registry-limits")
@@ -763,6 +804,7 @@ def test_registry_host_limits_reach_a_mounted_limits_file():
         ([{"qps": 5}], "registry.hosts[0] needs a host"),
         (["docker.io"], "registry.hosts[0] must be a map"),
         ([{"host": "a"}, {"host": "b", "rate": 3}], 'registry.hosts[1] (b): unknown key "rate"'),
+        ([{"host": "a", "countsPulls": "no"}], "registry.hosts[0] (a): countsPulls must be true or false"),
     ],
 )
 def test_bad_registry_host_limits_are_refused(hosts, message):

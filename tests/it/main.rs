@@ -16,6 +16,7 @@ mod cli;
 mod cloud;
 mod conformance;
 mod controller_e2e;
+mod discovery;
 mod faults;
 mod flux;
 mod fuzz;

@@ -13,6 +13,7 @@ use regcache::cache::store::MetadataStore;
 use regcache::credentials::Credential;
 use regcache::image::{Digest, Platform, Repository};
 use regcache::registry::limiter::LimiterSettings;
+use regcache::registry::limits::HostRule;
 use regcache::registry::{ClientOptions, RegistryClient, RequestKind};
 use regcache::warmer::filter::TagFilter;
 use regcache::warmer::schedule::RefreshPolicy;
@@ -44,6 +45,15 @@ struct Rig {
 }
 
 fn rig(auth: RegistryAuth, new_tag: Duration) -> Rig {
+    rig_with(auth, new_tag, |_| Vec::new())
+}
+
+/// A rig whose client has the host rules `rules` gives for the proxy's host.
+fn rig_with(
+    auth: RegistryAuth,
+    new_tag: Duration,
+    rules: impl FnOnce(&str) -> Vec<HostRule>,
+) -> Rig {
     let registry = Registry::start(auth);
     let proxy = registry.fault_proxy();
     let memcached = support::Memcached::start();
@@ -59,6 +69,7 @@ fn rig(auth: RegistryAuth, new_tag: Duration) -> Rig {
             burst: 1_000.0,
             ..LimiterSettings::default()
         },
+        host_rules: rules(&proxy.host()),
         ..ClientOptions::default()
     });
     let warmer = Warmer::new(
@@ -306,6 +317,109 @@ async fn aliases_cost_one_get_and_a_moved_tag_is_picked_up_with_a_halved_interva
         (id.as_str(), notified.tag.as_str()),
         (target.id.as_str(), "v1")
     );
+}
+
+/// Manifest requests by reference form: (GETs by tag, GETs by digest).
+fn manifest_gets(proxy: &FaultProxy) -> (usize, usize) {
+    let gets: Vec<_> = proxy
+        .seen()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.kind == Kind::Manifest)
+        .collect();
+    let by_digest = gets
+        .iter()
+        .filter(|r| r.path_and_query.contains("/manifests/sha256:"))
+        .count();
+    (gets.len() - by_digest, by_digest)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_that_does_not_count_pulls_has_new_tags_fetched_by_get_and_known_ones_headed() {
+    let rig = rig_with(RegistryAuth::Anonymous, Duration::ZERO, |host| {
+        vec![
+            HostRule::new(host, None, None, None)
+                .unwrap()
+                .counting_pulls(Some(false)),
+        ]
+    });
+    let pusher = rig.registry.pusher();
+    let repo = "byget/app";
+    let a = pusher
+        .push_image(repo, "a", &ImageSpec::new(ManifestKind::Oci))
+        .await;
+    pusher.alias_tags(repo, &a, &["a1", "a2"]).await;
+    let b = pusher
+        .push_image(repo, "b", &ImageSpec::new(ManifestKind::Docker).seed(7))
+        .await;
+    let index = pusher
+        .push_index(repo, "idx", IndexKind::Oci, &PlatformSpec::default_set())
+        .await;
+    let target = rig.target(repo);
+
+    // Cold: each new tag is one GET by tag, no HEAD. Aliases cost their GET (as a HEAD
+    // would) but one config; the index's children are fetched by digest.
+    rig.proxy.reset_counts();
+    let cold = rig.warmer.warm_now(&target).await;
+    ok(&cold);
+    assert_eq!(cold.tags, 5);
+    assert_eq!(rig.proxy.count("HEAD", Kind::Manifest), 0);
+    assert_eq!(
+        manifest_gets(&rig.proxy),
+        (5, 4),
+        "5 tags, 4 index children"
+    );
+    assert_eq!(
+        rig.proxy.count("GET", Kind::Blob),
+        2 + 4,
+        "one config per image"
+    );
+    assert_eq!(cold.images_updated, 3);
+    let m = rig
+        .store
+        .get_image_repository_metadata(&target.scope, &target.repository)
+        .await
+        .unwrap();
+    for (tag, digest, platforms) in [
+        ("a", &a.digest, 1),
+        ("a2", &a.digest, 1),
+        ("b", &b.digest, 1),
+        ("idx", &index.digest, 4),
+    ] {
+        let image = &m.images[tag];
+        assert_eq!(image.digest.as_str(), digest, "{tag}");
+        assert_eq!(image.platforms.len(), platforms, "{tag}");
+    }
+
+    // Known tags are due again: HEADs only. A new alias of a known image is one GET by
+    // tag and nothing else.
+    pusher.alias_tags(repo, &a, &["a3"]).await;
+    rig.proxy.reset_counts();
+    let steady = rig.warmer.warm_now(&target).await;
+    ok(&steady);
+    assert_eq!(steady.tags, 6);
+    assert_eq!(rig.proxy.count("HEAD", Kind::Manifest), 5);
+    assert_eq!(manifest_gets(&rig.proxy), (1, 0));
+    assert_eq!(rig.proxy.count("GET", Kind::Blob), 0);
+    assert_eq!(steady.images_updated, 0);
+
+    // Once the host reports a pull quota, GETs are pulls: a new tag is HEADed first and
+    // its image fetched by digest.
+    rig.proxy.set_pull_quota(1000);
+    ok(&rig.warmer.warm_now(&target).await);
+    let c = pusher
+        .push_image(repo, "c", &ImageSpec::new(ManifestKind::Oci).seed(11))
+        .await;
+    rig.proxy.reset_counts();
+    let pass = rig.warmer.warm_now(&target).await;
+    ok(&pass);
+    assert_eq!(rig.proxy.count("HEAD", Kind::Manifest), 7);
+    assert_eq!(manifest_gets(&rig.proxy), (0, 1));
+    let m = rig
+        .store
+        .get_image_repository_metadata(&target.scope, &target.repository)
+        .await
+        .unwrap();
+    assert_eq!(m.images["c"].digest.as_str(), c.digest);
 }
 
 #[tokio::test(flavor = "multi_thread")]

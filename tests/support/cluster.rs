@@ -17,7 +17,8 @@ pub const RELEASE_NS: &str = "regcache-system";
 pub const RELEASE: &str = "regcache";
 
 /// The flags of the chart's Deployment that decide which API calls regcache makes.
-const ACCESS_FLAGS: [&str; 8] = [
+const ACCESS_FLAGS: [&str; 9] = [
+    "--discovery",
     "--cloud-service-account-identity",
     "--cloud-controller-identity",
     "--leader-elect",

@@ -118,11 +118,28 @@ none. Call with (dict "constraints" LIST "selector" LABELS-YAML).
 {{- fail (printf "registry.hosts[%d] needs a host (a glob over the registry's host name)" $i) }}
 {{- end }}
 {{- range $k, $v := $h }}
-{{- if not (has $k (list "host" "qps" "burst" "concurrency")) }}
-{{- fail (printf "registry.hosts[%d] (%s): unknown key %q; the keys are host, qps, burst and concurrency" $i $h.host $k) }}
+{{- if not (has $k (list "host" "qps" "burst" "concurrency" "countsPulls")) }}
+{{- fail (printf "registry.hosts[%d] (%s): unknown key %q; the keys are host, qps, burst, concurrency and countsPulls" $i $h.host $k) }}
 {{- end }}
+{{- end }}
+{{- if and (hasKey $h "countsPulls") (not (kindIs "bool" $h.countsPulls)) }}
+{{- fail (printf "registry.hosts[%d] (%s): countsPulls must be true or false, not %v" $i $h.host $h.countsPulls) }}
 {{- end }}
 {{- $hosts = append $hosts $h }}
 {{- end }}
 {{- dict "hosts" $hosts | toYaml }}
+{{- end }}
+
+{{/*
+Discovery's scope: `all` or `labelled`; refused with watchNamespace unless allNamespaces (a
+Role cannot read the Namespace's label).
+*/}}
+{{- define "regcache.discoveryMode" -}}
+{{- if .Values.discovery.allNamespaces -}}
+all
+{{- else if .Values.watchNamespace -}}
+{{- fail "discovery.allNamespaces must be true with watchNamespace: regcache cannot read the Namespace's regcache.io/discover label through a Role" -}}
+{{- else -}}
+labelled
+{{- end -}}
 {{- end }}
