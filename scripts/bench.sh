@@ -7,7 +7,7 @@
 #
 # The page is written only from a clean checkout of main, so that every figure on it comes
 # from code anyone can check out; BENCH_ALLOW_DIRTY=1 runs anyway and says so on the page.
-# Needs memcached, docker-registry and, for `memory`, the Kubernetes test binaries
+# Needs memcached, docker-registry and, for `memory` and `discovery`, the Kubernetes test binaries
 # (scripts/testbin.sh, run here); scripts/test.sh installs them all. A bench
 # that fails (missing data, a server that did not start) stops the script; see DIR/NAME.err.
 #
@@ -20,7 +20,7 @@ mkdir -p "$out"
 benches=("$@")
 write_page=0
 if [[ ${#benches[@]} -eq 0 ]]; then
-    benches=(warmer inspect cache api registry_api onerepo bigrepo memory)
+    benches=(warmer inspect cache api registry_api onerepo bigrepo memory discovery)
     write_page=1
 fi
 

@@ -16,7 +16,7 @@ import os
 import sys
 import time
 
-BENCHES = ["warmer", "inspect", "cache", "api", "registry_api", "onerepo", "bigrepo", "memory"]
+BENCHES = ["warmer", "inspect", "cache", "api", "registry_api", "onerepo", "bigrepo", "memory", "discovery"]
 TITLES = {
     "warmer": "Registry requests per pass, against Flux v1 (modelled)",
     "inspect": "Inspect against the registry's own rate",
@@ -26,6 +26,7 @@ TITLES = {
     "onerepo": "One repository at registry speed, and per-host ceilings",
     "bigrepo": "One large repository warmed and read back",
     "memory": "Operator memory with 1,000 watches",
+    "discovery": "Discovery of 1,000 Deployments' images",
 }
 
 

@@ -424,8 +424,6 @@ pub async fn run<B: CacheWriter + 'static>(
             client.clone(),
             options,
             namespace.clone(),
-            store.clone(),
-            ctx.watches_listed.clone(),
             ctx.leading.clone(),
         ))
     });

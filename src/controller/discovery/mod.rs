@@ -21,7 +21,6 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Namespace, Pod, PodSpec};
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
-use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
@@ -54,8 +53,11 @@ struct State {
     workloads: BTreeMap<&'static str, Workloads>,
     namespaces: HashMap<String, NamespaceSettings>,
     namespaces_listed: bool,
+    /// Watches labelled discovered, by (namespace, name).
     discovered: BTreeMap<(String, String), Existing>,
-    discovered_listed: bool,
+    /// Every other watch's `spec.image`, by (namespace, name): written by hand.
+    hand_written: BTreeMap<(String, String), String>,
+    watches_listed: bool,
 }
 
 type Shared = Arc<(Mutex<State>, Notify)>;
@@ -149,13 +151,11 @@ fn pod_use(pod: &Pod) -> PodUse {
 }
 
 /// Runs discovery until the task is dropped. Writes only while `leading`, and only once
-/// every watch has listed (a partial view would mark watches unused).
+/// every stream has listed (a partial view would mark watches unused).
 pub async fn run(
     client: Client,
     options: Options,
     namespace: Option<String>,
-    watches: Store<ImageRepositoryWatch>,
-    watches_listed: Arc<AtomicBool>,
     leading: Arc<AtomicBool>,
 ) {
     let shared: Shared = Arc::default();
@@ -174,7 +174,7 @@ pub async fn run(
         }
     };
     let (deployments, statefulsets, daemonsets) = api(&client);
-    let (jobs, cronjobs, pods, discovered): (
+    let (jobs, cronjobs, pods, watches): (
         Api<Job>,
         Api<CronJob>,
         Api<Pod>,
@@ -238,7 +238,7 @@ pub async fn run(
         watcher(pods, config()),
         pod_use,
     ));
-    tasks.spawn(follow_discovered(shared.clone(), discovered));
+    tasks.spawn(follow_watches(shared.clone(), watches));
     // Namespaces' labels and annotations; a namespaced controller cannot read its
     // Namespace (flags refuse `labelled` then) and uses the controller's defaults.
     if namespace.is_none() {
@@ -263,31 +263,24 @@ pub async fn run(
             _ = shared.1.notified() => tokio::time::sleep(SETTLE).await,
             _ = tokio::time::sleep(wait) => {}
         }
-        ready = leading.load(Ordering::SeqCst) && watches_listed.load(Ordering::SeqCst);
+        ready = leading.load(Ordering::SeqCst);
         if !ready {
             continue;
         }
         let steps = {
             let state = lock(&shared);
             let listed = state.namespaces_listed
-                && state.discovered_listed
+                && state.watches_listed
                 && state.workloads.len() == 6
                 && state.workloads.values().all(|w| w.listed);
             if !listed {
                 ready = false;
                 continue;
             }
-            let all = watches.state();
-            let hand_written: Vec<(&str, &str, &str)> = all
+            let hand_written: Vec<(&str, &str, &str)> = state
+                .hand_written
                 .iter()
-                .filter(|w| w.labels().get(DISCOVERED_LABEL).map(String::as_str) != Some("true"))
-                .map(|w| {
-                    (
-                        w.metadata.namespace.as_deref().unwrap_or_default(),
-                        w.metadata.name.as_deref().unwrap_or_default(),
-                        w.spec.image.as_str(),
-                    )
-                })
+                .map(|((ns, name), image)| (ns.as_str(), name.as_str(), image.as_str()))
                 .collect();
             let world = World {
                 uses: state
@@ -309,36 +302,68 @@ pub async fn run(
     }
 }
 
-/// Keeps the discovered watches (those labelled) as discovery compares them.
-async fn follow_discovered(shared: Shared, api: Api<ImageRepositoryWatch>) {
-    let config = watcher::Config::default().labels(&format!("{DISCOVERED_LABEL}=true"));
-    let mut stream = std::pin::pin!(watcher(api, config).default_backoff());
-    let mut relisting: Option<BTreeMap<(String, String), Existing>> = None;
+/// Keeps every watch as discovery compares them: the discovered ones (labelled) and the
+/// repositories of those written by hand.
+async fn follow_watches(shared: Shared, api: Api<ImageRepositoryWatch>) {
+    let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
+    type Seen = (
+        BTreeMap<(String, String), Existing>,
+        BTreeMap<(String, String), String>,
+    );
+    let mut relisting: Option<Seen> = None;
+    let is_discovered = |w: &ImageRepositoryWatch| {
+        w.labels().get(DISCOVERED_LABEL).map(String::as_str) == Some("true")
+    };
     while let Some(event) = stream.next().await {
         let mut state = lock(&shared);
-        match event {
-            Ok(watcher::Event::Init) => relisting = Some(BTreeMap::new()),
+        let changed = match event {
+            Ok(watcher::Event::Init) => {
+                relisting = Some(Seen::default());
+                false
+            }
             Ok(watcher::Event::InitApply(w)) => {
-                relisting
-                    .get_or_insert_default()
-                    .insert(key_of(&w), existing(&w));
+                let (discovered, hand_written) = relisting.get_or_insert_default();
+                if is_discovered(&w) {
+                    discovered.insert(key_of(&w), existing(&w));
+                } else {
+                    hand_written.insert(key_of(&w), w.spec.image.clone());
+                }
+                false
             }
             Ok(watcher::Event::InitDone) => {
-                state.discovered = relisting.take().unwrap_or_default();
-                state.discovered_listed = true;
-                shared.1.notify_one();
+                (state.discovered, state.hand_written) = relisting.take().unwrap_or_default();
+                state.watches_listed = true;
+                true
             }
             Ok(watcher::Event::Apply(w)) => {
-                state.discovered.insert(key_of(&w), existing(&w));
+                let key = key_of(&w);
+                if is_discovered(&w) {
+                    // Changed by someone else (not by its status): discovery looks again.
+                    let hand_written = state.hand_written.remove(&key).is_some();
+                    let new = existing(&w);
+                    let before = state.discovered.insert(key, new.clone());
+                    hand_written || before.map(|e| e.owned) != Some(new.owned)
+                } else {
+                    state.discovered.remove(&key);
+                    state
+                        .hand_written
+                        .insert(key, w.spec.image.clone())
+                        .as_ref()
+                        != Some(&w.spec.image)
+                }
             }
             Ok(watcher::Event::Delete(w)) => {
-                state.discovered.remove(&key_of(&w));
-                // A discovered watch deleted by someone else comes back if it is in use.
-                shared.1.notify_one();
+                // A discovered watch deleted by someone else comes back while in use.
+                let key = key_of(&w);
+                state.discovered.remove(&key).is_some() | state.hand_written.remove(&key).is_some()
             }
             Err(e) => {
-                tracing::warn!(error = %e, "discovery: watch of discovered watches failed; retrying")
+                tracing::warn!(error = %e, "discovery: watch of watches failed; retrying");
+                false
             }
+        };
+        if changed {
+            shared.1.notify_one();
         }
     }
 }
