@@ -53,6 +53,8 @@ pub mod reasons {
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Last Update","type":"date","jsonPath":".status.lastUpdate"}"#,
     printcolumn = r#"{"name":"Last Error","type":"string","jsonPath":".status.lastError","priority":1}"#,
+    printcolumn = r#"{"name":"Next Scan","type":"string","jsonPath":".status.nextScan","priority":1}"#,
+    printcolumn = r#"{"name":"Newest Tag","type":"string","jsonPath":".status.latestTags[0]","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -296,6 +298,10 @@ pub struct ImageRepositoryWatchStatus {
     /// The ten most recently created tags, newest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub latest_tags: Vec<String>,
+    /// When the next pass lists the tags (RFC 3339): the interval after a pass that
+    /// succeeded, sooner after a failure, later when the registry asked for a pause.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_scan: Option<String>,
     /// The `metadata.generation` of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

@@ -7,6 +7,7 @@ mod credential_helper;
 pub mod flags;
 mod get;
 mod inspect;
+pub mod kubectl;
 mod standalone;
 
 use std::path::PathBuf;

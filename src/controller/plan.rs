@@ -398,6 +398,9 @@ pub(crate) fn desired_status(
             status.last_error = o.error.clone();
             status.tag_count = Some(o.tags as u64);
             status.latest_tags = o.latest_tags.clone();
+            status.next_scan = o
+                .next_pass
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
             match &o.error {
                 None => ready(
                     previous,
@@ -432,6 +435,10 @@ pub(crate) fn desired_status(
             ),
         },
     };
+    if planned.is_err() || watch.spec.suspend {
+        // Not warmed until the watch changes: no pass is scheduled.
+        status.next_scan = None;
+    }
     status.conditions = vec![condition];
     status
 }
@@ -486,6 +493,7 @@ mod tests {
                 .ok()
                 .map(|t| t.to_utc()),
             retry_after: None,
+            next_pass: None,
             duration: Duration::ZERO,
         }
     }

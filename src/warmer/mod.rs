@@ -335,7 +335,8 @@ impl<B: CacheWriter + 'static> Warmer<B> {
         (out, next)
     }
 
-    fn reschedule(&self, outcome: &Outcome, version: u64) -> bool {
+    /// Schedules the target's next pass after `outcome`, and notes when in it.
+    fn reschedule(&self, outcome: &mut Outcome, version: u64) -> bool {
         let mut slots = self.slots();
         let Some(slot) = slots.get_mut(&outcome.id) else {
             return false; // removed meanwhile
@@ -343,27 +344,31 @@ impl<B: CacheWriter + 'static> Warmer<B> {
         slot.running = false;
         if slot.version != version || slot.again {
             slot.next_due = Instant::now();
+            outcome.next_pass = Some(chrono::Utc::now());
             return slot.version == version;
         }
         let options = &self.shared.options;
         let interval = slot.target.interval;
         let seed = format!("{}@{:?}", slot.target.id, std::time::SystemTime::now());
-        slot.next_due = Instant::now()
-            + match (&outcome.error, outcome.retry_after) {
-                (_, Some(pause)) => pause,
-                (Some(_), None) => {
-                    slot.failures = slot.failures.saturating_add(1);
-                    options
-                        .min_backoff
-                        .saturating_mul(1 << (slot.failures - 1).min(20))
-                        .min(options.max_backoff)
-                        .min(interval)
-                }
-                (None, None) => {
-                    slot.failures = 0;
-                    jittered(interval, options.pass.policy.jitter, &seed)
-                }
-            };
+        let wait = match (&outcome.error, outcome.retry_after) {
+            (_, Some(pause)) => pause,
+            (Some(_), None) => {
+                slot.failures = slot.failures.saturating_add(1);
+                options
+                    .min_backoff
+                    .saturating_mul(1 << (slot.failures - 1).min(20))
+                    .min(options.max_backoff)
+                    .min(interval)
+            }
+            (None, None) => {
+                slot.failures = 0;
+                jittered(interval, options.pass.policy.jitter, &seed)
+            }
+        };
+        slot.next_due = Instant::now() + wait;
+        outcome.next_pass = chrono::Duration::from_std(wait)
+            .ok()
+            .and_then(|w| chrono::Utc::now().checked_add_signed(w));
         true
     }
 
@@ -397,8 +402,8 @@ impl<B: CacheWriter + 'static> Warmer<B> {
                 _ = tokio::time::sleep_until(sleep), if running.len() < self.shared.options.concurrency.max(1) => {}
                 Some(done) = running.join_next(), if !running.is_empty() => {
                     match done {
-                        Ok((outcome, version)) => {
-                            let current = self.reschedule(&outcome, version);
+                        Ok((mut outcome, version)) => {
+                            let current = self.reschedule(&mut outcome, version);
                             self.record(&outcome, current);
                             if current {
                                 self.publish_changes(&outcome);
@@ -421,8 +426,8 @@ impl<B: CacheWriter + 'static> Warmer<B> {
                     break;
                 }
                 done = running.join_next() => match done {
-                    Some(Ok((outcome, version))) => {
-                        let current = self.reschedule(&outcome, version);
+                    Some(Ok((mut outcome, version))) => {
+                        let current = self.reschedule(&mut outcome, version);
                         self.record(&outcome, current);
                         if current {
                             let _ = outcomes.send(outcome);

@@ -165,6 +165,8 @@ pub struct Outcome {
     /// Set after a 429: the host asked for this pause.
     pub retry_after: Option<Duration>,
     pub duration: Duration,
+    /// When the scheduler runs the next pass (set once the pass is rescheduled).
+    pub next_pass: Option<DateTime<Utc>>,
 }
 
 impl Outcome {
@@ -189,6 +191,7 @@ impl Outcome {
             last_update: None,
             retry_after: None,
             duration: Duration::ZERO,
+            next_pass: None,
         }
     }
 

@@ -20,6 +20,7 @@ mod discovery;
 mod faults;
 mod flux;
 mod fuzz;
+mod kubectl;
 mod kubernetes;
 mod metrics;
 mod packaging;

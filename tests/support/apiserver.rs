@@ -347,6 +347,21 @@ impl ApiServer {
         run_tool(&testbin().join("kubectl"), &self.kubeconfig, args)
     }
 
+    /// Runs kubectl with `dir` first on `PATH`, where it finds its plugins
+    /// (`kubectl-NAME`); (success, stdout, stderr).
+    pub fn kubectl_with_plugins(&self, dir: &Path, args: &[&str]) -> (bool, String, String) {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut paths = vec![dir.to_path_buf()];
+        paths.extend(std::env::split_paths(&path));
+        let path = std::env::join_paths(paths).expect("PATH entries");
+        run_tool_with(
+            &testbin().join("kubectl"),
+            &self.kubeconfig,
+            args,
+            Some(&path),
+        )
+    }
+
     /// Runs kubectl and panics with its output unless it succeeds; its stdout.
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
         let (ok, out, err) = self.kubectl(args);
@@ -473,7 +488,21 @@ impl ApiServer {
 }
 
 fn run_tool(binary: &Path, kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(binary)
+    run_tool_with(binary, kubeconfig, args, None)
+}
+
+/// [`run_tool`] with `PATH` set to `path`.
+fn run_tool_with(
+    binary: &Path,
+    kubeconfig: &Path,
+    args: &[&str],
+    path: Option<&std::ffi::OsStr>,
+) -> (bool, String, String) {
+    let mut command = Command::new(binary);
+    if let Some(p) = path {
+        command.env("PATH", p);
+    }
+    let out = command
         .args(args)
         .env("KUBECONFIG", kubeconfig)
         .env("HOME", kubeconfig.parent().unwrap())
