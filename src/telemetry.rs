@@ -80,9 +80,60 @@ pub struct MetricsRegistry {
 
 impl Default for MetricsRegistry {
     fn default() -> Self {
-        MetricsRegistry {
-            registry: Registry::with_prefix("regcache"),
+        let mut registry = Registry::with_prefix("regcache");
+        registry.register_collector(Box::new(ProcessMemory));
+        MetricsRegistry { registry }
+    }
+}
+
+/// `regcache_process_resident_memory_bytes` and `..._peak_bytes`: the process's `VmRSS`
+/// and `VmHWM`, read from `/proc/self/status` at each scrape (absent where there is none).
+#[derive(Debug)]
+struct ProcessMemory;
+
+impl prometheus_client::collector::Collector for ProcessMemory {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+            return Ok(());
+        };
+        let kib = |field: &str| -> Option<i64> {
+            let line = status.lines().find(|l| l.starts_with(field))?;
+            line[field.len()..]
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<i64>()
+                .ok()
+        };
+        for (name, help, field) in [
+            (
+                "process_resident_memory",
+                "Resident memory of the process (VmRSS)",
+                "VmRSS:",
+            ),
+            (
+                "process_resident_memory_peak",
+                "Highest resident memory of the process so far (VmHWM)",
+                "VmHWM:",
+            ),
+        ] {
+            if let Some(k) = kib(field) {
+                let gauge: Gauge = Gauge::default();
+                gauge.set(k.saturating_mul(1024));
+                let metric = encoder.encode_descriptor(
+                    name,
+                    help,
+                    Some(&prometheus_client::registry::Unit::Bytes),
+                    gauge.metric_type(),
+                )?;
+                gauge.encode(metric)?;
+            }
         }
+        Ok(())
     }
 }
 

@@ -199,6 +199,7 @@ pub fn router<B: CacheReader + 'static>(state: ApiState<B>) -> Router {
             ..state.registry
         },
     });
+    let metrics = shared.read.api_metrics().clone();
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/api/v1/repositories/{*name}", get(repository::<B>))
@@ -216,7 +217,32 @@ pub fn router<B: CacheReader + 'static>(state: ApiState<B>) -> Router {
             get(registry::route::<B>).fallback(registry::read_only::<B>),
         )
         .fallback(|| async { ApiError::not_found("no such endpoint; see docs/api.md") })
+        .layer(axum::middleware::from_fn(move |req, next| {
+            timed(metrics.clone(), req, next)
+        }))
         .with_state(shared)
+}
+
+/// Records how long the API took to answer `req`, by which API it went to.
+async fn timed(
+    metrics: ApiMetrics,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let path = req.uri().path();
+    let api = if path.starts_with("/api/") {
+        "read"
+    } else if path == "/v2" || path.starts_with("/v2/") {
+        "registry"
+    } else if path.starts_with("/hooks/") {
+        "webhook"
+    } else {
+        "other"
+    };
+    let started = std::time::Instant::now();
+    let response = next.run(req).await;
+    metrics.request(api, started.elapsed());
+    response
 }
 
 impl<B: CacheReader + 'static> Shared<B> {

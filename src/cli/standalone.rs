@@ -36,6 +36,8 @@ pub async fn standalone(args: &StandaloneArgs) -> Result<ExitCode, StandaloneCom
     }
     let mut defaults = Defaults::from_flags(&args.default_platforms, args.default_interval)?;
     let mut runtime = Runtime::start(&args.runtime_options()?).await?;
+    // The only replica: it warms.
+    runtime.metrics.reconcile.leading();
     // No Kubernetes API: only regcache's own cloud identity can sign in.
     defaults.sign_in = Some(std::sync::Arc::new(
         crate::cloud::SignIn::new(None, args.cloud.options()?)

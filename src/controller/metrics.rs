@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
@@ -17,6 +18,7 @@ pub struct ReconcileMetrics {
     duration: Histogram,
     status_patches: Counter,
     events: Counter,
+    leader: Gauge,
 }
 
 impl Default for ReconcileMetrics {
@@ -35,6 +37,7 @@ impl ReconcileMetrics {
             duration: seconds_histogram(),
             status_patches: Counter::default(),
             events: Counter::default(),
+            leader: Gauge::default(),
         };
         // At zero from the start, so `increase()` sees the first failure. The Kubernetes
         // API is the only way a reconcile fails (`ControllerError`).
@@ -46,6 +49,11 @@ impl ReconcileMetrics {
             "reconcile",
             "Reconciles of ImageRepositoryWatches, by result",
             m.total.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 on the replica that warms and writes (the Lease holder), else 0",
+            m.leader.clone(),
         );
         let r = registry.sub_registry_with_prefix("reconcile");
         r.register("errors", "Failed reconciles, by reason", m.errors.clone());
@@ -81,6 +89,11 @@ impl ReconcileMetrics {
     /// One status written to the Kubernetes API (only the leader writes).
     pub fn status_patched(&self) {
         self.status_patches.inc();
+    }
+
+    /// This replica leads from now on (it exits when it loses the Lease).
+    pub fn leading(&self) {
+        self.leader.set(1);
     }
 
     /// One Event published (only the leader publishes).

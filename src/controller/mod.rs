@@ -357,6 +357,7 @@ pub async fn run<B: CacheWriter + 'static>(
         warmer_ctx
             .leading
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        warmer_ctx.metrics.leading();
         // Every watch's status is the leader's to write now.
         let _ = led_tx.send(());
         warmer_ctx

@@ -24,6 +24,14 @@ struct RepositoryLabels {
     repository: String,
 }
 
+/// One watch's passes by result.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WatchResultLabels {
+    watch: String,
+    repository: String,
+    result: &'static str,
+}
+
 fn pass_histogram() -> Histogram {
     // 10 ms .. ~90 min: a tiny repository up to a 200,000-tag cold pass.
     Histogram::new(exponential_buckets(0.01, 2.0, 20))
@@ -37,6 +45,8 @@ pub struct WarmerMetrics {
     pass_duration: Histogram,
     tags: Family<RepositoryLabels, Gauge>,
     images: Family<RepositoryLabels, Gauge>,
+    watch_passes: Family<WatchResultLabels, Counter>,
+    failing: Family<RepositoryLabels, Gauge>,
     targets: Gauge,
     updated: Arc<LastUpdates>,
 }
@@ -73,6 +83,8 @@ impl WarmerMetrics {
             pass_duration: pass_histogram(),
             tags: Family::default(),
             images: Family::default(),
+            watch_passes: Family::default(),
+            failing: Family::default(),
             targets: Gauge::default(),
             updated: updated.clone(),
         };
@@ -104,6 +116,16 @@ impl WarmerMetrics {
             m.images.clone(),
         );
         r.register(
+            "watch_passes",
+            "Warm passes finished per watch, by result (success, failure)",
+            m.watch_passes.clone(),
+        );
+        r.register(
+            "failing",
+            "1 while the watch's latest pass failed (its lastError is set), else 0",
+            m.failing.clone(),
+        );
+        r.register(
             "targets",
             "Watches planned into warm targets (every replica plans; only the leader warms)",
             m.targets.clone(),
@@ -129,6 +151,16 @@ impl WarmerMetrics {
             watch: report.watch.to_string(),
             repository: report.repository.to_string(),
         };
+        self.watch_passes
+            .get_or_create(&WatchResultLabels {
+                watch: labels.watch.clone(),
+                repository: labels.repository.clone(),
+                result,
+            })
+            .inc();
+        self.failing
+            .get_or_create(&labels)
+            .set(i64::from(report.failure.is_some()));
         if let Some(n) = report.tags {
             self.tags.get_or_create(&labels).set(n as i64);
         }
@@ -153,6 +185,14 @@ impl WarmerMetrics {
         };
         self.tags.remove(&labels);
         self.images.remove(&labels);
+        self.failing.remove(&labels);
+        for result in ["success", "failure"] {
+            self.watch_passes.remove(&WatchResultLabels {
+                watch: labels.watch.clone(),
+                repository: labels.repository.clone(),
+                result,
+            });
+        }
         self.updated.remove(&labels);
     }
 }
@@ -247,6 +287,18 @@ mod tests {
         assert!(text.contains("regcache_warmer_passes_total{result=\"success\"} 1"));
         assert!(text.contains("regcache_warmer_passes_total{result=\"failure\"} 1"));
         assert!(text.contains("regcache_warmer_pass_failures_total{reason=\"unauthorized\"} 1"));
+        for result in ["success", "failure"] {
+            assert!(
+                text.contains(&format!(
+                    "regcache_warmer_watch_passes_total{{watch=\"team/app\",repository=\"r.example/app\",result=\"{result}\"}} 1"
+                )),
+                "{text}"
+            );
+        }
+        assert!(
+            text.contains(&format!("regcache_warmer_failing{labels} 1")),
+            "{text}"
+        );
         let age: f64 = text
             .lines()
             .find_map(|l| l.strip_prefix(&format!("regcache_warmer_data_age_seconds{labels} ")))

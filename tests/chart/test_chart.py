@@ -90,6 +90,7 @@ SCENARIOS = {
     "external-memcached": EXTERNAL,
     "everything": EVERYTHING,
     "api-auth-none": {"apiAuth": "none"},
+    "grafana-dashboard": {"grafanaDashboard": {"enabled": True}},
     "discovery": {"discovery": {"enabled": True, "insecureRegistries": ["registry.local:5000"], "maxTags": 50}},
     "registry-api": {
         "registryApi": {
@@ -434,6 +435,21 @@ def test_discovery_adds_its_flags_and_read_only_rights_on_workloads():
     assert granted(objects)[("Role", "team-a")] == WATCH_RULES | DISCOVERY_RULES
     with pytest.raises(helm.HelmError, match="discovery.allNamespaces must be true with watchNamespace"):
         render({"discovery": {"enabled": True}, **WATCH_NAMESPACE})
+
+
+def test_grafana_dashboard_is_a_labelled_config_map_of_the_repo_json():
+    assert not [o for o in kinds(render(DEFAULT), "ConfigMap") if o["metadata"]["name"].endswith("-dashboard")]
+    objects = render(
+        {"grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "regcache"}, "namespace": "monitoring"}},
+        namespace=NAMESPACE,
+    )
+    config = one(objects, "ConfigMap", "regcache-dashboard")
+    assert config["metadata"]["namespace"] == "monitoring"
+    assert config["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert config["metadata"]["annotations"] == {"grafana_folder": "regcache"}
+    shipped = json.loads((CHART / "dashboards" / "regcache.json").read_text())
+    assert json.loads(config["data"]["regcache.json"]) == shipped
+    assert shipped["panels"], "the dashboard has panels"
 
 
 def test_api_auth_none_needs_no_review_rights():

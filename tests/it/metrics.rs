@@ -150,6 +150,84 @@ fn assert_documented_metrics_present(scrape: &Scrape, may_be_empty: &[&str]) {
     }
 }
 
+/// Families the controller scrape has no series of (prometheus-client leaves out a family
+/// with none), each with where it is shown; the dashboard may query them.
+const SHOWN_ELSEWHERE: [(&str, &str); 2] = [
+    ("regcache_cache_errors", "cache.rs, with memcached stopped"),
+    (
+        "regcache_cloud_sign_ins",
+        "cloud.rs, whose watches sign in to ECR",
+    ),
+];
+
+/// Every query of every panel of the shipped Grafana dashboard names regcache metrics, and
+/// each is a family the running controller serves, with a suffix its type has
+/// (`_total` of a counter, `_bucket`/`_sum`/`_count` of a histogram, a gauge as it is).
+fn assert_dashboard_queries_are_served(scrape: &Scrape) {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/regcache/dashboards/regcache.json");
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("read the dashboard"))
+            .expect("the dashboard is JSON");
+    let types: BTreeMap<&str, &str> = scrape
+        .text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .collect();
+    let mut checked = 0;
+    let panels = dashboard["panels"].as_array().expect("panels");
+    for panel in panels.iter().filter(|p| p["type"] != "row") {
+        let title = panel["title"].as_str().unwrap_or_default();
+        let targets = panel["targets"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        assert!(!targets.is_empty(), "panel {title:?} has no query");
+        for target in targets {
+            let expr = target["expr"].as_str().expect("a PromQL expression");
+            let names: Vec<&str> = expr
+                .match_indices("regcache_")
+                .map(|(at, _)| {
+                    let rest = &expr[at..];
+                    let end = rest
+                        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                        .unwrap_or(rest.len());
+                    &rest[..end]
+                })
+                .collect();
+            assert!(
+                !names.is_empty(),
+                "panel {title:?}: {expr} queries no regcache metric"
+            );
+            for name in names {
+                let served = [
+                    ("_total", "counter"),
+                    ("_bucket", "histogram"),
+                    ("_sum", "histogram"),
+                    ("_count", "histogram"),
+                    ("", "gauge"),
+                ]
+                .iter()
+                .find_map(|(suffix, kind)| {
+                    let family = name.strip_suffix(suffix)?;
+                    (types.get(family) == Some(kind)).then_some(family)
+                });
+                let elsewhere = SHOWN_ELSEWHERE
+                    .iter()
+                    .any(|(family, _)| name.strip_suffix("_total") == Some(family));
+                assert!(
+                    served.is_some() || elsewhere,
+                    "panel {title:?} queries {name}, which the running controller does not serve \
+                     as such:\n{expr}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 30, "only {checked} metric references checked");
+}
+
 async fn get(http: &reqwest::Client, url: &str) -> Option<(u16, String)> {
     let resp = http.get(url).send().await.ok()?;
     let status = resp.status().as_u16();
@@ -215,6 +293,8 @@ async fn controller_scrape_after_a_warm_pass_has_every_documented_metric() {
             .method("HEAD")
             .times(1),
     );
+    // And reports a pull quota, far from regcache's reserve, as Docker Hub does.
+    proxy.set_pull_quota(1_000_000);
     let host = proxy.host();
     let image = format!("{host}/metrics/app");
     let memcached = support::Memcached::start();
@@ -284,6 +364,8 @@ async fn controller_scrape_after_a_warm_pass_has_every_documented_metric() {
             "regcache_registry_pull_quota_limit",
         ],
     );
+
+    assert_dashboard_queries_are_served(&s);
 
     assert_eq!(
         s.sum(
@@ -560,6 +642,8 @@ async fn standalone_serves_metrics_and_probes_while_it_keeps_warming() {
     assert_documented_metrics_present(
         &s,
         &[
+            // No API request before this scrape.
+            "regcache_api_request_duration_seconds",
             "regcache_api_registry_requests_total",
             "regcache_cache_errors_total",
             "regcache_cloud_sign_ins_total",
