@@ -17,6 +17,8 @@ command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # skopeo reads the test registry as an independent client, an oracle for regcache's view.
 command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
+# tmux is the pseudo-terminal whose screen the progress display test captures.
+command -v tmux >/dev/null 2>&1 || missing+=(tmux)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test.sh: installing ${missing[*]}" >&2
   sudo=""

@@ -220,11 +220,13 @@ impl Summary {
     }
 }
 
-/// Warms every watch once, `concurrency` at a time, in file order.
+/// Warms every watch once, `concurrency` at a time, in file order; `done` hears of each
+/// watch as it finishes (its outcome, or none when it could not be planned).
 pub(crate) async fn warm_once<B: CacheWriter + 'static>(
     warmer: &Warmer<B>,
     planned: Vec<(ImageRepositoryWatch, Result<Target, Problem>)>,
     concurrency: usize,
+    done: &(dyn Fn(Option<&Outcome>) + Sync),
 ) -> Vec<Summary> {
     let jobs = planned.into_iter().map(|(watch, planned)| {
         let warmer = warmer.clone();
@@ -233,10 +235,12 @@ pub(crate) async fn warm_once<B: CacheWriter + 'static>(
                 Ok(target) => {
                     let outcome = warmer.warm_now(&target).await;
                     report(&outcome);
+                    done(Some(&outcome));
                     Summary::of(&watch, Ok(&outcome))
                 }
                 Err(problem) => {
                     tracing::error!(watch = %target_id(&watch), error = %problem.message, "not warmed");
+                    done(None);
                     Summary::of(&watch, Err(&problem))
                 }
             }

@@ -35,12 +35,44 @@ pub(crate) fn init(filter: &str, format: LogFormat) -> Result<(), String> {
         .with_env_filter(env_filter)
         // Colour codes only for a person at a terminal, never in files or log collectors.
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(|| LogWriter);
     let result = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
     result.map_err(|e| format!("cannot install the log subscriber: {e}"))
+}
+
+/// The progress display on screen, if any: log lines are written while it is hidden, so
+/// they never tear it (`cli::progress` sets it).
+static PROGRESS: std::sync::Mutex<Option<indicatif::ProgressBar>> = std::sync::Mutex::new(None);
+
+/// Sets (or clears) the progress display log lines must step around.
+pub(crate) fn show_progress(bar: Option<indicatif::ProgressBar>) {
+    *PROGRESS.lock().unwrap_or_else(|e| e.into_inner()) = bar;
+}
+
+/// Standard error, stepping around the progress display. The fmt layer writes each line
+/// with one `write_all`.
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        let bar = PROGRESS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match bar {
+            Some(bar) => bar.suspend(|| std::io::stderr().write_all(buf)),
+            None => std::io::stderr().write_all(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }
 
 /// A gauge holding a float (rates, ages).

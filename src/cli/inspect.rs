@@ -3,11 +3,14 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::flags::{InspectArgs, Output, RegistryArgs, TagsArgs};
+use super::progress::Progress;
 use super::{CliError, credential_helper};
 use crate::image::{ImageRef, Platform, Repository};
-use crate::registry::{Endpoint, RegistryClient, RepositoryClient};
+use crate::registry::{Endpoint, PassContext, RegistryClient, RepositoryClient};
+use crate::telemetry::LogFormat;
 
 /// The docker config to read when `--docker-config` is not given, if one exists.
 fn default_docker_config() -> Option<PathBuf> {
@@ -46,7 +49,7 @@ async fn repository_client(
 }
 
 /// `regcache inspect`: the image's metadata as pretty JSON.
-pub async fn inspect(args: &InspectArgs) -> Result<String, CliError> {
+pub async fn inspect(args: &InspectArgs, format: LogFormat) -> Result<String, CliError> {
     let reference = ImageRef::parse(&args.reference)?;
     let platforms = args
         .platforms
@@ -59,15 +62,38 @@ pub async fn inspect(args: &InspectArgs) -> Result<String, CliError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     let client = repository_client(&args.registry, &reference.repository).await?;
-    let metadata = client.inspect(&reference.reference(), &platforms).await?;
-    Ok(serde_json::to_string_pretty(&metadata).expect("metadata serialises"))
+    let (client, pass) = client.for_pass();
+    let t = Instant::now();
+    let progress = spinner(
+        format,
+        &format!("inspecting {}", reference.canonical()),
+        &pass,
+    );
+    let metadata = client.inspect(&reference.reference(), &platforms).await;
+    progress.finish(&pass.stats.snapshot(), t.elapsed(), "");
+    Ok(serde_json::to_string_pretty(&metadata?).expect("metadata serialises"))
+}
+
+/// A spinner counting `pass`'s requests.
+fn spinner(format: LogFormat, what: &str, pass: &Arc<PassContext>) -> Progress {
+    let counts = pass.clone();
+    Progress::spinner(format, what, Arc::new(move || counts.stats.snapshot()))
 }
 
 /// `regcache tags`: one tag per line, or a JSON document.
-pub async fn tags(args: &TagsArgs) -> Result<String, CliError> {
+pub async fn tags(args: &TagsArgs, format: LogFormat) -> Result<String, CliError> {
     let repository = Repository::parse(&args.repository)?;
     let client = repository_client(&args.registry, &repository).await?;
-    let tags = client.list_tags().await?;
+    let (client, pass) = client.for_pass();
+    let t = Instant::now();
+    let progress = spinner(
+        format,
+        &format!("listing the tags of {}", repository.canonical()),
+        &pass,
+    );
+    let tags = client.list_tags().await;
+    progress.finish(&pass.stats.snapshot(), t.elapsed(), "");
+    let tags = tags?;
     Ok(match args.output {
         Output::Text => tags.join("\n"),
         Output::Json => serde_json::to_string_pretty(&serde_json::json!({

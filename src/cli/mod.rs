@@ -8,6 +8,7 @@ pub mod flags;
 mod get;
 mod inspect;
 pub mod kubectl;
+mod progress;
 mod standalone;
 
 use std::path::PathBuf;
@@ -32,12 +33,12 @@ pub async fn run(cli: Cli) -> ExitCode {
         ExitCode::FAILURE
     };
     let result = match &cli.command {
-        Command::Inspect(args) => inspect::inspect(args).await,
-        Command::Tags(args) => inspect::tags(args).await,
+        Command::Inspect(args) => inspect::inspect(args, format).await,
+        Command::Tags(args) => inspect::tags(args, format).await,
         Command::Crd => Ok(crate::crd::crd_yaml().trim_end().to_string()),
         Command::Get(args) => get::get(args).await.map_err(CliError::Get),
         Command::Standalone(args) => {
-            return standalone::standalone(args)
+            return standalone::standalone(args, format)
                 .await
                 .unwrap_or_else(|e| failed(&e));
         }

@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use super::flags::{Format, StandaloneArgs};
+use super::progress::Progress;
 use crate::controller::plan::{Defaults, PlatformFlagError, target_id};
 use crate::runtime::{Runtime, RuntimeError};
 use crate::standalone::{Manifests, StandaloneError, Summary, register, report, warm_once};
+use crate::telemetry::LogFormat;
 
 /// Failures that stop `regcache standalone`.
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +26,10 @@ pub enum StandaloneCommandError {
 }
 
 /// `regcache standalone`.
-pub async fn standalone(args: &StandaloneArgs) -> Result<ExitCode, StandaloneCommandError> {
+pub async fn standalone(
+    args: &StandaloneArgs,
+    format: LogFormat,
+) -> Result<ExitCode, StandaloneCommandError> {
     let manifests = Manifests::load(&args.watches)?;
     if manifests.watches.is_empty() {
         let list: Vec<String> = args
@@ -52,7 +57,26 @@ pub async fn standalone(args: &StandaloneArgs) -> Result<ExitCode, StandaloneCom
         "loaded manifests"
     );
     if args.once {
-        let summaries = warm_once(&runtime.warmer, planned, args.concurrent).await;
+        let registry = runtime.warmer.registry().clone();
+        let counts = registry.clone();
+        let progress = Progress::bar(
+            format,
+            planned.len() as u64,
+            "watches",
+            "tags",
+            Arc::new(move || counts.stats().snapshot()),
+        );
+        let started = std::time::Instant::now();
+        let done = |outcome: Option<&crate::warmer::Outcome>| {
+            if let Some(o) = outcome {
+                progress
+                    .items
+                    .fetch_add(o.tags as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            progress.inc();
+        };
+        let summaries = warm_once(&runtime.warmer, planned, args.concurrent, &done).await;
+        progress.finish(&registry.stats().snapshot(), started.elapsed(), "tags");
         runtime.shutdown().await;
         let out = match args.output {
             Format::Json => serde_json::to_string_pretty(&summaries).expect("summaries serialise"),

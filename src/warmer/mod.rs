@@ -186,6 +186,11 @@ impl<B: CacheWriter + 'static> Warmer<B> {
 
     /// Adds a target, or replaces it. A new or changed target is due now; an unchanged one
     /// keeps its schedule.
+    /// The registry client the passes use (its request counts, for progress displays).
+    pub fn registry(&self) -> &RegistryClient {
+        &self.shared.registry
+    }
+
     pub fn upsert(&self, target: Target) {
         let mut slots = self.slots();
         match slots.get_mut(&target.id) {

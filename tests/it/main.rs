@@ -24,6 +24,7 @@ mod kubectl;
 mod kubernetes;
 mod metrics;
 mod packaging;
+mod progress;
 mod rbac;
 mod registry;
 mod registry_api;
