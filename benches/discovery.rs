@@ -152,13 +152,7 @@ async fn main() {
         assert!(
             Instant::now() < deadline,
             "{found} watches, {warmed} warmed, of {repositories}; controller log tail:\n{}",
-            controller
-                .logs()
-                .lines()
-                .rev()
-                .take(20)
-                .collect::<Vec<_>>()
-                .join("\n")
+            controller.log_tail(20)
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -216,13 +216,7 @@ async fn main() {
         assert!(
             Instant::now() < deadline,
             "only {done} of {watches} watches warmed; controller log tail:\n{}",
-            controller
-                .logs()
-                .lines()
-                .rev()
-                .take(20)
-                .collect::<Vec<_>>()
-                .join("\n")
+            controller.log_tail(20)
         );
         tokio::time::sleep(Duration::from_secs(2)).await;
     }

@@ -329,22 +329,9 @@ pub async fn run<B: CacheWriter + 'static>(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let (watches, secrets, accounts): (
-        Api<ImageRepositoryWatch>,
-        Api<PartialObjectMeta<Secret>>,
-        Api<PartialObjectMeta<ServiceAccount>>,
-    ) = match &namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-        ),
-    };
+    let watches: Api<ImageRepositoryWatch> = scoped(&client, namespace.as_deref());
+    let secrets: Api<PartialObjectMeta<Secret>> = scoped(&client, namespace.as_deref());
+    let accounts: Api<PartialObjectMeta<ServiceAccount>> = scoped(&client, namespace.as_deref());
 
     // The warmer reports outcomes; each becomes a reconcile of its watch.
     let (outcome_tx, mut outcome_rx) = mpsc::unbounded_channel::<Outcome>();
@@ -463,6 +450,18 @@ pub async fn run<B: CacheWriter + 'static>(
     outcomes_task.abort();
     if let Some(task) = discovery_task {
         task.abort();
+    }
+}
+
+/// The objects of kind `K` in `namespace`, or in every namespace.
+pub(crate) fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = kube::core::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
     }
 }
 

@@ -11,7 +11,7 @@ use regcache::controller::discovery::plan::watch_name;
 use regcache::image::Repository;
 use serde_json::{Value, json};
 use support::cluster::Cluster;
-use support::kube::{pull_secret, ready_is};
+use support::kube::{pull_secret, ready_is, watch_object};
 use support::{CANARY_PASSWORD, ImageSpec, ManifestKind, Registry, RegistryAuth};
 
 const NS: &str = "shop";
@@ -296,13 +296,12 @@ async fn workloads_repositories_become_watches_that_follow_them_and_yield_to_han
     cluster
         .create(
             WATCHES,
-            json!({
-                "apiVersion": "regcache.io/v1alpha1",
-                "kind": "ImageRepositoryWatch",
-                "metadata": {"name": "my-web", "namespace": NS},
-                "spec": {"image": image("shop/web"), "pullSecrets": [{"name": "regcred"}],
-                         "insecure": true, "interval": "1h"},
-            }),
+            watch_object(
+                NS,
+                "my-web",
+                json!({"image": image("shop/web"), "pullSecrets": [{"name": "regcred"}],
+                       "insecure": true, "interval": "1h"}),
+            ),
         )
         .await;
     wait_for_discovered(&cluster, &[]).await;

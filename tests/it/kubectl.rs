@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use support::cluster::Cluster;
-use support::kube::ready_is;
+use support::kube::{ready_is, watch_object};
 use support::{ImageSpec, Kind, ManifestKind, Registry, RegistryAuth};
 
 const NS: &str = "team";
@@ -42,12 +42,11 @@ async fn wide_get_describe_and_the_plugin_show_and_rescan_a_watch() {
     cluster
         .create(
             WATCHES,
-            json!({
-                "apiVersion": "regcache.io/v1alpha1",
-                "kind": "ImageRepositoryWatch",
-                "metadata": {"name": "app", "namespace": NS},
-                "spec": {"image": image, "insecure": true, "interval": "1h"},
-            }),
+            watch_object(
+                NS,
+                "app",
+                json!({"image": image, "insecure": true, "interval": "1h"}),
+            ),
         )
         .await;
     let dir = tempfile::tempdir().unwrap();

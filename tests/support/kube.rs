@@ -286,6 +286,13 @@ impl ControllerProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The last `n` lines of the log, oldest first, for a failure message.
+    pub fn log_tail(&self, n: usize) -> String {
+        let logs = self.logs();
+        let lines: Vec<&str> = logs.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
     /// The address a listener (`read API`, `metrics`, `health probes`) bound, from the log.
     pub async fn address(&self, what: &str) -> String {
         super::wait_for_listener(&self.log, what).await
@@ -351,6 +358,16 @@ impl Drop for ControllerProcess {
             );
         }
     }
+}
+
+/// An ImageRepositoryWatch `namespace/name` with `spec`.
+pub fn watch_object(namespace: &str, name: &str, spec: Value) -> Value {
+    serde_json::json!({
+        "apiVersion": "regcache.io/v1alpha1",
+        "kind": "ImageRepositoryWatch",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    })
 }
 
 /// A `kubernetes.io/dockerconfigjson` Secret holding [`super::TEST_USER`] and `password`

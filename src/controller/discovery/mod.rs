@@ -26,6 +26,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::Notify;
 
+use super::scoped;
 use crate::crd::ImageRepositoryWatch;
 pub use plan::{DISCOVERED_LABEL, Options, Scope};
 use plan::{Existing, NamespaceSettings, Owned, PodUse, Step, World};
@@ -159,40 +160,22 @@ pub async fn run(
     leading: Arc<AtomicBool>,
 ) {
     let shared: Shared = Arc::default();
-    let api = |c: &Client| -> (Api<Deployment>, Api<StatefulSet>, Api<DaemonSet>) {
-        match &namespace {
-            Some(ns) => (
-                Api::namespaced(c.clone(), ns),
-                Api::namespaced(c.clone(), ns),
-                Api::namespaced(c.clone(), ns),
-            ),
-            None => (
-                Api::all(c.clone()),
-                Api::all(c.clone()),
-                Api::all(c.clone()),
-            ),
-        }
-    };
-    let (deployments, statefulsets, daemonsets) = api(&client);
-    let (jobs, cronjobs, pods, watches): (
-        Api<Job>,
-        Api<CronJob>,
-        Api<Pod>,
-        Api<ImageRepositoryWatch>,
-    ) = match &namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-        ),
-    };
+    let ns = namespace.as_deref();
+    let (deployments, statefulsets, daemonsets): (
+        Api<Deployment>,
+        Api<StatefulSet>,
+        Api<DaemonSet>,
+    ) = (
+        scoped(&client, ns),
+        scoped(&client, ns),
+        scoped(&client, ns),
+    );
+    let (jobs, cronjobs, pods): (Api<Job>, Api<CronJob>, Api<Pod>) = (
+        scoped(&client, ns),
+        scoped(&client, ns),
+        scoped(&client, ns),
+    );
+    let watches: Api<ImageRepositoryWatch> = scoped(&client, ns);
     let config = watcher::Config::default;
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(follow(
