@@ -44,7 +44,6 @@ async fn setup() -> (Registry, tempfile::TempDir) {
 /// Runs `args` in a detached tmux session (a pseudo-terminal of 160x40) with stdout to a
 /// file, and returns the rendered screen once the command has exited, and its stdout.
 fn on_a_terminal(args: &[String], dir: &Path) -> (String, String) {
-    let socket = format!("regcache-test-{}", std::process::id());
     let session = format!("s{}", support::free_port());
     let out = dir.join(format!("{session}.out"));
     let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
@@ -55,31 +54,49 @@ fn on_a_terminal(args: &[String], dir: &Path) -> (String, String) {
         quote(&out.display().to_string()),
         quote(&out.display().to_string()),
     );
-    let tmux = |a: &[&str]| {
+    let tmux = |socket: &str, a: &[&str]| {
         Command::new("tmux")
             .arg("-L")
-            .arg(&socket)
+            .arg(socket)
             .args(a)
             .env_remove("TMUX")
+            // tmux needs to know the outer terminal type even for a detached session (CI
+            // runs without TERM).
+            .env("TERM", "xterm-256color")
             .output()
             .expect("run tmux (apt-get install tmux)")
     };
-    let started = tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &session,
-        "-x",
-        "160",
-        "-y",
-        "40",
-        &command,
-    ]);
-    assert!(
-        started.status.success(),
-        "{}",
-        String::from_utf8_lossy(&started.stderr)
-    );
+    // A server of its own per call. A new server now and then exits before it answers
+    // ("server exited unexpectedly") when several start at once: try again on a new one.
+    let mut attempt = 0;
+    let socket = loop {
+        let socket = format!("regcache-test-{}-{session}-{attempt}", std::process::id());
+        let started = tmux(
+            &socket,
+            &[
+                "new-session",
+                "-d",
+                "-s",
+                &session,
+                "-x",
+                "160",
+                "-y",
+                "40",
+                &command,
+            ],
+        );
+        if started.status.success() {
+            break socket;
+        }
+        let _ = tmux(&socket, &["kill-server"]);
+        attempt += 1;
+        assert!(
+            attempt < 5,
+            "tmux: {}",
+            String::from_utf8_lossy(&started.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
     let stdout = loop {
         let text = std::fs::read_to_string(&out).unwrap_or_default();
@@ -89,8 +106,8 @@ fn on_a_terminal(args: &[String], dir: &Path) -> (String, String) {
         assert!(Instant::now() < deadline, "the command did not finish");
         std::thread::sleep(Duration::from_millis(100));
     };
-    let screen = tmux(&["capture-pane", "-p", "-t", &session]);
-    let _ = tmux(&["kill-server"]);
+    let screen = tmux(&socket, &["capture-pane", "-p", "-t", &session]);
+    let _ = tmux(&socket, &["kill-server"]);
     (String::from_utf8_lossy(&screen.stdout).into_owned(), stdout)
 }
 
