@@ -813,4 +813,35 @@ mod tests {
         );
         assert_eq!(args.registry.insecure_registries, ["localhost:5000"]);
     }
+
+    #[test]
+    fn discovery_flags_become_options_and_labelled_needs_every_namespace() {
+        let controller = |extra: &[&str]| {
+            let mut args = vec!["regcache", "controller"];
+            args.extend(extra);
+            let Command::Controller(c) = Cli::try_parse_from(args).unwrap().command else {
+                panic!("not controller")
+            };
+            c.discovery_options()
+        };
+        assert!(controller(&[]).unwrap().is_none(), "off by default");
+        let o = controller(&[
+            "--discovery=labelled",
+            "--discovery-grace-period=10m",
+            "--discovery-insecure-registry=a:5000, b",
+            "--discovery-max-tags=50",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(o.scope, crate::controller::discovery::Scope::Labelled);
+        assert_eq!(o.grace_period, Duration::from_secs(600));
+        assert_eq!(o.insecure_registries, ["a:5000", "b"]);
+        assert_eq!(o.max_tags, Some(50));
+        let err = controller(&["--discovery=labelled", "--watch-namespace=team"]).unwrap_err();
+        assert!(err.to_string().contains("use --discovery=all"), "{err}");
+        let o = controller(&["--discovery=all", "--watch-namespace=team"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(o.scope, crate::controller::discovery::Scope::All);
+    }
 }

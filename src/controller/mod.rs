@@ -61,6 +61,10 @@ pub struct Context<B> {
     /// read API knows each watch's repository and scope.
     leading: Arc<std::sync::atomic::AtomicBool>,
     failures: Mutex<HashMap<String, u32>>,
+    /// Per watch, the `regcache.io/requestedAt` value a pass was last asked for. The
+    /// store may not have the status that records it yet when the pass's outcome comes
+    /// back; without this, that reconcile asked for a second pass.
+    rescans: Mutex<HashMap<String, String>>,
     /// Set once the first complete list of watches is in (`/readyz` waits for it).
     pub watches_listed: Arc<std::sync::atomic::AtomicBool>,
     /// `regcache_reconcile_*`.
@@ -88,6 +92,7 @@ impl<B> Context<B> {
             recorder,
             latest: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            rescans: Mutex::new(HashMap::new()),
             leading: Arc::default(),
             watches_listed: Arc::default(),
             metrics: ReconcileMetrics::default(),
@@ -166,8 +171,14 @@ async fn reconcile_watch<B: CacheWriter + 'static>(
     match &planned {
         Ok(target) if !watch.spec.suspend => {
             ctx.warmer.upsert(target.clone());
-            if requested_at.is_some() && requested_at != current.last_handled_requested_at {
-                ctx.warmer.request(&id, Priority::ManualRescan);
+            if let Some(value) = &requested_at
+                && current.last_handled_requested_at.as_ref() != Some(value)
+            {
+                let mut rescans = ctx.rescans.lock().unwrap_or_else(|e| e.into_inner());
+                if rescans.get(&id) != Some(value) {
+                    ctx.warmer.request(&id, Priority::ManualRescan);
+                    rescans.insert(id.clone(), value.clone());
+                }
             }
         }
         // Invalid, waiting for a secret, or suspended: not warmed until the watch or what it
@@ -401,6 +412,11 @@ pub async fn run<B: CacheWriter + 'static>(
                                 outcome_ctx.warmer.remove(&t.id);
                             }
                         }
+                        outcome_ctx
+                            .rescans
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .retain(|id, _| live.contains(id));
                     }
                 }
             }

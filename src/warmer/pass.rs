@@ -1,6 +1,7 @@
 //! One warm pass over one target: list, filter, HEAD the due tags (or GET the new ones on
-//! a host that does not count pulls), GET only unseen digests, publish. The request economy of the refresh algorithm (`docs/design-notes.md`, Warmer) lives here;
-//! its decisions are the pure functions of `decide.rs`.
+//! a host that does not count pulls), GET only unseen digests, publish. The request economy
+//! of the refresh algorithm (`docs/design-notes.md`, Warmer) lives here; its decisions are
+//! the pure functions of `decide.rs`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
