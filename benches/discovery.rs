@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 
 use common::{Memory, RssSampler, mib, rss_summary};
 use futures::StreamExt;
-use serde_json::{Value, json};
+use serde_json::json;
 use support::apiserver::ApiServer;
-use support::kube::ControllerProcess;
+use support::kube::{ControllerProcess, deployment_object};
 use support::seed::Seeder;
 
 const NS: &str = "shop";
@@ -49,26 +49,6 @@ fn discovery_writes(kube: &ApiServer) -> usize {
                 .contains("regcache-discovery")
         })
         .count()
-}
-
-fn deployment(i: usize, images: [&str; 2]) -> Value {
-    let name = format!("app{i:04}");
-    json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [
-                    {"name": "main", "image": images[0], "resources": {"requests": {"cpu": "100m"}}},
-                    {"name": "sidecar", "image": images[1]},
-                ]},
-            },
-        },
-    })
 }
 
 #[tokio::main]
@@ -125,7 +105,14 @@ async fn main() {
     let image = |r: usize| format!("{host}/shop/r{:03}:t-00000", r % repositories);
     futures::stream::iter(0..deployments)
         .map(|i| {
-            let (kube, body) = (&kube, deployment(i, [&image(i), &image(i + 1)]));
+            let body = deployment_object(
+                NS,
+                &format!("app{i:04}"),
+                2,
+                &[&image(i), &image(i + 1)],
+                None,
+            );
+            let kube = &kube;
             async move {
                 kube.create(DEPLOYMENTS, body).await;
             }

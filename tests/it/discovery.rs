@@ -11,7 +11,7 @@ use regcache::controller::discovery::plan::watch_name;
 use regcache::image::Repository;
 use serde_json::{Value, json};
 use support::cluster::Cluster;
-use support::kube::{pull_secret, ready_is, watch_object};
+use support::kube::{deployment_object, pull_secret, ready_is, watch_object};
 use support::{CANARY_PASSWORD, ImageSpec, ManifestKind, Registry, RegistryAuth};
 
 const NS: &str = "shop";
@@ -20,29 +20,7 @@ const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/shop/deployments";
 const CRONJOBS: &str = "/apis/batch/v1/namespaces/shop/cronjobs";
 
 fn deployment(name: &str, images: &[&str], secret: Option<&str>) -> Value {
-    deployment_in(NS, name, images, secret)
-}
-
-fn deployment_in(namespace: &str, name: &str, images: &[&str], secret: Option<&str>) -> Value {
-    let containers: Vec<Value> = images
-        .iter()
-        .enumerate()
-        .map(|(i, image)| json!({"name": format!("c{i}"), "image": image}))
-        .collect();
-    let mut spec = json!({"containers": containers});
-    if let Some(s) = secret {
-        spec["imagePullSecrets"] = json!([{"name": s}]);
-    }
-    json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {"metadata": {"labels": {"app": name}}, "spec": spec},
-        },
-    })
+    deployment_object(NS, name, 1, images, secret)
 }
 
 /// Discovery's writes of watches (not their status): (verb, name), from the audit log.
@@ -140,9 +118,10 @@ async fn workloads_repositories_become_watches_that_follow_them_and_yield_to_han
     cluster
         .create(
             "/apis/apps/v1/namespaces/elsewhere/deployments",
-            deployment_in(
+            deployment_object(
                 "elsewhere",
                 "other",
+                1,
                 &[&format!("{}:v1", image("shop/report"))],
                 None,
             ),

@@ -370,6 +370,36 @@ pub fn watch_object(namespace: &str, name: &str, spec: Value) -> Value {
     })
 }
 
+/// A Deployment `namespace/name` of `replicas`, one container per image (`c0`, `c1`, ...),
+/// with `pull_secret` as its `imagePullSecrets` when given.
+pub fn deployment_object(
+    namespace: &str,
+    name: &str,
+    replicas: u32,
+    images: &[&str],
+    pull_secret: Option<&str>,
+) -> Value {
+    let containers: Vec<Value> = images
+        .iter()
+        .enumerate()
+        .map(|(i, image)| serde_json::json!({"name": format!("c{i}"), "image": image}))
+        .collect();
+    let mut spec = serde_json::json!({"containers": containers});
+    if let Some(s) = pull_secret {
+        spec["imagePullSecrets"] = serde_json::json!([{"name": s}]);
+    }
+    serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": spec},
+        },
+    })
+}
+
 /// A `kubernetes.io/dockerconfigjson` Secret holding [`super::TEST_USER`] and `password`
 /// for `host`.
 pub fn pull_secret(namespace: &str, name: &str, host: &str, password: &str) -> Value {
