@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
 use super::flags::{InspectArgs, Output, RegistryArgs, TagsArgs};
 use super::progress::Progress;
@@ -63,14 +62,13 @@ pub async fn inspect(args: &InspectArgs, format: LogFormat) -> Result<String, Cl
         .collect::<Result<Vec<_>, _>>()?;
     let client = repository_client(&args.registry, &reference.repository).await?;
     let (client, pass) = client.for_pass();
-    let t = Instant::now();
     let progress = spinner(
         format,
         &format!("inspecting {}", reference.canonical()),
         &pass,
     );
     let metadata = client.inspect(&reference.reference(), &platforms).await;
-    progress.finish(&pass.stats.snapshot(), t.elapsed(), "");
+    progress.finish();
     Ok(serde_json::to_string_pretty(&metadata?).expect("metadata serialises"))
 }
 
@@ -85,14 +83,13 @@ pub async fn tags(args: &TagsArgs, format: LogFormat) -> Result<String, CliError
     let repository = Repository::parse(&args.repository)?;
     let client = repository_client(&args.registry, &repository).await?;
     let (client, pass) = client.for_pass();
-    let t = Instant::now();
     let progress = spinner(
         format,
         &format!("listing the tags of {}", repository.canonical()),
         &pass,
     );
     let tags = client.list_tags().await;
-    progress.finish(&pass.stats.snapshot(), t.elapsed(), "");
+    progress.finish();
     let tags = tags?;
     Ok(match args.output {
         Output::Text => tags.join("\n"),

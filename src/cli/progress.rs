@@ -22,6 +22,8 @@ pub type Requests = Arc<dyn Fn() -> BTreeMap<RequestKind, u64> + Send + Sync>;
 pub struct Progress {
     bar: Option<ProgressBar>,
     ticker: Option<tokio::task::JoinHandle<()>>,
+    /// The message after the bar, as of now (the ticker and `finish` both draw it).
+    render: Arc<dyn Fn() -> String + Send + Sync>,
     /// Units of work beside the requests (tags cached), for the message.
     pub items: Arc<AtomicU64>,
 }
@@ -60,28 +62,29 @@ impl Progress {
         requests: Requests,
     ) -> Progress {
         let counted = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let count = counted.clone();
+        let render: Arc<dyn Fn() -> String + Send + Sync> =
+            Arc::new(move || message(&requests(), started.elapsed(), items, &count));
         if !wanted(format) {
             return Progress {
                 bar: None,
                 ticker: None,
+                render,
                 items: counted,
             };
         }
-        let bar = match total {
-            Some(n) => ProgressBar::with_draw_target(Some(n), ProgressDrawTarget::stderr()),
-            None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
-        };
+        let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
         bar.set_style(
             ProgressStyle::with_template(template)
                 .expect("the templates are valid")
                 .progress_chars("=> "),
         );
         crate::telemetry::show_progress(Some(bar.clone()));
-        let (shown, count) = (bar.clone(), counted.clone());
-        let started = Instant::now();
+        let (shown, line) = (bar.clone(), render.clone());
         let ticker = tokio::spawn(async move {
             loop {
-                shown.set_message(message(&requests(), started.elapsed(), items, &count));
+                shown.set_message(line());
                 shown.tick();
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -89,6 +92,7 @@ impl Progress {
         Progress {
             bar: Some(bar),
             ticker: Some(ticker),
+            render,
             items: counted,
         }
     }
@@ -100,18 +104,13 @@ impl Progress {
         }
     }
 
-    /// Ends the display, leaving its last line on screen.
-    pub fn finish(
-        self,
-        requests: &BTreeMap<RequestKind, u64>,
-        elapsed: Duration,
-        items: &'static str,
-    ) {
+    /// Ends the display, leaving its last line, with the final counts, on screen.
+    pub fn finish(self) {
         if let Some(t) = self.ticker {
             t.abort();
         }
         if let Some(bar) = self.bar {
-            bar.set_message(message(requests, elapsed, items, &self.items));
+            bar.set_message((self.render)());
             bar.finish();
             crate::telemetry::show_progress(None);
         }

@@ -58,15 +58,13 @@ pub async fn standalone(
     );
     if args.once {
         let registry = runtime.warmer.registry().clone();
-        let counts = registry.clone();
         let progress = Progress::bar(
             format,
             planned.len() as u64,
             "watches",
             "tags",
-            Arc::new(move || counts.stats().snapshot()),
+            Arc::new(move || registry.stats().snapshot()),
         );
-        let started = std::time::Instant::now();
         let done = |outcome: Option<&crate::warmer::Outcome>| {
             if let Some(o) = outcome {
                 progress
@@ -76,7 +74,7 @@ pub async fn standalone(
             progress.inc();
         };
         let summaries = warm_once(&runtime.warmer, planned, args.concurrent, &done).await;
-        progress.finish(&registry.stats().snapshot(), started.elapsed(), "tags");
+        progress.finish();
         runtime.shutdown().await;
         let out = match args.output {
             Format::Json => serde_json::to_string_pretty(&summaries).expect("summaries serialise"),
